@@ -1,0 +1,36 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Each creates .venv and installs
+# what it needs first. torch is pinned here, before the project, so pip takes the CPU build on
+# disk instead of a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: demo test install bench-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/retrofresh demo
+
+test: install
+	$(BIN)/python -m pytest
+
+bench-deps: install
+	$(BIN)/pip install -e '.[bench]'
+	$(BIN)/pip install --no-deps retro-pytorch==0.3.9
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""retrofresh: beam_jobs."""

@@ -1,0 +1,1 @@
+"""Command-line subcommands of the model package (loaded lazily by ``flows.cli``)."""

