@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     max_new_tokens: int = 512
     max_k: int = 16
     max_batch: int = 64
+    max_inflight: int = Field(64, description="requests doing model work at once; more get 503")
+
+    # Serving.
+    embedder_path: Path | None = Field(None, description="query encoder directory; None: the bundled all-MiniLM-L6-v2")
+    batch_window_ms: float = Field(2.0, description="how long a retrieve request waits to share an embed batch")
+    model_workers: int = Field(2, description="threads running generation and scoring at once")
 
 
 def get_settings() -> Settings:
