@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload")
     reload_interval_s: float = Field(5.0, description="how often the server checks CURRENT")
     device: str = Field("cpu", description="torch device for the model and the embedder")
+    # Read by the Prefect flows when a deployment leaves them out (flows/).
+    sources: str | None = Field(None, description="sources file (YAML) that a refresh ingests")
+    servers: list[str] = Field(default_factory=list, description="server URLs a refresh notifies (JSON list)")
 
     # Request limits: anything larger is a 4xx naming the limit.
     max_body_bytes: int = 1_000_000
