@@ -1,0 +1,172 @@
+"""Request and response models of the RETRO server's HTTP API (pydantic only: the client imports this)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Hard sanity bounds only. The configurable limits (Settings.max_k, max_batch, ...) are checked by
+# the server, which answers with the name of the limit a request broke.
+
+
+class _Request(BaseModel):
+    # Unknown fields are errors, not silently ignored: a misspelt "max_new_token" must not
+    # quietly fall back to the default.
+    model_config = ConfigDict(extra="forbid")
+
+
+# health
+
+
+class Health(BaseModel):
+    """``GET /healthz``: the process is up and its event loop answers."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: whether the server takes traffic, and whether retrieval is on."""
+
+    ready: bool
+    retrieval: bool = Field(description="false while no index version is loaded: answers come from the model alone")
+    index_version: str | None = None
+    reason: str | None = Field(None, description="why not ready, or why retrieval is off")
+
+
+# index
+
+
+class SwapError(BaseModel):
+    """The last version the server refused to serve, and why."""
+
+    version: str | None
+    error: str
+    kind: str = Field(description="checksum, incompatible, load, warmup or store")
+    at: datetime
+
+
+class IndexInfo(BaseModel):
+    """``GET /v1/index``: the version being served."""
+
+    version: str | None = Field(description="null while no version is loaded (retrieval off)")
+    created_at: datetime | None = None
+    documents: int | None = None
+    chunks: int | None = None
+    watermark: datetime | None = Field(None, description="newest fetched_at of any document in the version")
+    loaded_at: datetime | None = None
+    retrieval: bool = False
+    swaps: int = Field(0, description="versions swapped in since the process started (the first load included)")
+    checked_at: datetime | None = Field(None, description="last time the server read CURRENT")
+    last_error: SwapError | None = None
+
+
+# retrieve
+
+
+class RetrieveRequest(_Request):
+    """``POST /v1/retrieve``: one text or a batch of texts, k neighbours each."""
+
+    text: str | None = Field(None, min_length=1, description="one query (a chunk of text)")
+    texts: list[str] | None = Field(None, min_length=1, description="a batch of queries")
+    k: int = Field(2, ge=1, description="neighbours per query")
+
+    @model_validator(mode="after")
+    def _one_of_text_or_texts(self) -> "RetrieveRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        if self.texts is not None and any(not t for t in self.texts):
+            raise ValueError("'texts' must not contain empty strings")
+        return self
+
+    @property
+    def queries(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class NeighbourOut(BaseModel):
+    """A retrieved chunk as the API shows it."""
+
+    chunk_id: int
+    doc_id: str
+    url: str
+    text: str
+    continuation: str = Field("", description="the text that follows the chunk in its document")
+    score: float
+
+
+class RetrieveResponse(BaseModel):
+    index_version: str
+    results: list[list[NeighbourOut]] = Field(description="one list of neighbours per query, best first")
+
+
+# generate
+
+
+class GenerateRequest(_Request):
+    """``POST /v1/generate``."""
+
+    prompt: str = Field(min_length=1)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=100.0, description="0 means greedy")
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    retrieval: bool = Field(True, description="false: generate without neighbours")
+    k: int | None = Field(None, ge=1, description="neighbours per chunk; null: the model's default")
+
+
+class GenerateResponse(BaseModel):
+    text: str = Field(description="the generated continuation (the prompt excluded)")
+    prompt_tokens: int
+    generated_tokens: int
+    retrieval: bool = Field(description="whether neighbours were retrieved")
+    index_version: str | None = Field(description="the version the neighbours came from; null when retrieval was off")
+    neighbours: list[list[NeighbourOut]] = Field(description="neighbours used, one list per retrieved chunk")
+    note: str | None = Field(None, description="why retrieval was off, when it was asked for")
+
+
+# score
+
+
+class ScoreRequest(_Request):
+    """``POST /v1/score``."""
+
+    text: str = Field(min_length=1)
+    retrieval: bool = True
+    k: int | None = Field(None, ge=1)
+
+
+class ScoreResponse(BaseModel):
+    loss: float = Field(description="mean next-token cross-entropy, nats")
+    bits_per_byte: float
+    tokens: int
+    bytes: int
+    retrieval: bool
+    index_version: str | None
+    note: str | None = None
+
+
+# admin
+
+
+class ReloadResponse(BaseModel):
+    """``POST /admin/reload``: what the check of CURRENT found and did."""
+
+    current: str | None = Field(description="what CURRENT names in the store")
+    version: str | None = Field(description="the version being served after the check")
+    swapped: bool
+    error: SwapError | None = Field(None, description="set when CURRENT names a version the server refused")
+
+
+# errors
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx body: ``detail`` says what was wrong; ``limit`` names a broken limit."""
+
+    detail: str
+    limit: str | None = None
+    maximum: int | None = None
+    errors: list[dict] | None = None

@@ -1,0 +1,1 @@
+"""One tagged APIRouter per module; :mod:`model.server.app` includes them all."""

@@ -1,0 +1,31 @@
+"""Helpers shared by the model routes: neighbour rendering and running model work off the loop."""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import anyio
+
+from model.retrieval import Neighbour
+from model.schemas import NeighbourOut
+
+T = TypeVar("T")
+
+RETRIEVAL_OFF_NOTE = "no index version is loaded yet: retrieval is off"
+
+
+def neighbour_out(neighbour: Neighbour, decode: Callable[[list[int]], str]) -> NeighbourOut:
+    """The API form of a neighbour; ``decode`` renders its continuation tokens as text."""
+    return NeighbourOut(
+        chunk_id=neighbour.chunk_id,
+        doc_id=neighbour.doc_id,
+        url=neighbour.url,
+        text=neighbour.text,
+        continuation=decode(neighbour.continuation) if neighbour.continuation else "",
+        score=float(neighbour.score),
+    )
+
+
+async def run_model_work(server, fn: Callable[[], T]) -> T:
+    """Run blocking model work in a worker thread, at most ``model_workers`` at once."""
+    return await anyio.to_thread.run_sync(fn, limiter=server.model_limiter)

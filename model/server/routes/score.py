@@ -1,0 +1,45 @@
+"""Loss and bits-per-byte of a text under the RETRO model, with retrieval on or off."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from model.schemas import ErrorBody, ScoreRequest, ScoreResponse
+from model.server.deps import Admitted, Pinned, RuntimeDep, ServerDep
+from model.server.routes.common import RETRIEVAL_OFF_NOTE, run_model_work
+from model.server.routes.generate import check_context
+
+router = APIRouter(tags=["score"])
+
+
+@router.post(
+    "/v1/score",
+    response_model=ScoreResponse,
+    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def score(body: ScoreRequest, server: ServerDep, runtime: RuntimeDep, _: Admitted, loaded: Pinned) -> ScoreResponse:
+    """Mean next-token loss (nats) and bits per UTF-8 byte of ``text``."""
+    limits = server.limits
+    if body.k is not None:
+        limits.check_k(body.k)
+    use_retrieval = body.retrieval and loaded is not None
+    retriever = loaded.retriever if use_retrieval else None
+
+    def work():
+        from model.scoring import score as score_text
+
+        tokens = len(runtime.tokenizer.encode(body.text))
+        limits.check_prompt_tokens(tokens, what="the text's length in tokens")
+        check_context(runtime.model.config.max_seq_len, tokens, "the text's length in tokens")
+        return score_text(runtime.model, runtime.tokenizer, body.text, retriever=retriever, k=body.k)
+
+    result = await run_model_work(server, work)
+    return ScoreResponse(
+        loss=float(result.loss),
+        bits_per_byte=float(result.bits_per_byte),
+        tokens=int(result.tokens),
+        bytes=int(result.bytes),
+        retrieval=use_retrieval,
+        index_version=loaded.version if use_retrieval else None,
+        note=RETRIEVAL_OFF_NOTE if body.retrieval and not use_retrieval else None,
+    )

@@ -1,0 +1,107 @@
+"""What a server loads once at start-up: the checkpoint, its tokenizer, the query embedder, the store."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from model.config import Settings
+from model.server.swap import Compatibility
+
+LOG = logging.getLogger(__name__)
+
+
+class LockedEmbedder:
+    """An :class:`model.embedder.Embedder` that encodes one batch at a time.
+
+    The Hugging Face fast tokenizer inside the embedder changes its truncation/padding state on
+    every call and raises "Already borrowed" when two threads do so at once; and two forward
+    passes at once only fight over the same cores. The retrieve batcher and the generation
+    threads therefore share one lock.
+    """
+
+    def __init__(self, embedder):
+        self.inner = embedder
+        self.spec = embedder.spec
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def encode(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+        with self._lock:
+            return self.inner.encode(texts, **kwargs)
+
+
+@dataclass
+class Runtime:
+    """The parts loaded once per process and shared by every request."""
+
+    model: Any  # model.retro.Retro, in eval mode
+    tokenizer: Any  # model.tokenizer.RetroTokenizer
+    embedder: LockedEmbedder
+    store: Any  # from model.store.open_store
+    compatibility: Compatibility
+
+
+class StartupError(Exception):
+    """The server cannot start: a missing checkpoint or store, or an embedder that does not match."""
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    """Load the checkpoint, its tokenizer and the embedder, and open the store.
+
+    Args:
+        settings: ``checkpoint`` and ``store`` must be set; ``embedder_path`` (None: the bundled
+            all-MiniLM-L6-v2), ``cache_dir`` and ``device`` are used as given.
+
+    Returns:
+        The runtime, with the compatibility every index version must match.
+
+    Raises:
+        StartupError: with a message that says what to fix.
+    """
+    if settings.checkpoint is None:
+        raise StartupError("no checkpoint: pass --checkpoint DIR or set RETROFRESH_CHECKPOINT")
+    if settings.store is None:
+        raise StartupError("no index store: pass --store URI or set RETROFRESH_STORE")
+    from model.checkpoint import load_checkpoint
+    from model.embedder import Embedder, EmbedderSpec
+    from model.store import open_store
+
+    try:
+        model, tokenizer = load_checkpoint(settings.checkpoint, device=settings.device)
+    except FileNotFoundError as exc:
+        raise StartupError(f"cannot load the checkpoint {settings.checkpoint}: {exc}") from exc
+    model.eval()
+    embedder = Embedder(settings.embedder_path, device=settings.device)
+    config = model.config
+    recorded = getattr(config, "embedder", None)
+    if recorded:
+        want = EmbedderSpec.from_dict(recorded)
+        if want != embedder.spec:
+            raise StartupError(
+                f"the checkpoint was trained with embedder {want.to_dict()}, but {embedder.path} is "
+                f"{embedder.spec.to_dict()}; pass the matching --embedder"
+            )
+    else:
+        LOG.warning("checkpoint %s records no embedder; using %s", settings.checkpoint, embedder.spec.name)
+    recorded_tokenizer = getattr(config, "tokenizer", None) or {}
+    if recorded_tokenizer.get("sha256") not in (None, tokenizer.sha256):
+        raise StartupError(
+            f"the checkpoint records tokenizer sha256 {recorded_tokenizer['sha256']}, its tokenizer files hash to {tokenizer.sha256}"
+        )
+    compatibility = Compatibility(
+        embedder=embedder.spec, tokenizer_sha256=tokenizer.sha256, chunk_tokens=int(getattr(config, "chunk_tokens", 64))
+    )
+    try:
+        store = open_store(settings.store, cache_dir=settings.cache_dir)
+    except Exception as exc:
+        raise StartupError(f"cannot open the index store {settings.store}: {exc}") from exc
+    LOG.info("loaded checkpoint %s, embedder %s, store %s", settings.checkpoint, embedder.spec.name, settings.store)
+    return Runtime(model=model, tokenizer=tokenizer, embedder=LockedEmbedder(embedder), store=store, compatibility=compatibility)
