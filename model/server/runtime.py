@@ -76,7 +76,7 @@ def load_runtime(settings: Settings) -> Runtime:
 
     try:
         model, tokenizer = load_checkpoint(settings.checkpoint, device=settings.device)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise StartupError(f"cannot load the checkpoint {settings.checkpoint}: {exc}") from exc
     model.eval()
     embedder = Embedder(settings.embedder_path, device=settings.device)

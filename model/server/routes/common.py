@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 import anyio
+from fastapi import HTTPException, status
 
 from model.retrieval import Neighbour
 from model.schemas import NeighbourOut
@@ -27,5 +28,12 @@ def neighbour_out(neighbour: Neighbour, decode: Callable[[list[int]], str]) -> N
 
 
 async def run_model_work(server, fn: Callable[[], T]) -> T:
-    """Run blocking model work in a worker thread, at most ``model_workers`` at once."""
-    return await anyio.to_thread.run_sync(fn, limiter=server.model_limiter)
+    """Run blocking model work in a worker thread, at most ``model_workers`` at once.
+
+    The model's functions raise ValueError for inputs they cannot take (bad sampling settings, a
+    text too short to score); those are the client's to fix, so they become a 422.
+    """
+    try:
+        return await anyio.to_thread.run_sync(fn, limiter=server.model_limiter)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc

@@ -31,7 +31,7 @@ async def generate(body: GenerateRequest, server: ServerDep, runtime: RuntimeDep
 
         prompt_tokens = len(runtime.tokenizer.encode(body.prompt))
         limits.check_prompt_tokens(prompt_tokens)
-        check_context(runtime.model.config.max_seq_len, prompt_tokens + body.max_new_tokens, "prompt tokens + max_new_tokens")
+        check_context(getattr(runtime.model.config, "max_seq_len", None), prompt_tokens + body.max_new_tokens, "prompt tokens + max_new_tokens")
         return generate_text(
             runtime.model,
             runtime.tokenizer,
@@ -58,9 +58,9 @@ async def generate(body: GenerateRequest, server: ServerDep, runtime: RuntimeDep
     )
 
 
-def check_context(max_seq_len: int, needed: int, what: str) -> None:
+def check_context(max_seq_len: int | None, needed: int, what: str) -> None:
     """The model attends over at most ``max_seq_len`` tokens; a request needing more is a 422."""
-    if needed > max_seq_len:
+    if max_seq_len is not None and needed > max_seq_len:
         raise LimitExceeded("max_seq_len", needed, max_seq_len, what=what)
 
 

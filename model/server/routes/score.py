@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 
 from model.schemas import ErrorBody, ScoreRequest, ScoreResponse
 from model.server.deps import Admitted, Pinned, RuntimeDep, ServerDep
 from model.server.routes.common import RETRIEVAL_OFF_NOTE, run_model_work
-from model.server.routes.generate import check_context
 
 router = APIRouter(tags=["score"])
 
@@ -30,7 +29,8 @@ async def score(body: ScoreRequest, server: ServerDep, runtime: RuntimeDep, _: A
 
         tokens = len(runtime.tokenizer.encode(body.text))
         limits.check_prompt_tokens(tokens, what="the text's length in tokens")
-        check_context(runtime.model.config.max_seq_len, tokens, "the text's length in tokens")
+        if tokens < 2:  # the first token is never predicted: one token leaves nothing to score
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the text is {tokens} token(s); scoring needs at least 2")
         return score_text(runtime.model, runtime.tokenizer, body.text, retriever=retriever, k=body.k)
 
     result = await run_model_work(server, work)
