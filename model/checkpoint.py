@@ -1,0 +1,107 @@
+"""Checkpoint directories: load a model with its tokenizer; save and restore optimizer state without pickle."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from model.retro import CONFIG_FILE, MODEL_TYPE, Retro
+from model.tokenizer import TOKENIZER_FILE, RetroTokenizer
+
+LOG = logging.getLogger(__name__)
+
+TRAINING_STATE_TENSORS = "training_state.safetensors"
+TRAINING_STATE_JSON = "training_state.json"
+
+
+def checkpoint_model_type(directory: str | Path) -> str:
+    """The ``model_type`` recorded in a checkpoint's config.json."""
+    file = Path(directory) / CONFIG_FILE
+    if not file.exists():
+        raise FileNotFoundError(f"{directory} is not a retrofresh checkpoint: no {CONFIG_FILE}")
+    return json.loads(file.read_text()).get("model_type", "")
+
+
+def load_tokenizer_for(directory: str | Path, expected: dict | None) -> RetroTokenizer:
+    """The tokenizer saved in a checkpoint (or the shipped default), checked against the config's stamp."""
+    directory = Path(directory)
+    tokenizer = RetroTokenizer.load(directory if (directory / TOKENIZER_FILE).exists() else None)
+    if expected and expected.get("sha256") and expected["sha256"] != tokenizer.sha256:
+        raise ValueError(
+            f"checkpoint {directory} was trained with tokenizer {expected.get('name')} ({expected['sha256'][:12]}) "
+            f"but {tokenizer.name} ({tokenizer.sha256[:12]}) was found; save the checkpoint with its tokenizer"
+        )
+    return tokenizer
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"):
+    """Load a checkpoint directory: a RETRO model (or a RETRO-fitted HF model) and its tokenizer.
+
+    Args:
+        directory: written by ``save_pretrained``.
+        device: where to put the weights.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+    """
+    model_type = checkpoint_model_type(directory)
+    if model_type == MODEL_TYPE:
+        model = Retro.from_pretrained(directory, device=device)
+    else:
+        from model.retrofit import MODEL_TYPE as RETROFIT_TYPE, RetroFit
+
+        if model_type != RETROFIT_TYPE:
+            raise ValueError(f"{directory} holds model_type {model_type!r}; expected {MODEL_TYPE!r} or {RETROFIT_TYPE!r}")
+        model = RetroFit.from_pretrained(directory, device=device)
+    return model, load_tokenizer_for(directory, model.config.tokenizer)
+
+
+def save_training_state(directory: str | Path, optimizer: torch.optim.Optimizer, *, step: int, extra: dict | None = None) -> None:
+    """Write optimizer state beside a checkpoint: tensors as safetensors, the rest as JSON.
+
+    Args:
+        directory: the checkpoint directory.
+        optimizer: its ``state_dict()`` is saved.
+        step: optimizer steps taken so far.
+        extra: JSON-serialisable notes (training config, data hash).
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            key = f"state.{idx}.{name}"
+            if torch.is_tensor(value):
+                tensors[key] = value.detach().contiguous().cpu()
+            else:
+                scalars[key] = value
+    save_file(tensors, str(directory / TRAINING_STATE_TENSORS))
+    meta = {"step": step, "param_groups": state["param_groups"], "scalars": scalars, "extra": extra or {}}
+    (directory / TRAINING_STATE_JSON).write_text(json.dumps(meta, indent=2))
+
+
+def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+    """Restore what :func:`save_training_state` wrote into ``optimizer``.
+
+    Returns:
+        ``(step, extra)``.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta_file = directory / TRAINING_STATE_JSON
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{directory} has no {TRAINING_STATE_JSON}: nothing to resume from")
+    meta = json.loads(meta_file.read_text())
+    tensors = load_file(str(directory / TRAINING_STATE_TENSORS))
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"]), meta.get("extra", {})

@@ -1,0 +1,635 @@
+"""The RETRO network (Borgeaud et al. 2022) in one file: decoder, neighbour encoder, chunked cross-attention.
+
+Read bottom-up: rotary positions, attention (self, cross, chunked cross), MLP, the decoder and
+encoder blocks, the neighbour encoder, then :class:`Retro`. Axis names used in shape comments and
+einops patterns:
+
+    B batch · T tokens · L chunks (T // m) · m chunk tokens (64) · k neighbours per chunk
+    r neighbour tokens (chunk + continuation, 128) · N = B·L · H heads · d head size · D width
+
+Retrieval off is not a special case of the caller's making: ``neighbours=None`` (or a mask with
+nothing valid) makes every CCA contribute exactly zero, so the logits equal those of the same
+weights run with no neighbours at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from model.config import RetroConfig
+
+if TYPE_CHECKING:
+    from model.retrieval import Neighbour
+    from model.tokenizer import RetroTokenizer
+
+LOG = logging.getLogger(__name__)
+
+MODEL_TYPE = "retrofresh-retro"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+IGNORE_INDEX = -100  # targets with this value (padding) add nothing to the loss
+
+
+# neighbours: from Neighbour lists to the tensors the network reads
+
+
+def pack_neighbours(
+    per_chunk: Sequence[Sequence["Neighbour | Sequence[int]"]],
+    *,
+    k: int,
+    r: int,
+    pad_id: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad/truncate each chunk's neighbours to k × r token ids with a token-level validity mask.
+
+    Args:
+        per_chunk: one entry per chunk; each a list of ``Neighbour`` (their ``retrieved_tokens``
+            are read) or plain token-id lists. Fewer than k, or shorter than r, is fine: the rest
+            is masked. More than k: the first k are kept.
+        k: neighbours per chunk.
+        r: tokens per neighbour (chunk + continuation).
+        pad_id: id written into masked slots (never attended).
+
+    Returns:
+        ``(ids, mask)``: ids long (L, k, r) and mask bool (L, k, r), True where a real token is.
+    """
+    ids = torch.full((len(per_chunk), k, r), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(per_chunk), k, r), dtype=torch.bool)
+    for u, neighbours in enumerate(per_chunk):
+        for j, nb in enumerate(list(neighbours)[:k]):
+            tokens = list(nb.retrieved_tokens if hasattr(nb, "retrieved_tokens") else nb)[:r]
+            if tokens:
+                ids[u, j, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                mask[u, j, : len(tokens)] = True
+    return ids, mask
+
+
+def _expand_mask(neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None) -> torch.Tensor:
+    """A (B, L, k, r) token mask from None (all valid), (B, L, k) per-neighbour or (B, L, k, r)."""
+    if neighbour_mask is None:
+        return torch.ones(neighbours.shape, dtype=torch.bool, device=neighbours.device)
+    if neighbour_mask.dtype != torch.bool:
+        raise TypeError(f"neighbour_mask must be bool, got {neighbour_mask.dtype}")
+    if neighbour_mask.shape == neighbours.shape[:3]:
+        return neighbour_mask.unsqueeze(-1).expand(neighbours.shape)
+    if neighbour_mask.shape == neighbours.shape:
+        return neighbour_mask
+    raise ValueError(
+        f"neighbour_mask has shape {tuple(neighbour_mask.shape)}; expected {tuple(neighbours.shape[:3])} "
+        f"(per neighbour) or {tuple(neighbours.shape)} (per token)"
+    )
+
+
+# rotary positions
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for rotary position embeddings (rotate-half layout, as Llama)."""
+
+    def __init__(self, head_dim: int, max_len: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, d/2)
+        # Not saved with the weights: they are a pure function of the config.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if positions.numel() and int(positions.max()) >= self.cos.shape[0]:
+            raise ValueError(f"position {int(positions.max())} is beyond the rotary table ({self.cos.shape[0]})")
+        return self.cos[positions], self.sin[positions]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., T, d) by per-position angles cos/sin (T, d/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+# attention
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection; causal (decoder) or not (encoder)."""
+
+    def __init__(self, width: int, n_heads: int, head_dim: int, *, causal: bool, dropout: float):
+        super().__init__()
+        self.n_heads, self.head_dim, self.causal, self.dropout = n_heads, head_dim, causal, dropout
+        self.qkv = nn.Linear(width, 3 * n_heads * head_dim, bias=False)
+        self.proj = nn.Linear(n_heads * head_dim, width, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        *,
+        key_mask: torch.Tensor | None = None,
+        cache: "LayerCache | None" = None,
+        pos: int = 0,
+    ) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        causal = self.causal
+        if cache is not None:
+            k, v = cache.append(k, v, pos)  # (B, H, pos + T, d)
+            # One new token may see every cached key; a longer first segment needs the causal mask.
+            causal = self.causal and q.shape[-2] > 1
+            if causal and pos > 0:
+                raise ValueError("a multi-token step after the first needs an offset causal mask; feed one token")
+        attn_mask = None if key_mask is None else rearrange(key_mask, "b s -> b 1 1 s")
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, d)
+        return self.proj(rearrange(y, "b h t d -> b t (h d)"))
+
+
+class CrossAttention(nn.Module):
+    """Queries from one stream, keys/values from another (fused KV), with rotary on both sides."""
+
+    def __init__(self, width: int, context_width: int, n_heads: int, head_dim: int, *, dropout: float):
+        super().__init__()
+        self.n_heads, self.head_dim, self.dropout = n_heads, head_dim, dropout
+        self.q = nn.Linear(width, n_heads * head_dim, bias=False)
+        self.kv = nn.Linear(context_width, 2 * n_heads * head_dim, bias=False)
+        self.proj = nn.Linear(n_heads * head_dim, width, bias=False)
+
+    def keys_values(self, context: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project context (N, S, C) once into keys and values (N, H, S, d); keys rotated."""
+        k, v = rearrange(self.kv(context), "n s (two h d) -> two n h s d", two=2, h=self.n_heads)
+        return apply_rotary(k, cos, sin), v
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """x (N, Q, D) attends to precomputed k, v (N, H, S, d); attn_mask broadcasts to (N, H, Q, S)."""
+        q = apply_rotary(rearrange(self.q(x), "n q (h d) -> n h q d", h=self.n_heads), cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(rearrange(y, "n h q d -> n q (h d)"))
+
+
+@dataclass
+class EncodedNeighbours:
+    """Encoded neighbours of L chunks per sequence, and which of them may be attended."""
+
+    states: torch.Tensor  # (N, k·r, De) encoder output, N = B·L
+    token_mask: torch.Tensor  # (N, k·r) bool, True where a real neighbour token is
+    chunk_valid: torch.Tensor  # (N,) bool, False where a chunk has no neighbour at all
+
+    @property
+    def attn_mask(self) -> torch.Tensor | None:
+        """(N, 1, 1, k·r) SDPA mask; rows of empty chunks fully open (their output is zeroed after)."""
+        if bool(self.token_mask.all()):
+            return None  # every slot valid: the unmasked kernel is faster
+        open_rows = self.token_mask | ~self.chunk_valid[:, None]  # an all-False row would give NaN
+        return rearrange(open_rows, "n s -> n 1 1 s")
+
+
+class ChunkedCrossAttention(nn.Module):
+    """RETRO's CCA: tokens attend to the encoded neighbours of the chunk that ends just before them.
+
+    With the causal shift of m−1, token t attends to the neighbours of chunk u = (t+1)//m − 1,
+    retrieved with tokens u·m … u·m+m−1 ≤ t; tokens before m−1 attend to nothing. The sequence is
+    shifted, cut into L windows of m tokens and run as one batched attention over (B·L).
+    """
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        self.m = config.chunk_tokens
+        self.attn = CrossAttention(config.d_model, config.enc_d_model, config.n_heads, config.head_dim, dropout=config.dropout)
+
+    def keys_values(self, enc: EncodedNeighbours, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.attn.keys_values(enc.states, cos, sin)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        enc: EncodedNeighbours,
+        q_cos: torch.Tensor,
+        q_sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """x (B, T, D) → (B, T, D); k, v (B·L, H, k·r, d) from :meth:`keys_values`."""
+        m = self.m
+        B, T, _ = x.shape
+        L = k.shape[0] // B
+        attending = x[:, m - 1 :]  # token m-1 is the first that has a completed chunk
+        n = attending.shape[1]  # <= L·m because L = T // m
+        attending = F.pad(attending, (0, 0, 0, L * m - n))  # (B, L·m, D)
+        q = rearrange(attending, "b (l m) d -> (b l) m d", m=m)
+        y = self.attn.attend(q, k, v, q_cos, q_sin, enc.attn_mask)  # (B·L, m, D)
+        y = y * rearrange(enc.chunk_valid, "n -> n 1 1").to(y.dtype)  # no neighbours: exactly zero
+        y = rearrange(y, "(b l) m d -> b (l m) d", b=B)[:, :n]
+        return F.pad(y, (0, 0, m - 1, 0))  # (B, T, D): the first m-1 tokens get nothing
+
+    def step(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        enc: EncodedNeighbours,
+        q_cos: torch.Tensor,
+        q_sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """One new token per sequence, x (B, 1, D), against one chunk's cached k, v (B, H, k·r, d)."""
+        y = self.attn.attend(x, k, v, q_cos, q_sin, enc.attn_mask)  # (B, 1, D)
+        return y * rearrange(enc.chunk_valid, "b -> b 1 1").to(y.dtype)
+
+
+# feed-forward
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, ratio: float, dropout: float):
+        super().__init__()
+        hidden = int(ratio * width)
+        self.fc = nn.Linear(width, hidden, bias=False)
+        self.proj = nn.Linear(hidden, width, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+# blocks
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm ATTN → (CCA if this layer has one) → FFW, as in the paper's RETRO block."""
+
+    def __init__(self, config: RetroConfig, has_cca: bool):
+        super().__init__()
+        D = config.d_model
+        self.ln_attn = nn.RMSNorm(D, eps=config.norm_eps)
+        self.attn = SelfAttention(D, config.n_heads, config.head_dim, causal=True, dropout=config.dropout)
+        self.ln_cca = nn.RMSNorm(D, eps=config.norm_eps) if has_cca else None
+        self.cca = ChunkedCrossAttention(config) if has_cca else None
+        self.ln_mlp = nn.RMSNorm(D, eps=config.norm_eps)
+        self.mlp = MLP(D, config.mlp_ratio, config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
+
+
+class EncoderBlock(nn.Module):
+    """Bidirectional ATTN over one neighbour → CA to the decoder's chunk activations → FFW."""
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        De, He = config.enc_d_model, config.enc_n_heads
+        self.ln_attn = nn.RMSNorm(De, eps=config.norm_eps)
+        self.attn = SelfAttention(De, He, De // He, causal=False, dropout=config.dropout)
+        self.ln_ca = nn.RMSNorm(De, eps=config.norm_eps)
+        self.ca = CrossAttention(De, config.d_model, He, De // He, dropout=config.dropout)
+        self.ln_mlp = nn.RMSNorm(De, eps=config.norm_eps)
+        self.mlp = MLP(De, config.mlp_ratio, config.dropout)
+
+
+class NeighbourEncoder(nn.Module):
+    """Encodes each neighbour (r tokens) conditioned on the activations of the chunk it was retrieved for."""
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        self.config = config
+        self.proj_in = nn.Linear(config.d_model, config.enc_d_model, bias=False) if config.enc_d_model != config.d_model else nn.Identity()
+        self.ln_context = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.enc_layers))
+        self.ln_f = nn.RMSNorm(config.enc_d_model, eps=config.norm_eps)
+        self.rotary = Rotary(config.enc_d_model // config.enc_n_heads, max(config.neighbour_tokens, config.chunk_tokens), config.rope_theta)
+
+    def forward(self, emb: torch.Tensor, token_mask: torch.Tensor, chunk_h: torch.Tensor) -> EncodedNeighbours:
+        """Encode neighbours.
+
+        Args:
+            emb: token embeddings of the neighbours, (N, k, r, D).
+            token_mask: (N, k, r) bool, True on real tokens.
+            chunk_h: the decoder's activations of each neighbour's chunk, (N, m, D).
+
+        Returns:
+            The encoded neighbours, flattened to (N, k·r, De).
+        """
+        N, k, r, _ = emb.shape
+        m = chunk_h.shape[1]
+        device = emb.device
+        r_cos, r_sin = self.rotary(torch.arange(r, device=device))
+        m_cos, m_sin = self.rotary(torch.arange(m, device=device))
+        nb_valid = token_mask.any(-1)  # (N, k)
+        # A fully masked neighbour would make its softmax rows NaN; open it (it is never attended).
+        self_mask = rearrange(token_mask | ~nb_valid[..., None], "n k r -> (n k) r")
+        self_mask = None if bool(self_mask.all()) else self_mask
+        context = self.ln_context(chunk_h)
+        h = rearrange(self.proj_in(emb), "n k r e -> (n k) r e")
+        ca_cos, ca_sin = r_cos.repeat(k, 1), r_sin.repeat(k, 1)  # (k·r, d/2): positions restart per neighbour
+        for block in self.blocks:
+            h = h + block.attn(block.ln_attn(h), r_cos, r_sin, key_mask=self_mask)
+            # Every neighbour token of a chunk reads the same m activations, so the k neighbours
+            # are one batch row of k·r queries: no copy of the chunk per neighbour.
+            h = rearrange(h, "(n k) r e -> n (k r) e", k=k)
+            ck, cv = block.ca.keys_values(context, m_cos, m_sin)  # (N, He, m, d)
+            h = h + block.ca.attend(block.ln_ca(h), ck, cv, ca_cos, ca_sin, None)
+            h = rearrange(h, "n (k r) e -> (n k) r e", k=k)
+            h = h + block.mlp(block.ln_mlp(h))
+        states = rearrange(self.ln_f(h), "(n k) r e -> n (k r) e", k=k)
+        return EncodedNeighbours(states=states, token_mask=rearrange(token_mask, "n k r -> n (k r)"), chunk_valid=nb_valid.any(-1))
+
+
+# generation cache
+
+
+class LayerCache:
+    """Preallocated keys/values of one decoder layer's self-attention."""
+
+    def __init__(self, batch: int, n_heads: int, max_len: int, head_dim: int, device, dtype):
+        self.k = torch.zeros(batch, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = pos + k.shape[-2]
+        if end > self.k.shape[-2]:
+            raise ValueError(f"KV cache holds {self.k.shape[-2]} tokens; position {end} is past it")
+        self.k[:, :, pos:end] = k
+        self.v[:, :, pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+@dataclass
+class RetroCache:
+    """Decoding state: self-attention KV, the current chunk's activations, and the CCA keys/values.
+
+    ``cca`` holds, per CCA layer, the keys/values of the encoded neighbours that the next tokens
+    attend to (those of the last completed chunk); neighbours are encoded once per chunk.
+    """
+
+    layers: list[LayerCache]
+    chunk_h: torch.Tensor  # (B, m, D) decoder activations of the chunk being written, at the first CCA layer
+    pos: int = 0
+    enc: EncodedNeighbours | None = None
+    cca: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+# the model
+
+
+class Retro(nn.Module):
+    """A RETRO decoder with its neighbour encoder.
+
+    Args:
+        config: the network's shape.
+    """
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(DecoderBlock(config, i + 1 in config.cca_layers) for i in range(config.n_layers))
+        self.encoder = NeighbourEncoder(config)
+        self.ln_f = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.rotary = Rotary(config.head_dim, max(config.max_seq_len, 2 * config.chunk_tokens, config.neighbour_tokens), config.rope_theta)
+        self.first_cca = config.cca_layers[0] - 1  # 0-based layer whose activations condition the encoder
+        self.apply(self._init_weights)
+        # Residual projections scaled by depth (GPT-2), so the stream's variance does not grow with layers.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # forward
+
+    def encode_neighbours(self, neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None, chunk_h: torch.Tensor) -> EncodedNeighbours:
+        """Encode (B, L, k, r) neighbours given the decoder's chunk activations (B, L·m, D)."""
+        B, L = neighbours.shape[:2]
+        token_mask = _expand_mask(neighbours, neighbour_mask)
+        emb = self.wte(rearrange(neighbours, "b l k r -> (b l) k r"))  # (N, k, r, D)
+        chunk_h = rearrange(chunk_h, "b (l m) d -> (b l) m d", l=L)
+        return self.encoder(emb, rearrange(token_mask, "b l k r -> (b l) k r"), chunk_h)
+
+    def _check_inputs(self, input_ids: torch.Tensor, neighbours: torch.Tensor | None) -> None:
+        cfg = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+        if neighbours is None:
+            return
+        B, T = input_ids.shape
+        L = T // cfg.chunk_tokens
+        if neighbours.dim() != 4 or neighbours.shape[0] != B or neighbours.shape[1] != L:
+            raise ValueError(
+                f"neighbours must be (B={B}, L=T//m={L}, k, r) for {T} tokens, got {tuple(neighbours.shape)}"
+            )
+        if neighbours.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
+            raise TypeError(f"neighbours must hold token ids (integer dtype), got {neighbours.dtype}")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        neighbours: torch.Tensor | None = None,
+        neighbour_mask: torch.Tensor | None = None,
+        *,
+        targets: torch.Tensor | None = None,
+        cache: RetroCache | None = None,
+    ):
+        """Logits for every position.
+
+        Args:
+            input_ids: (B, T) token ids.
+            neighbours: (B, T//m, k, r) neighbour token ids, one set per complete chunk; None: no
+                retrieval. With a cache past position 0 (one token per step), (B, 1, k, r) for the
+                chunk this token completes, or None.
+            neighbour_mask: (B, L, k) or (B, L, k, r) bool, True where a neighbour (token) exists.
+            targets: (B, T) next-token ids; ``IGNORE_INDEX`` where nothing is to be predicted.
+            cache: a :meth:`new_cache` for incremental decoding; None for a plain forward.
+
+        Returns:
+            logits (B, T, V); with targets, ``(logits, loss)`` (mean cross-entropy in nats).
+        """
+        if cache is not None and cache.pos > 0:
+            logits = self._step(input_ids, neighbours, neighbour_mask, cache)
+        else:
+            logits = self._full(input_ids, neighbours, neighbour_mask, cache)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(rearrange(logits.float(), "b t v -> (b t) v"), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def _full(self, input_ids, neighbours, neighbour_mask, cache: RetroCache | None) -> torch.Tensor:
+        self._check_inputs(input_ids, neighbours)
+        cfg, m = self.config, self.config.chunk_tokens
+        B, T = input_ids.shape
+        L = T // m
+        device = input_ids.device
+        if T > cfg.max_seq_len:
+            raise ValueError(f"{T} tokens exceed max_seq_len={cfg.max_seq_len}")
+        cos, sin = self.rotary(torch.arange(T, device=device))
+        retrieve = neighbours is not None and L > 0
+        if retrieve:
+            # Query i of an attending window sits m-1+i tokens after the start of the chunk its
+            # neighbours were retrieved for; neighbour positions restart at 0 for each of the k.
+            q_cos, q_sin = self.rotary(torch.arange(m - 1, 2 * m - 1, device=device))
+            n_nb, r = neighbours.shape[2:]
+            k_cos, k_sin = (t.repeat(n_nb, 1) for t in self.rotary(torch.arange(r, device=device)))
+        enc = None
+        x = self.wte(input_ids)
+        for i, block in enumerate(self.blocks):
+            x = x + block.dropout(block.attn(block.ln_attn(x), cos, sin, cache=cache.layers[i] if cache else None, pos=0))
+            if i == self.first_cca:
+                if cache is not None:
+                    cache.chunk_h[:, : T - L * m] = x[:, L * m :]  # the unfinished chunk, for later steps
+                if retrieve:
+                    enc = self.encode_neighbours(neighbours, neighbour_mask, x[:, : L * m])
+            if block.cca is not None and enc is not None:
+                kv = block.cca.keys_values(enc, k_cos, k_sin)
+                x = x + block.dropout(block.cca(block.ln_cca(x), *kv, enc, q_cos, q_sin))
+                if cache is not None:  # the next tokens attend to the last chunk's neighbours
+                    cache.cca[i] = tuple(rearrange(t, "(b l) h s d -> b l h s d", b=B)[:, -1] for t in kv)
+            x = x + block.mlp(block.ln_mlp(x))
+        if cache is not None:
+            cache.pos = T
+            cache.enc = _last_chunk(enc, B) if enc is not None else None
+            if enc is None:
+                cache.cca.clear()
+        return self.lm_head(self.ln_f(x))
+
+    def _step(self, input_ids, neighbours, neighbour_mask, cache: RetroCache) -> torch.Tensor:
+        cfg, m = self.config, self.config.chunk_tokens
+        B, T = input_ids.shape
+        if T != 1:
+            raise ValueError(f"after the first forward, a cached step takes one token per sequence, got {T}")
+        pos = cache.pos
+        device = input_ids.device
+        completes_chunk = (pos + 1) % m == 0
+        if neighbours is not None and (not completes_chunk or neighbours.shape[:2] != (B, 1)):
+            raise ValueError(f"neighbours at position {pos} must be None or (B, 1, k, r) and only when a chunk completes")
+        cos, sin = self.rotary(torch.tensor([pos], device=device))
+        q_cos, q_sin = self.rotary(torch.tensor([m - 1 + (pos + 1) % m], device=device))
+        x = self.wte(input_ids)
+        for i, block in enumerate(self.blocks):
+            x = x + block.attn(block.ln_attn(x), cos, sin, cache=cache.layers[i], pos=pos)
+            if i == self.first_cca:
+                cache.chunk_h[:, pos % m] = x[:, 0]
+                if completes_chunk:  # this token finishes a chunk: its neighbours are encoded now, once
+                    cache.cca.clear()
+                    cache.enc = None
+                    if neighbours is not None:
+                        cache.enc = self.encode_neighbours(neighbours, neighbour_mask, cache.chunk_h)
+                        n_nb, r = neighbours.shape[2:]
+                        k_cos, k_sin = (t.repeat(n_nb, 1) for t in self.rotary(torch.arange(r, device=device)))
+                        for j, other in enumerate(self.blocks):
+                            if other.cca is not None:
+                                cache.cca[j] = other.cca.keys_values(cache.enc, k_cos, k_sin)
+            if block.cca is not None and i in cache.cca and pos >= m - 1:
+                x = x + block.cca.step(block.ln_cca(x), *cache.cca[i], cache.enc, q_cos, q_sin)
+            x = x + block.mlp(block.ln_mlp(x))
+        cache.pos = pos + 1
+        return self.lm_head(self.ln_f(x))
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> RetroCache:
+        """An empty decoding cache for up to max_len tokens (default: max_seq_len)."""
+        cfg = self.config
+        param = next(self.parameters())
+        device = device or param.device
+        dtype = dtype or param.dtype
+        max_len = max_len or cfg.max_seq_len
+        layers = [LayerCache(batch_size, cfg.n_heads, max_len, cfg.head_dim, device, dtype) for _ in range(cfg.n_layers)]
+        return RetroCache(layers=layers, chunk_h=torch.zeros(batch_size, cfg.chunk_tokens, cfg.d_model, device=device, dtype=dtype))
+
+    # checkpoints
+
+    def save_pretrained(self, directory: str | Path, tokenizer: "RetroTokenizer | None" = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``) into a directory.
+
+        Args:
+            directory: created if missing; existing files of the same names are replaced.
+            tokenizer: saved beside the weights; its name and sha256 are recorded in the config.
+
+        Returns:
+            The directory.
+        """
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if tokenizer is not None:
+            stamp = {"name": tokenizer.name, "sha256": tokenizer.sha256}
+            if self.config.tokenizer and self.config.tokenizer.get("sha256") != tokenizer.sha256:
+                raise ValueError(f"model was built for tokenizer {self.config.tokenizer}, not {stamp}")
+            self.config.tokenizer = stamp
+            tokenizer.save(directory)
+        write_config(directory, MODEL_TYPE, self.config.to_dict())
+        save_model(self, str(directory / WEIGHTS_FILE))  # handles the tied embedding / lm_head
+        LOG.info("saved %s (%d params) to %s", MODEL_TYPE, self.num_params(), directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "Retro":
+        """Load a model written by :meth:`save_pretrained`.
+
+        Args:
+            directory: the checkpoint directory.
+            device: where to put the weights.
+
+        Returns:
+            The model, in eval mode.
+        """
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        config = RetroConfig.from_dict(read_config(directory, MODEL_TYPE))
+        model = cls(config)
+        load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=str(device))
+        model.to(device)
+        return model.eval()
+
+
+def _last_chunk(enc: EncodedNeighbours, batch: int) -> EncodedNeighbours:
+    """The encoded neighbours of each sequence's last chunk (what the next tokens attend to)."""
+    pick = lambda t: rearrange(t, "(b l) ... -> b l ...", b=batch)[:, -1]  # noqa: E731
+    return EncodedNeighbours(states=pick(enc.states), token_mask=pick(enc.token_mask), chunk_valid=pick(enc.chunk_valid))
+
+
+def write_config(directory: Path, model_type: str, fields: dict) -> None:
+    """``config.json`` stamped with the model type and format version."""
+    data = {"model_type": model_type, "format_version": FORMAT_VERSION, **fields}
+    (directory / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def read_config(directory: Path, model_type: str) -> dict:
+    """The fields of ``config.json``, after checking it is a checkpoint of ``model_type`` we can read."""
+    file = Path(directory) / CONFIG_FILE
+    if not file.exists():
+        raise FileNotFoundError(f"{directory} is not a retrofresh checkpoint: no {CONFIG_FILE}")
+    data = json.loads(file.read_text())
+    found = data.pop("model_type", None)
+    version = data.pop("format_version", None)
+    if found != model_type:
+        raise ValueError(f"{file} holds model_type {found!r}, expected {model_type!r}")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{file} has format_version {version!r}; this code reads up to {FORMAT_VERSION}")
+    if not (Path(directory) / WEIGHTS_FILE).exists():
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}")
+    return data

@@ -1,0 +1,148 @@
+"""Loss and bits-per-byte of a text under a RETRO model, with retrieval on or off and leakage control."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from model.generation import retrieve_chunks
+from model.retrieval import Neighbour, Retriever
+from model.retro import IGNORE_INDEX, Retro, pack_neighbours
+from model.tokenizer import RetroTokenizer
+
+LOG = logging.getLogger(__name__)
+
+# With n-gram exclusion, ask for this many times k so that k usually survive the filter.
+OVERFETCH = 4
+
+
+@dataclass
+class ScoreResult:
+    """How well the model predicts a text."""
+
+    loss: float  # mean nats per predicted token
+    bits_per_byte: float  # total bits / UTF-8 bytes of the predicted tokens
+    tokens: int  # predicted tokens (all but the first)
+    bytes: int
+    retrieval: bool
+    neighbours_excluded: int = 0  # dropped for sharing an n-gram with the chunk they help predict
+    neighbours_used: int = 0
+
+
+def ngrams(tokens: list[int], n: int) -> set[tuple[int, ...]]:
+    """All n-grams of a token list (empty when it is shorter than n)."""
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def filter_leaks(neighbours: list[Neighbour], target: list[int], n: int, k: int) -> tuple[list[Neighbour], int]:
+    """Drop neighbours that share an n-gram of length >= n with the tokens they help predict.
+
+    Args:
+        neighbours: candidates for one chunk, best first.
+        target: the tokens predicted while attending to them (the next chunk).
+        n: n-gram length; sharing any longer common substring implies sharing one of length n.
+        k: neighbours to keep at most.
+
+    Returns:
+        The first k survivors and how many candidates were dropped.
+    """
+    grams = ngrams(target, n)
+    kept = [nb for nb in neighbours if not (grams & ngrams(nb.retrieved_tokens, n))]
+    return kept[:k], len(neighbours) - len(kept)
+
+
+@torch.inference_mode()
+def score(
+    model: Retro,
+    tokenizer: RetroTokenizer,
+    text: str,
+    *,
+    retriever: Retriever | None,
+    k: int | None = None,
+    exclude_doc_id: str | None = None,
+    exclude_ngram: int | None = None,
+) -> ScoreResult:
+    """Score a text.
+
+    Texts longer than the model's context are scored in consecutive chunk-aligned windows (each
+    window's last token predicts the next window's first), so every token but the first counts.
+
+    Args:
+        model: the RETRO model.
+        tokenizer: its tokenizer.
+        text: what to score (at least two tokens).
+        retriever: neighbours source; None scores without retrieval.
+        k: neighbours per chunk (default: the model's k).
+        exclude_doc_id: never use neighbours from this document (the text's own source).
+        exclude_ngram: drop neighbours sharing an n-gram of this length with the chunk they help predict.
+
+    Returns:
+        Loss, bits per byte and counts.
+
+    Raises:
+        ValueError: a text under two tokens, or a bad k / n.
+    """
+    cfg = model.config
+    k = cfg.k if k is None else k
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if exclude_ngram is not None and exclude_ngram < 1:
+        raise ValueError(f"exclude_ngram must be >= 1, got {exclude_ngram}")
+    ids = tokenizer.encode(text)
+    if len(ids) < 2:
+        raise ValueError(f"text has {len(ids)} token(s); scoring needs at least 2")
+    m, r = cfg.chunk_tokens, cfg.neighbour_tokens
+    device = next(model.parameters()).device
+    n_chunks = len(ids) // m
+    excluded = used = 0
+    neighbours = mask = None
+    if retriever is not None and n_chunks:
+        chunks = [ids[u * m : (u + 1) * m] for u in range(n_chunks)]
+        fetch = k * OVERFETCH if exclude_ngram else k
+        found = retrieve_chunks(
+            retriever, tokenizer, chunks, fetch, exclude_doc_ids=[exclude_doc_id] * n_chunks if exclude_doc_id else None
+        )
+        if exclude_ngram:
+            kept = []
+            for u, nbs in enumerate(found):
+                survivors, dropped = filter_leaks(nbs, ids[(u + 1) * m : (u + 2) * m], exclude_ngram, k)
+                kept.append(survivors)
+                excluded += dropped
+            found = kept
+        used = sum(min(len(nbs), k) for nbs in found)
+        neighbours, mask = pack_neighbours(found, k=k, r=r, pad_id=cfg.pad_token_id)
+        neighbours, mask = neighbours.to(device), mask.to(device)
+
+    window = cfg.max_seq_len - cfg.max_seq_len % m  # chunk-aligned so neighbours line up
+    targets_all = torch.tensor(ids[1:] + [IGNORE_INDEX], device=device)
+    tokens_all = torch.tensor(ids, device=device)
+    total_nats = 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(ids), window):
+            x = tokens_all[None, start : start + window]
+            y = targets_all[None, start : start + window]
+            nb = mk = None
+            if neighbours is not None:
+                lo, hi = start // m, (start + x.shape[1]) // m
+                nb, mk = neighbours[None, lo:hi], mask[None, lo:hi]
+            logits = model(x, nb, mk)
+            valid = y != IGNORE_INDEX
+            total_nats += torch.nn.functional.cross_entropy(logits[valid].float(), y[valid], reduction="sum").item()
+    finally:
+        model.train(was_training)
+    tokens = len(ids) - 1
+    n_bytes = len(text.encode("utf-8")) - len(tokenizer.decode(ids[:1]).encode("utf-8"))
+    return ScoreResult(
+        loss=total_nats / tokens,
+        bits_per_byte=total_nats / math.log(2) / max(n_bytes, 1),
+        tokens=tokens,
+        bytes=n_bytes,
+        retrieval=neighbours is not None,
+        neighbours_excluded=excluded,
+        neighbours_used=used,
+    )

@@ -1,0 +1,1 @@
+"""Training RETRO on a store version: sequences, precomputed neighbours, the loop."""
