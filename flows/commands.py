@@ -1,0 +1,114 @@
+"""``retrofresh refresh`` (one refresh through the Prefect flow) and ``retrofresh flows`` (serve them).
+
+Prefect, Beam and torch load only inside the commands, so ``retrofresh --help`` stays fast. With no
+Prefect server configured (``PREFECT_API_URL`` unset), Prefect starts a temporary local API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+LOG = logging.getLogger(__name__)
+
+
+@click.command("refresh")
+@click.option("--sources", "sources", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="sources file (YAML) [env RETROFRESH_SOURCES]")
+@click.option("--store", "store", default=None, help="index store: a directory or gs://bucket/prefix [env RETROFRESH_STORE]")
+@click.option("--runner", type=click.Choice(["local", "dataflow"]), default="local", show_default=True,
+              help="run the Beam job in this process, or submit it to Dataflow and follow it")
+@click.option("--pipeline-arg", "pipeline_args", multiple=True, help="extra Beam pipeline argument (repeatable)")
+@click.option("--server", "servers", multiple=True, help="server URL to notify after publishing (repeatable) [env RETROFRESH_SERVERS]")
+@click.option("--compact-threshold", type=click.IntRange(min=1), default=None,
+              help="compact when a new version has more shards than this")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object on the last line")
+def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, as_json):
+    """Ingest the sources, validate the new index version and publish it (one Prefect flow run)."""
+    from flows.refresh import refresh_corpus
+
+    kwargs = {"runner": runner}
+    if compact_threshold is not None:
+        kwargs["compact_threshold"] = compact_threshold
+    state = refresh_corpus(
+        sources=str(sources) if sources else None,
+        store=store,
+        pipeline_args=list(pipeline_args) or None,
+        servers=list(servers) or None,
+        return_state=True,
+        **kwargs,
+    )
+    if not state.is_completed():
+        try:
+            state.result()
+        except Exception as error:  # noqa: BLE001 - report the flow's cause, whatever it was
+            raise click.ClickException(f"refresh failed: {error}") from error
+        raise click.ClickException(f"refresh ended {state.type.value}: {state.message}")
+    summary = state.result()
+    if as_json:
+        keys = ("version", "parent", "published", "documents", "chunks_added", "chunks_removed", "seconds")
+        head = {key: summary[key] for key in keys}
+        # Everything else follows; the contract is that the last line is the summary object.
+        sys.stdout.flush()
+        click.echo(json.dumps({**head, **{k: v for k, v in summary.items() if k not in head}}, sort_keys=False))
+    else:
+        docs = summary["documents"]
+        verb = "published" if summary["published"] else "nothing changed; CURRENT is still"
+        click.echo(
+            f"{verb} {summary['version']} (parent {summary['parent']}): "
+            + ", ".join(f"{n} {k.replace('_', '-')}" for k, n in docs.items())
+            + f"; +{summary['chunks_added']} / -{summary['chunks_removed']} chunks in {summary['seconds']:.1f} s"
+        )
+
+
+@click.group("flows")
+def flows_group():
+    """Serve retrofresh's Prefect deployments (refresh, compaction, evaluation, gc, rollback)."""
+
+
+_config_option = click.option(
+    "--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="a prefect.yaml (e.g. infra/prefect/prefect.yaml); default: the built-in deployments",
+)
+
+
+@flows_group.command("list")
+@_config_option
+def list_deployments(config):
+    """Show the deployments and schedules that `flows serve` would serve."""
+    from flows.deployments import DeploymentConfigError, load_deployments
+
+    try:
+        specs = load_deployments(config)
+    except DeploymentConfigError as error:
+        raise click.ClickException(str(error)) from error
+    for spec in specs:
+        when = "; ".join(
+            " ".join(f"{k}={v}" for k, v in schedule.items()) for schedule in spec.schedules
+        ) or "on demand"
+        click.echo(f"{spec.name:18s} {spec.entrypoint:40s} {when}")
+
+
+@flows_group.command("serve")
+@_config_option
+@click.option("--store", default=None, help="store URI passed to every flow that takes one")
+@click.option("--sources", default=None, help="sources file passed to the refresh flow")
+def serve(config, store, sources):
+    """Serve every deployment with its schedules from this process (no work pool needed).
+
+    Runs until interrupted; scheduled and UI-triggered runs execute here.
+    """
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import DeploymentConfigError, load_deployments, to_runner_deployments
+
+    try:
+        deployments = to_runner_deployments(load_deployments(config), {"store": store, "sources": sources})
+    except DeploymentConfigError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"serving {len(deployments)} deployments: {', '.join(d.name for d in deployments)}", err=True)
+    prefect_serve(*deployments)

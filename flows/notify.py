@@ -1,0 +1,108 @@
+"""Tell running RETRO servers that a new index version is published (``POST /admin/reload``).
+
+Servers also poll ``CURRENT`` on their own, so a server that cannot be reached is reported, not
+fatal: the refresh has already published and will not be undone because one replica was down.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import httpx
+from prefect import get_run_logger, task
+
+from flows.retry import retry_if_transient
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What one server answered to a reload request."""
+
+    url: str
+    ok: bool
+    status: int | None = None
+    detail: str = ""
+    index_version: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def reload_url(server: str) -> str:
+    """The reload endpoint of a server given by its base URL (a full ``/admin/reload`` URL is kept)."""
+    server = server.rstrip("/")
+    return server if server.endswith("/admin/reload") else f"{server}/admin/reload"
+
+
+def request_reload(server: str, *, token: str | None, timeout_s: float = 30.0) -> ReloadOutcome:
+    """POST /admin/reload to one server.
+
+    Args:
+        server: the server's base URL, e.g. ``http://127.0.0.1:8000``.
+        token: the bearer token the server expects (``RETROFRESH_ADMIN_TOKEN``), or None.
+        timeout_s: seconds to wait for the answer; a reload loads and warms a version.
+
+    Returns:
+        The outcome. A 4xx answer is returned as not ok (retrying it cannot help).
+
+    Raises:
+        httpx.TransportError: the server could not be reached (transient: the task retries).
+        httpx.HTTPStatusError: the server answered 5xx (transient: the task retries).
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.post(reload_url(server), headers=headers, timeout=timeout_s)
+    if response.status_code >= 500:
+        response.raise_for_status()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    version = body.get("index_version") or body.get("version")
+    detail = str(body.get("detail") or body.get("error") or body.get("last_error") or "")
+    return ReloadOutcome(server, response.is_success, response.status_code, detail or response.reason_phrase, version)
+
+
+@task(name="notify-server", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient)
+def notify_server(server: str, token: str | None, timeout_s: float = 30.0) -> ReloadOutcome:
+    """Ask one server to reload the published version (retries while it cannot be reached)."""
+    outcome = request_reload(server, token=token, timeout_s=timeout_s)
+    log = get_run_logger()
+    if outcome.ok:
+        log.info("%s reloaded (serving %s)", server, outcome.index_version)
+    else:
+        log.warning("%s refused the reload: %s %s", server, outcome.status, outcome.detail)
+    return outcome
+
+
+def notify_servers(
+    servers: list[str], token: str | None, timeout_s: float = 30.0, retry_delays_s: tuple[float, ...] = (1, 5)
+) -> list[ReloadOutcome]:
+    """Notify every server concurrently; one unreachable server does not fail the others.
+
+    Call from inside a flow.
+
+    Args:
+        servers: base URLs of the servers.
+        token: bearer token for ``/admin/reload``.
+        timeout_s: per request.
+        retry_delays_s: waits between attempts at an unreachable server (one retry per entry).
+
+    Returns:
+        One outcome per server, in order; a server that stayed unreachable after the retries is an
+        outcome with ``ok=False`` and the error as detail.
+    """
+    task = notify_server.with_options(retries=len(retry_delays_s), retry_delay_seconds=list(retry_delays_s) or 0)
+    futures = [task.submit(server, token, timeout_s) for server in servers]
+    outcomes = []
+    for server, future in zip(servers, futures):
+        result = future.result(raise_on_failure=False)
+        if isinstance(result, ReloadOutcome):
+            outcomes.append(result)
+        else:
+            get_run_logger().warning("could not notify %s: %r", server, result)
+            outcomes.append(ReloadOutcome(server, False, None, repr(result)))
+    return outcomes

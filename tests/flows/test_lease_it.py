@@ -1,0 +1,115 @@
+"""The refresh lease on a local store and on GCS (fake-gcs-server): one holder, fail-fast, takeover."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from flows.lease import LEASE_PATH, LeaseHeld, LeaseLost, LeaseRecord, RefreshLease
+from model.store.backends import open_backend
+from model.store.uri import parse_store_uri
+
+pytestmark = pytest.mark.integration
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def backend(store_uri):
+    return open_backend(parse_store_uri(store_uri))
+
+
+def test_a_second_holder_fails_fast_with_a_message_naming_the_first(backend):
+    first = RefreshLease(backend, holder="refresh-corpus run alpha", ttl_s=600)
+    record = first.acquire()
+    assert json.loads(backend.read_bytes(LEASE_PATH))["token"] == record.token
+    with pytest.raises(LeaseHeld, match="held by refresh-corpus run alpha") as info:
+        RefreshLease(backend, holder="refresh-corpus run beta").acquire()
+    assert info.value.record.holder == "refresh-corpus run alpha"
+    assert first.release()
+    second = RefreshLease(backend, holder="beta")
+    second.acquire()
+    assert first.read().holder == "beta" and first.read().released_at is None
+    second.release()
+    assert first.read().released_at is not None
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(backend):
+    clock = Clock()
+    old = RefreshLease(backend, holder="old", ttl_s=60, clock=clock)
+    old.acquire()
+    clock.now += timedelta(seconds=30)
+    with pytest.raises(LeaseHeld):
+        RefreshLease(backend, holder="new", clock=clock).acquire()
+    old.renew()  # pushes the expiry to t+90
+    clock.now += timedelta(seconds=59)
+    with pytest.raises(LeaseHeld):
+        RefreshLease(backend, holder="new", clock=clock).acquire()
+    clock.now += timedelta(seconds=2)
+    new = RefreshLease(backend, holder="new", clock=clock)
+    new.acquire()
+    with pytest.raises(LeaseLost, match="taken over by new"):
+        old.renew()
+    assert old.release() is False  # does not clobber the new holder
+    assert new.read().holder == "new" and new.read().released_at is None
+
+
+def test_a_retry_of_the_same_flow_run_takes_its_own_lease_back(backend):
+    RefreshLease(backend, holder="attempt 1", flow_run_id="run-1").acquire()  # crashed, never released
+    with pytest.raises(LeaseHeld):
+        RefreshLease(backend, holder="other", flow_run_id="run-2").acquire()
+    RefreshLease(backend, holder="attempt 2", flow_run_id="run-1").acquire()
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_free(backend):
+    lease = RefreshLease(backend, holder="crashed")
+    record = lease.acquire()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    forged = LeaseRecord(**{**record.__dict__, "pid": dead.pid})
+    backend.swap(LEASE_PATH, record.to_json(), forged.to_json())
+    RefreshLease(backend, holder="rerun").acquire()
+
+
+def test_an_unreadable_lease_object_does_not_block_forever(backend):
+    backend.swap(LEASE_PATH, None, b"{not json")
+    lease = RefreshLease(backend, holder="fresh")
+    lease.acquire()
+    assert lease.read().holder == "fresh"
+
+
+def test_racing_holders_exactly_one_wins(backend):
+    barrier = threading.Barrier(6)
+    results: list[str] = []
+
+    def contend(i: int) -> None:
+        lease = RefreshLease(backend, holder=f"racer-{i}")
+        barrier.wait()
+        try:
+            lease.acquire()
+            results.append("won")
+        except LeaseHeld:
+            results.append("held")
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["held"] * 5 + ["won"]
+
+
+def test_bad_ttl_is_refused(backend):
+    with pytest.raises(ValueError, match="ttl_s must be positive"):
+        RefreshLease(backend, holder="x", ttl_s=0)
