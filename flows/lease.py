@@ -23,16 +23,19 @@ import json
 import logging
 import os
 import socket
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
+from model.store import layout
 from model.store.backends import Backend, CasFailed
 
 LOG = logging.getLogger(__name__)
 
-LEASE_PATH = "leases/refresh.json"
+LEASE_PATH = layout.lease_key("refresh")  # leases/refresh.json
 
 
 def utcnow() -> datetime:
@@ -128,6 +131,8 @@ class RefreshLease:
         self.clock = clock
         self.record: LeaseRecord | None = None
         self._written: bytes | None = None  # the exact bytes of our record in the store
+        self._lock = threading.Lock()  # the heartbeat thread and the flow both swap the record
+        self.lost: LeaseLost | None = None  # set when a heartbeat found the lease taken over
 
     def _new_record(self) -> LeaseRecord:
         now = self.clock()
@@ -201,20 +206,24 @@ class RefreshLease:
         LOG.info("acquired the refresh lease on %s as %s until %s", self.backend.uri, self.holder, record.expires_at)
         return record
 
-    def _swap(self, record: LeaseRecord) -> None:
-        if self.record is None:
-            raise LeaseLost("the refresh lease is not held")
-        data = record.to_json()
-        try:
-            self.backend.swap(self.path, self._written, data)
-        except CasFailed as failed:
-            other = self._parse(failed.actual)
-            self.record, self._written = None, None
-            raise LeaseLost(
-                f"the refresh lease on {self.backend.uri} was taken over by "
-                f"{other.holder if other else 'someone else'} after it expired"
-            ) from None
-        self.record, self._written = record, data
+    def _swap(self, make: Callable[[LeaseRecord], LeaseRecord]) -> LeaseRecord:
+        with self._lock:
+            if self.record is None:
+                raise self.lost or LeaseLost("the refresh lease is not held")
+            record = make(self.record)
+            data = record.to_json()
+            try:
+                self.backend.swap(self.path, self._written, data)
+            except CasFailed as failed:
+                other = self._parse(failed.actual)
+                self.record, self._written = None, None
+                self.lost = LeaseLost(
+                    f"the refresh lease on {self.backend.uri} was taken over by "
+                    f"{other.holder if other else 'someone else'} after it expired"
+                )
+                raise self.lost from None
+            self.record, self._written = record, data
+            return record
 
     def renew(self) -> LeaseRecord:
         """Push the expiry ``ttl_s`` into the future.
@@ -222,10 +231,44 @@ class RefreshLease:
         Raises:
             LeaseLost: the lease expired and another writer took it.
         """
+        return self._swap(lambda r: replace(r, expires_at=(self.clock() + timedelta(seconds=self.ttl_s)).isoformat()))
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if the lease is no longer ours (before an irreversible step)."""
         if self.record is None:
-            raise LeaseLost("the refresh lease is not held")
-        self._swap(replace(self.record, expires_at=(self.clock() + timedelta(seconds=self.ttl_s)).isoformat()))
-        return self.record
+            raise self.lost or LeaseLost("the refresh lease is not held")
+        other = self.read()
+        if other != self.record:
+            raise LeaseLost(f"the refresh lease on {self.backend.uri} is now held by {other.holder if other else 'nobody'}")
+
+    @contextmanager
+    def heartbeat(self, interval_s: float | None = None) -> Iterator["RefreshLease"]:
+        """Renew the lease from a background thread while the block runs (long ingest jobs).
+
+        Args:
+            interval_s: seconds between renewals; default a third of the TTL, so two renewals
+                can fail transiently before the lease would expire.
+        """
+        interval = interval_s if interval_s is not None else self.ttl_s / 3
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.renew()
+                except LeaseLost as error:
+                    LOG.error("%s", error)
+                    return
+                except Exception as error:  # noqa: BLE001 - a transient store error: try again next beat
+                    LOG.warning("could not renew the refresh lease: %r", error)
+
+        thread = threading.Thread(target=beat, name="refresh-lease-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def release(self) -> bool:
         """Mark the lease released (only if still ours).
@@ -236,11 +279,12 @@ class RefreshLease:
         if self.record is None:
             return False
         try:
-            self._swap(replace(self.record, released_at=self.clock().isoformat()))
+            self._swap(lambda r: replace(r, released_at=self.clock().isoformat()))
         except LeaseLost as error:
             LOG.warning("%s; nothing to release", error)
             return False
-        self.record, self._written = None, None
+        with self._lock:
+            self.record, self._written = None, None
         LOG.info("released the refresh lease on %s", self.backend.uri)
         return True
 

@@ -113,3 +113,19 @@ def test_racing_holders_exactly_one_wins(backend):
 def test_bad_ttl_is_refused(backend):
     with pytest.raises(ValueError, match="ttl_s must be positive"):
         RefreshLease(backend, holder="x", ttl_s=0)
+
+
+def test_heartbeat_keeps_a_short_lease_alive_and_check_sees_a_takeover(backend):
+    import time
+
+    lease = RefreshLease(backend, holder="long job", ttl_s=0.8)
+    lease.acquire()
+    with lease.heartbeat(interval_s=0.1):
+        time.sleep(1.6)  # twice the TTL: only the renewals keep it
+        with pytest.raises(LeaseHeld, match="long job"):
+            RefreshLease(backend, holder="other").acquire()
+        lease.check()
+    time.sleep(1.0)  # no more renewals: it expires
+    RefreshLease(backend, holder="other").acquire()
+    with pytest.raises(LeaseLost, match="held by other"):
+        lease.check()
