@@ -9,4 +9,5 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 pytest_plugins = [
     "tests.fixtures.gcs",
     "tests.fixtures.prefect",
+    "tests.fixtures.retro",
 ]
