@@ -43,6 +43,15 @@ class RetroTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
+    def to_json(self) -> str:
+        """The tokenizer as ``tokenizer.json`` text: exactly what ``sha256`` hashes."""
+        return self._tok.to_str()
+
+    @classmethod
+    def from_json(cls, text: str, name: str) -> "RetroTokenizer":
+        """Rebuild from :meth:`to_json` text (e.g. shipped inside a Beam pipeline to its workers)."""
+        return cls(Tokenizer.from_str(text), name=name)
+
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.json`` (with its name in ``tokenizer_name.json``) into a directory."""
         directory = Path(directory)
