@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.gcs",
     "tests.fixtures.prefect",
     "tests.fixtures.retro",
+    "tests.fixtures.site",
 ]
