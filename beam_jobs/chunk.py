@@ -1,0 +1,67 @@
+"""Chunking: new and changed documents into RETRO chunks with the model's tokenizer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import apache_beam as beam
+
+from beam_jobs.metrics import count
+from beam_jobs.types import LedgerRow, ToChunk
+from model.chunking import chunk_document
+
+LOG = logging.getLogger(__name__)
+
+LEDGER = "ledger"  # tagged output: the ledger row of each chunked document (with its chunk ids)
+
+
+def ledger_row(item: ToChunk, chunk_ids: tuple[int, ...]) -> LedgerRow:
+    """The new ledger row of a new or changed document."""
+    obs = item.observation
+    return LedgerRow(
+        doc_id=obs.doc_id,
+        url=obs.url,
+        source=obs.source,
+        title=obs.title,
+        etag=obs.etag,
+        last_modified=obs.last_modified,
+        content_hash=obs.content_hash or "",
+        published_at=obs.published_at,
+        fetched_at=obs.fetched_at,
+        first_seen=item.first_seen,
+        chunk_ids=chunk_ids,
+    )
+
+
+class ChunkDoFn(beam.DoFn):
+    """ToChunk -> Chunks (main output) and the document's LedgerRow (tagged ``ledger``).
+
+    Args:
+        tokenizer_json: the tokenizer's ``tokenizer.json`` text. The tokenizer travels inside
+            the pipeline, so Dataflow workers use exactly the bytes whose sha256 the manifest
+            records, whatever files their image holds.
+        tokenizer_name: its recorded name.
+        tokenizer_sha256: the sha256 the manifest will record; checked on load.
+    """
+
+    def __init__(self, tokenizer_json: str, tokenizer_name: str, tokenizer_sha256: str):
+        self.tokenizer_json = tokenizer_json
+        self.tokenizer_name = tokenizer_name
+        self.tokenizer_sha256 = tokenizer_sha256
+        self._tokenizer = None
+
+    def setup(self) -> None:
+        from model.tokenizer import RetroTokenizer
+
+        self._tokenizer = RetroTokenizer.from_json(self.tokenizer_json, self.tokenizer_name)
+        if self._tokenizer.sha256 != self.tokenizer_sha256:  # the manifest must name what chunked
+            raise RuntimeError(f"tokenizer sha256 {self._tokenizer.sha256} != planned {self.tokenizer_sha256}")
+
+    def process(self, item: ToChunk) -> Iterator:
+        obs = item.observation
+        tokens = self._tokenizer.encode(obs.text or "")
+        chunks = chunk_document(tokens, doc_id=obs.doc_id, url=obs.url, content_hash=obs.content_hash or "", decode=self._tokenizer.decode)
+        count("chunks", len(chunks))
+        yield beam.pvalue.TaggedOutput(LEDGER, ledger_row(item, tuple(c.chunk_id for c in chunks)))
+        yield from chunks

@@ -1,0 +1,171 @@
+"""Discovery: read sitemaps (with lastmod), RSS/Atom feeds, links in pages, and file globs.
+
+Pure functions over bytes; the crawl (:mod:`beam_jobs.crawl`) decides what to request. Parsers
+are defensive: malformed input yields fewer URLs, never an exception.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import urldefrag, urljoin, urlsplit
+
+import lxml.etree
+import lxml.html
+
+LOG = logging.getLogger(__name__)
+
+MAX_SITEMAP_BYTES = 50_000_000  # the sitemap protocol's own limit for one uncompressed file
+FILE_KINDS = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".jsonl": "jsonl"}
+
+
+@dataclass(frozen=True)
+class SitemapEntries:
+    """What one sitemap file lists: page URLs with their lastmod, and nested sitemaps."""
+
+    urls: list[tuple[str, datetime | None]]
+    sitemaps: list[str]
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One RSS/Atom entry: the linked document, its date and title."""
+
+    link: str
+    published_at: datetime | None
+    title: str | None
+
+
+def parse_datetime(value: str | None) -> datetime | None:
+    """A W3C datetime ('2024-05-01', '2024-05-01T10:00:00+02:00', '...Z') as aware UTC; else None."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _maybe_gunzip(body: bytes, limit: int = MAX_SITEMAP_BYTES) -> bytes:
+    if not body.startswith(b"\x1f\x8b"):
+        return body
+    with gzip.GzipFile(fileobj=io.BytesIO(body)) as f:
+        data = f.read(limit + 1)  # never inflate a gzip bomb past the limit
+    if len(data) > limit:
+        raise ValueError(f"sitemap inflates past {limit} bytes")
+    return data
+
+
+_XML_PARSER = dict(resolve_entities=False, no_network=True, huge_tree=False, recover=True)
+
+
+def parse_sitemap(body: bytes, base_url: str) -> SitemapEntries:
+    """Parse a sitemap or sitemap index (plain or gzipped).
+
+    Args:
+        body: the file's bytes.
+        base_url: where it came from; relative locations are resolved against it.
+
+    Returns:
+        The listed page URLs with lastmod, and nested sitemap URLs; empty when unreadable.
+    """
+    try:
+        root = lxml.etree.fromstring(_maybe_gunzip(body), parser=lxml.etree.XMLParser(**_XML_PARSER))
+    except (lxml.etree.XMLSyntaxError, ValueError, OSError, EOFError) as exc:
+        LOG.warning("unreadable sitemap %s: %s", base_url, exc)
+        return SitemapEntries([], [])
+    if root is None:
+        return SitemapEntries([], [])
+    urls, sitemaps = [], []
+    for element in root:
+        if not isinstance(element.tag, str):
+            continue
+        tag = lxml.etree.QName(element).localname
+        fields = {lxml.etree.QName(c).localname: (c.text or "").strip() for c in element if isinstance(c.tag, str)}
+        loc = fields.get("loc")
+        if not loc:
+            continue
+        loc = urljoin(base_url, loc)
+        if tag == "url":
+            urls.append((loc, parse_datetime(fields.get("lastmod"))))
+        elif tag == "sitemap":
+            sitemaps.append(loc)
+    return SitemapEntries(urls, sitemaps)
+
+
+def parse_feed(body: bytes, base_url: str) -> list[FeedEntry]:
+    """Entries of an RSS or Atom feed, in feed order.
+
+    Args:
+        body: the feed's bytes.
+        base_url: where it came from; relative links are resolved against it.
+
+    Returns:
+        One FeedEntry per entry that has a link.
+    """
+    import feedparser
+
+    parsed = feedparser.parse(body, response_headers={"content-location": base_url})
+    if parsed.bozo and not parsed.entries:
+        LOG.warning("unreadable feed %s: %s", base_url, parsed.get("bozo_exception"))
+    entries = []
+    for entry in parsed.entries:
+        link = entry.get("link")
+        if not link:
+            continue
+        stamp = entry.get("published_parsed") or entry.get("updated_parsed")
+        published = datetime(*stamp[:6], tzinfo=timezone.utc) if stamp else None
+        entries.append(FeedEntry(urljoin(base_url, link), published, entry.get("title")))
+    return entries
+
+
+def extract_links(html: bytes | str, base_url: str) -> list[str]:
+    """Absolute http(s) links of <a href> in a page, fragments dropped, in page order, unique.
+
+    Args:
+        html: the page.
+        base_url: the page's final URL (after redirects); <base href> is honoured.
+
+    Returns:
+        The links; empty for a page that is not parseable HTML.
+    """
+    try:
+        document = lxml.html.fromstring(html)
+    except (lxml.etree.ParserError, ValueError, TypeError):
+        return []
+    base = base_url
+    for element in document.iter("base"):
+        if element.get("href"):
+            base = urljoin(base_url, element.get("href"))
+            break
+    links, seen = [], set()
+    for element in document.iter("a"):
+        href = (element.get("href") or "").strip()
+        if not href or href.startswith(("#", "mailto:", "javascript:", "tel:")):
+            continue
+        try:
+            url = urldefrag(urljoin(base, href)).url
+            parts = urlsplit(url)
+            _ = parts.port  # raises ValueError on a malformed port
+        except ValueError:
+            continue
+        if parts.scheme in ("http", "https") and parts.hostname and url not in seen:
+            seen.add(url)
+            links.append(url)
+    return links
+
+
+def file_kind(path: str) -> str | None:
+    """html, text, markdown or jsonl from a file name's extension; None when unsupported."""
+    name = path.lower()
+    for extension, kind in FILE_KINDS.items():
+        if name.endswith(extension):
+            return kind
+    return None

@@ -1,0 +1,99 @@
+"""Embedding: chunk text -> key vectors with the frozen encoder, through Beam RunInference."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+from model.chunking import Chunk
+from model.embedder import DEFAULT_EMBEDDER_NAME, EmbedderSpec, default_embedder_path, weights_sha256
+
+LOG = logging.getLogger(__name__)
+
+
+def embedder_spec(path: str | Path | None = None, *, max_length: int = 128) -> EmbedderSpec:
+    """The EmbedderSpec that ``model.embedder.Embedder(path)`` will report, without loading torch.
+
+    The launcher compares it with the parent manifest before starting a job, and the writer
+    records it; a test checks it equals the loaded Embedder's spec.
+
+    Args:
+        path: a local Hugging Face encoder directory; None for the bundled all-MiniLM-L6-v2.
+        max_length: the encoder's token limit per text.
+
+    Returns:
+        The spec (name, dim, pooling, normalize, max_length, weights sha256).
+    """
+    model_dir = Path(path) if path is not None else default_embedder_path()
+    config_file = model_dir / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{model_dir} is not a Hugging Face encoder directory (no config.json)")
+    config = json.loads(config_file.read_text())
+    return EmbedderSpec(
+        name=DEFAULT_EMBEDDER_NAME if path is None else model_dir.name,
+        dim=int(config["hidden_size"]),
+        pooling="mean",
+        normalize=True,
+        max_length=max_length,
+        sha256=weights_sha256(model_dir),
+    )
+
+
+class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
+    """RunInference handler: batches of Chunks -> (chunk, float32 vector) pairs.
+
+    The model (``model.embedder.Embedder``) loads once per worker in ``load_model``; batches are
+    sized by Beam's BatchElements between ``min_batch_size`` and ``max_batch_size``.
+
+    Args:
+        path: encoder directory on the worker; None for the bundled all-MiniLM-L6-v2.
+        max_length: the encoder's token limit per text.
+        min_batch_size: smallest batch (small batches waste the CPU's matrix units).
+        max_batch_size: largest batch.
+        share_across_processes: one model per machine instead of one per process: saves memory
+            on many-process workers, but serialises inference, so off by default on CPUs.
+        torch_threads: intra-op threads per model; None leaves torch's default.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        max_length: int = 128,
+        min_batch_size: int = 32,
+        max_batch_size: int = 64,
+        share_across_processes: bool = False,
+        torch_threads: int | None = None,
+    ):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.path = path
+        self.max_length = max_length
+        self.share_across_processes = share_across_processes
+        self.torch_threads = torch_threads
+
+    def load_model(self):
+        import torch
+
+        from model.embedder import Embedder
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        return Embedder(self.path, max_length=self.max_length)
+
+    def run_inference(self, batch: Sequence[Chunk], model, inference_args: dict | None = None) -> Iterable[tuple[Chunk, np.ndarray]]:
+        vectors = model.encode([chunk.text for chunk in batch], batch_size=max(1, len(batch)))
+        return list(zip(batch, vectors))
+
+    def get_num_bytes(self, batch: Sequence[Chunk]) -> int:
+        return sum(len(chunk.text.encode("utf-8")) for chunk in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "retrofresh_embed"
+
+    def share_model_across_processes(self) -> bool:
+        return self.share_across_processes

@@ -1,0 +1,259 @@
+"""Extraction: bytes to normalised text, title and date (trafilatura for HTML), hashed.
+
+The document text that is hashed, chunked and embedded is the title (when the body does not
+already start with it) followed by the main text, NFC-normalised with whitespace collapsed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator
+
+import apache_beam as beam
+
+from beam_jobs.crawl import INCOMPLETE
+from beam_jobs.discover import parse_datetime
+from beam_jobs.metrics import count, count_failure
+from beam_jobs.types import FAILED, FETCHED, FetchResult, Observation
+from model.ids import content_hash, doc_id
+
+LOG = logging.getLogger(__name__)
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+_SPACES = re.compile(r"[^\S\n]+")
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+class ExtractionError(ValueError):
+    """A body that cannot become document text; ``reason`` is the counted failure reason."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+def normalise(text: str) -> str:
+    """NFC, no zero-width characters, whitespace collapsed within lines, at most one blank line."""
+    text = unicodedata.normalize("NFC", text).translate(_ZERO_WIDTH).replace("\r\n", "\n").replace("\r", "\n")
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()
+
+
+def looks_binary(body: bytes) -> bool:
+    """True for bytes that are not text in any encoding we read (NULs, many control bytes)."""
+    head = body[:8192]
+    if not head:
+        return False
+    if b"\x00" in head:
+        return True
+    control = sum(1 for b in head if b < 9 or 13 < b < 32)
+    return control / len(head) > 0.05
+
+
+def decode(body: bytes, charset: str | None, *, html: bool) -> str:
+    """Decode a body: declared charset, then <meta charset>, then UTF-8, then a detector.
+
+    Args:
+        body: raw bytes.
+        charset: the Content-Type charset, if any.
+        html: look for a <meta charset> declaration too.
+
+    Returns:
+        The text (undecodable bytes replaced only as the last resort).
+    """
+    candidates = [charset] if charset else []
+    if html:
+        match = _META_CHARSET.search(body[:4096])
+        if match:
+            candidates.append(match.group(1).decode("ascii", errors="ignore"))
+    candidates.append("utf-8")
+    for candidate in candidates:
+        try:
+            return body.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(body).best()
+    if best is not None:
+        return str(best)
+    return body.decode("cp1252", errors="replace")
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """Text, title and date of one document."""
+
+    text: str
+    title: str | None
+    published_at: datetime | None
+
+
+def extract_html(body: bytes, charset: str | None, url: str) -> Extracted:
+    """Main text, title and date of an HTML page with trafilatura.
+
+    Raises:
+        ExtractionError: binary content (``binary``) or no main text (``no_text``).
+    """
+    import trafilatura
+
+    if looks_binary(body):
+        raise ExtractionError("binary", f"{url}: bytes are not text")
+    html = decode(body, charset, html=True)
+    document = trafilatura.bare_extraction(
+        html, url=url, with_metadata=True, include_comments=False, include_tables=True, favor_recall=True
+    )
+    text = normalise(document.text or "") if document is not None else ""
+    if not text:
+        raise ExtractionError("no_text", f"{url}: no main text found")
+    title = normalise(document.title) if document.title else None
+    return Extracted(text, title or None, parse_datetime(document.date))
+
+
+def extract_plain(body: bytes, charset: str | None, *, markdown: bool) -> Extracted:
+    """Text or Markdown as it is; a Markdown file's first heading is its title."""
+    if looks_binary(body):
+        raise ExtractionError("binary")
+    text = normalise(decode(body, charset, html=False))
+    if not text:
+        raise ExtractionError("no_text")
+    title = None
+    if markdown:
+        heading = re.search(r"^#{1,6}\s+(.+)$", text, re.MULTILINE)
+        title = heading.group(1).strip() if heading else None
+    return Extracted(text, title, None)
+
+
+def document_text(extracted: Extracted) -> str:
+    """What is hashed and chunked: the title, then the body unless it already starts with it."""
+    if extracted.title and not extracted.text.startswith(extracted.title):
+        return f"{extracted.title}\n\n{extracted.text}"
+    return extracted.text
+
+
+def observe(result: FetchResult, errors: list[ExtractionError] | None = None) -> Iterator[Observation]:
+    """The observations one FetchResult yields: one per document (a .jsonl file yields many).
+
+    Args:
+        result: a crawl or file-read outcome.
+        errors: where .jsonl records that name no document are reported (and skipped);
+            None raises on the first one.
+
+    Yields:
+        Observations; a failed extraction becomes a FAILED observation with its reason.
+
+    Raises:
+        ExtractionError: a bad .jsonl record or file, when ``errors`` is None.
+    """
+    key = doc_id(result.url)
+    base = Observation(
+        doc_id=key, url=result.url, source=result.source, outcome=result.outcome, reason=result.reason,
+        title=result.title, etag=result.etag, last_modified=result.last_modified,
+        published_at=result.published_at, fetched_at=result.fetched_at,
+    )  # fmt: skip
+    if result.outcome != FETCHED:
+        yield base
+        return
+    if result.kind == "jsonl":
+        yield from _observe_jsonl(result, base, errors)
+        return
+    try:
+        if result.kind == "html":
+            extracted = extract_html(result.body or b"", result.charset, result.final_url or result.url)
+        else:
+            extracted = extract_plain(result.body or b"", result.charset, markdown=result.kind == "markdown")
+    except ExtractionError as exc:
+        yield Observation(**{**base.__dict__, "outcome": FAILED, "reason": exc.reason})
+        return
+    text = document_text(extracted)
+    yield Observation(**{
+        **base.__dict__,
+        "title": extracted.title or result.title,
+        "text": text,
+        "content_hash": content_hash(text),
+        "published_at": result.published_at or extracted.published_at,
+    })  # fmt: skip
+
+
+def _observe_jsonl(result: FetchResult, base: Observation, errors: list[ExtractionError] | None) -> Iterator[Observation]:
+    """One document per line: {"id" or "url", "text", optional "title", "published_at"}."""
+
+    def bad(error: ExtractionError) -> None:
+        if errors is None:
+            raise error
+        errors.append(error)
+
+    body = result.body or b""
+    if looks_binary(body):
+        bad(ExtractionError("binary", f"{result.url}: not a text file"))
+        return
+    for number, line in enumerate(decode(body, result.charset, html=False).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad(ExtractionError("bad_record", f"{result.url}:{number}: not JSON ({exc.msg})"))
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            bad(ExtractionError("bad_record", f"{result.url}:{number}: needs a string 'text'"))
+            continue
+        ident, url = record.get("id"), record.get("url")
+        if not isinstance(url, str) and not isinstance(ident, (str, int)):
+            bad(ExtractionError("bad_record", f"{result.url}:{number}: needs an 'id' or a 'url'"))
+            continue
+        # A record's identity: its URL, or its id within this source (stable across file moves).
+        identity = url if isinstance(url, str) else f"{result.source}:{ident}"
+        title = record.get("title") if isinstance(record.get("title"), str) else None
+        text = normalise(record["text"])
+        if not text:
+            yield Observation(**{**base.__dict__, "doc_id": doc_id(identity), "url": url or f"{result.url}#{ident}", "outcome": FAILED, "reason": "no_text"})
+            continue
+        text = document_text(Extracted(text, normalise(title) if title else None, None))
+        published = parse_datetime(record.get("published_at")) if isinstance(record.get("published_at"), str) else None
+        yield Observation(**{
+            **base.__dict__,
+            "doc_id": doc_id(identity),
+            "url": url if isinstance(url, str) else f"{result.url}#{ident}",
+            "title": title,
+            "text": text,
+            "content_hash": content_hash(text),
+            "published_at": published or result.published_at,
+        })  # fmt: skip
+
+
+class ExtractDoFn(beam.DoFn):
+    """FetchResult -> Observations; bad .jsonl records are counted and mark their source incomplete."""
+
+    def process(self, result: FetchResult) -> Iterator:
+        errors: list[ExtractionError] = []
+        try:
+            produced = list(observe(result, errors))
+        except Exception:  # a parser bug on hostile input must not stop the job
+            LOG.exception("extraction crashed on %s", result.url)
+            if result.kind == "jsonl":  # its records are unknown: count once, mark the source
+                errors.append(ExtractionError("extract_error"))
+                produced = []
+            else:
+                produced = [Observation(doc_id=doc_id(result.url), url=result.url, source=result.source, outcome=FAILED, reason="extract_error")]
+        for error in errors:
+            LOG.warning("extraction failed: %s", error)
+            count_failure(error.reason)
+        if errors:
+            # Records we could not read may be documents we know: delete none of this source's.
+            yield beam.pvalue.TaggedOutput(INCOMPLETE, result.source)
+        for observation in produced:
+            if result.outcome == FETCHED and observation.outcome == FAILED:
+                count_failure(observation.reason or "extract_error")
+            elif result.outcome == FETCHED:
+                count("extracted")
+            yield observation

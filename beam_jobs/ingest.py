@@ -1,0 +1,367 @@
+"""The ingest job: sources -> one delta shard, ledger and tombstones in the store (a draft version).
+
+    discover+fetch (crawl) -> extract -> diff vs parent ledger -> chunk -> embed (RunInference)
+    -> write delta (one worker)
+
+Run it in-process (``runner="local"``, Beam's FnApiRunner), with one worker process per core
+(``"multiprocess"``), or on Dataflow with the standard Beam options::
+
+    python -m beam_jobs.ingest --sources sources.yaml --store gs://bucket/index \\
+        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
+        --sdk_container_image REGION-docker.pkg.dev/P/retrofresh/dataflow:TAG
+
+The job never publishes. ``IngestResult.version`` is the draft it wrote, or None when no document
+was new, changed or deleted (then nothing is written at all).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import StandardOptions
+
+from beam_jobs import metrics
+from beam_jobs.chunk import LEDGER as CHUNK_LEDGER, ChunkDoFn
+from beam_jobs.crawl import INCOMPLETE, CrawlDoFn, ListFilesDoFn, ReadFileDoFn
+from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffDoFn
+from beam_jobs.embed import ChunkEmbeddingHandler, embedder_spec
+from beam_jobs.extract import ExtractDoFn
+from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_options
+from beam_jobs.sources import SourcesConfig, load_sources
+from beam_jobs.write import DELTA_KEY, DraftSpec, ReadLedgerDoFn, WriteDeltaDoFn
+from model.embedder import EmbedderSpec
+from model.store.errors import IncompatibleIndex
+from model.tokenizer import RetroTokenizer
+
+LOG = logging.getLogger(__name__)
+
+
+class TokenizerMismatch(IncompatibleIndex):
+    """The run's tokenizer is not the one the store's chunks were made with."""
+
+
+class EmbedderMismatch(IncompatibleIndex):
+    """The run's encoder is not the one the store's keys were made with."""
+
+
+@dataclass
+class IngestResult:
+    """What one ingest run did.
+
+    Attributes:
+        version: the draft version written; None when nothing changed (or, with
+            ``wait=False``, the version the job will write if anything changed: see ``state``).
+        parent: the version it was diffed against (``CURRENT`` at launch), or None.
+        metrics: counter name -> value (fetched, not_modified, robots_blocked, failed,
+            failed_<reason>, gone, new, changed, unchanged, deleted, chunks, tombstones,
+            documents, ...); zeros until a job that was not waited for finishes.
+        chunks_added: chunks embedded into the new shard.
+        chunks_removed: tombstones (old chunk ids of changed and deleted documents).
+        seconds: wall time of the run (launch only, with ``wait=False``).
+        job_id: Dataflow job id (None locally and for a dry run).
+        dataflow_url: the job's page in the Cloud console.
+        state: the Beam pipeline state at return (DONE, RUNNING, ...).
+        dataflow_job: for a Dataflow ``--dry_run=True``: the job it would have submitted.
+    """
+
+    version: str | None
+    parent: str | None
+    metrics: dict[str, int]
+    chunks_added: int
+    chunks_removed: int
+    seconds: float
+    job_id: str | None = None
+    dataflow_url: str | None = None
+    state: str = "DONE"
+    dataflow_job: dict | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """Everything fixed at launch; the pipeline carries it to the workers."""
+
+    config: SourcesConfig
+    store_uri: str
+    parent: str | None
+    version: str
+    tokenizer_json: str
+    tokenizer_name: str
+    tokenizer_sha256: str
+    embedder_path: str | None
+    embedder: EmbedderSpec
+    started_at: datetime
+    embed_batch_size: int = 64
+    torch_threads: int | None = None
+
+
+def resolve_tokenizer(tokenizer_path: str | Path | None, parent_manifest) -> RetroTokenizer:
+    """The tokenizer for this run, refused if it differs from the one the store's chunks used.
+
+    Args:
+        tokenizer_path: a tokenizer.json or checkpoint directory; None for the bundled default.
+        parent_manifest: the store's current Manifest, or None for an empty store.
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        TokenizerMismatch: the parent version records another tokenizer (name or sha256).
+    """
+    tokenizer = RetroTokenizer.load(tokenizer_path)
+    if parent_manifest is not None and parent_manifest.tokenizer.sha256 != tokenizer.sha256:
+        recorded = parent_manifest.tokenizer
+        raise TokenizerMismatch(
+            f"the store's version {parent_manifest.version} was chunked with tokenizer {recorded.name!r} "
+            f"(sha256 {recorded.sha256[:12]}), but this run would use {tokenizer.name!r} (sha256 {tokenizer.sha256[:12]}"
+            f"{', the bundled default' if tokenizer_path is None else f', from {tokenizer_path}'}). "
+            "Pass --tokenizer with the store's tokenizer, or ingest into a new, empty store."
+        )
+    return tokenizer
+
+
+def check_embedder(spec: EmbedderSpec, parent_manifest) -> None:
+    """Refuse an encoder other than the one that made the store's keys.
+
+    Raises:
+        EmbedderMismatch: name, dim, pooling, normalisation, max_length or weights differ.
+    """
+    if parent_manifest is not None and parent_manifest.embedder != spec:
+        raise EmbedderMismatch(
+            f"the store's version {parent_manifest.version} was embedded with {parent_manifest.embedder}, "
+            f"but this run would use {spec}. Pass --embedder with the store's encoder, or ingest into a new, empty store."
+        )
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
+    """Add the ingest job's transforms to a pipeline.
+
+    Args:
+        pipeline: an empty pipeline with the run's options.
+        plan: what to read, where to write, and with which tokenizer and encoder.
+    """
+    config = plan.config
+    web = [s for s in config.sources if s.kind in ("site", "feed")]
+    files = [s for s in config.sources if s.kind == "files"]
+
+    ledger = (
+        pipeline
+        | "ParentVersion" >> beam.Create([plan.parent] if plan.parent else [], reshuffle=False)
+        | "ReadLedger" >> beam.ParDo(ReadLedgerDoFn(plan.store_uri))
+        | "SpreadLedger" >> beam.Reshuffle()
+    )
+    known = ledger | "KnownBySource" >> beam.Map(lambda row: (row.source, row.known()))
+
+    crawled = (
+        pipeline
+        | "WebSources" >> beam.Create(web, reshuffle=False)
+        | "SpreadSources" >> beam.Reshuffle()
+        | "Crawl" >> beam.ParDo(CrawlDoFn(config.fetch), known=beam.pvalue.AsMultiMap(known))
+    )
+    listed = (
+        pipeline
+        | "FileSources" >> beam.Create(files, reshuffle=False)
+        | "ListFiles" >> beam.ParDo(ListFilesDoFn()).with_outputs(INCOMPLETE, main="files")
+    )
+    read = (
+        listed.files
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadFiles" >> beam.ParDo(ReadFileDoFn()).with_outputs(INCOMPLETE, main="results")
+    )
+    extracted = (
+        (crawled, read.results)
+        | "AllFetched" >> beam.Flatten()
+        | "Extract" >> beam.ParDo(ExtractDoFn()).with_outputs(INCOMPLETE, main="observations")
+    )
+    incomplete = (
+        (listed[INCOMPLETE], read[INCOMPLETE], extracted[INCOMPLETE])
+        | "AllIncomplete" >> beam.Flatten()
+        | "IncompleteSources" >> beam.Distinct()
+    )
+
+    diff = (
+        {
+            "old": ledger | "OldByDoc" >> beam.Map(lambda row: (row.doc_id, row)),
+            "new": extracted.observations | "NewByDoc" >> beam.Map(lambda obs: (obs.doc_id, obs)),
+        }
+        | "JoinLedger" >> beam.CoGroupByKey()
+        | "Diff"
+        >> beam.ParDo(
+            DiffDoFn({s.name: s.kind for s in config.sources}, config.names, plan.started_at),
+            incomplete=beam.pvalue.AsList(incomplete),
+        ).with_outputs(LEDGER, TO_CHUNK, TOMBSTONES, main="changes")
+    )
+    chunked = diff[TO_CHUNK] | "Chunk" >> beam.ParDo(
+        ChunkDoFn(plan.tokenizer_json, plan.tokenizer_name, plan.tokenizer_sha256)
+    ).with_outputs(CHUNK_LEDGER, main="chunks")
+    embedded = chunked.chunks | "Embed" >> RunInference(
+        ChunkEmbeddingHandler(
+            plan.embedder_path,
+            max_length=plan.embedder.max_length,
+            max_batch_size=plan.embed_batch_size,
+            min_batch_size=min(32, plan.embed_batch_size),
+            torch_threads=plan.torch_threads,
+        )
+    )
+    rows = (diff[LEDGER], chunked[CHUNK_LEDGER]) | "AllLedgerRows" >> beam.Flatten()
+
+    def keyed(label: str, pcoll):
+        return pcoll | label >> beam.Map(lambda value: (DELTA_KEY, value))
+
+    (
+        {
+            "embedded": keyed("KeyEmbedded", embedded),
+            "ledger": keyed("KeyLedger", rows),
+            "tombstones": keyed("KeyTombstones", diff[TOMBSTONES]),
+            "changes": keyed("KeyChanges", diff.changes),
+        }
+        | "GatherDelta" >> beam.CoGroupByKey()
+        | "WriteDelta"
+        >> beam.ParDo(
+            WriteDeltaDoFn(
+                DraftSpec(
+                    store_uri=plan.store_uri,
+                    version=plan.version,
+                    parent=plan.parent,
+                    embedder=plan.embedder,
+                    tokenizer_name=plan.tokenizer_name,
+                    tokenizer_sha256=plan.tokenizer_sha256,
+                    sources=tuple(config.names),
+                )
+            )
+        )
+    )
+
+
+def run_ingest(
+    sources: SourcesConfig | str | Path,
+    store_uri: str,
+    *,
+    pipeline_args: list[str] | None = None,
+    runner: str = "local",
+    embedder_path: str | None = None,
+    tokenizer_path: str | None = None,
+    wait: bool = True,
+    embed_batch_size: int = 64,
+    torch_threads: int | None = None,
+) -> IngestResult:
+    """Run the ingest job once against a store's current version.
+
+    Args:
+        sources: a SourcesConfig, or the path of a sources YAML file.
+        store_uri: the index store (a directory or gs://bucket/prefix).
+        pipeline_args: standard Beam flags; ``--runner`` among them overrides ``runner``.
+        runner: "local" (in-process), "multiprocess" (a worker process per core) or "dataflow".
+        embedder_path: encoder directory (on the workers); None: bundled all-MiniLM-L6-v2.
+        tokenizer_path: tokenizer.json or checkpoint dir; None: the bundled default, which
+            must be the store's.
+        wait: wait for the job to finish (always true locally).
+        embed_batch_size: largest embedding batch.
+        torch_threads: torch threads per embedding model (None: torch's default).
+
+    Returns:
+        The IngestResult.
+
+    Raises:
+        SourcesError: the sources file is invalid.
+        TokenizerMismatch, EmbedderMismatch: the run would mix models in one index.
+        ValueError: a Dataflow run against a store that is not on gs://.
+    """
+    from model.store import open_store
+
+    started = time.monotonic()
+    config = sources if isinstance(sources, SourcesConfig) else load_sources(sources)
+    store = open_store(store_uri)
+    parent = store.current()
+    parent_manifest = store.manifest(parent) if parent else None
+    tokenizer = resolve_tokenizer(tokenizer_path, parent_manifest)
+    spec = embedder_spec(embedder_path)
+    check_embedder(spec, parent_manifest)
+    version = store.new_version_id()
+    options = pipeline_options(runner, pipeline_args, job_name=f"retrofresh-ingest-{version}".lower().replace("_", "-"))
+    dataflow = is_dataflow(options)
+    if dataflow and not str(store_uri).startswith("gs://"):
+        raise ValueError(f"a Dataflow job writes from its workers: the store must be on gs://, not {store_uri!r}")
+    plan = IngestPlan(
+        config=config,
+        store_uri=store_uri,
+        parent=parent,
+        version=version,
+        tokenizer_json=tokenizer.to_json(),
+        tokenizer_name=tokenizer.name,
+        tokenizer_sha256=tokenizer.sha256,
+        embedder_path=str(embedder_path) if embedder_path else None,
+        embedder=spec,
+        started_at=datetime.now(timezone.utc),
+        embed_batch_size=embed_batch_size,
+        torch_threads=torch_threads,
+    )
+    LOG.info("ingest %s -> %s (parent %s) on %s", ",".join(config.names), version, parent, options.view_as(StandardOptions).runner)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, plan)
+    result = pipeline.run()
+    if is_dry_run(options):
+        from beam_jobs.dataflow import describe_job
+
+        return IngestResult(None, parent, metrics.collect(None), 0, 0, time.monotonic() - started, state="DRY_RUN", dataflow_job=describe_job(result, options))
+    if wait or not dataflow:
+        result.wait_until_finish()
+    counters = metrics.collect(result) if (wait or not dataflow) else metrics.collect(None)
+    job_id, url = None, None
+    if dataflow:
+        from beam_jobs.dataflow import job_url
+
+        job_id = result.job_id()
+        url = job_url(options, job_id)
+    done = wait or not dataflow
+    written = counters.get("drafts_written", 0) > 0
+    return IngestResult(
+        version=version if (written or not done) else None,
+        parent=parent,
+        metrics=counters,
+        chunks_added=counters.get("chunks", 0),
+        chunks_removed=counters.get("tombstones", 0),
+        seconds=time.monotonic() - started,
+        job_id=job_id,
+        dataflow_url=url,
+        state=str(result.state),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m beam_jobs.ingest --sources FILE --store URI [standard Beam options]``."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours = IngestOptions(argv).view_as(IngestOptions)
+    if not ours.sources or not ours.store:
+        print("usage: python -m beam_jobs.ingest --sources FILE --store URI [Beam options]", file=sys.stderr)
+        return 2
+    result = run_ingest(
+        ours.sources,
+        ours.store,
+        pipeline_args=argv,
+        embedder_path=ours.embedder,
+        tokenizer_path=ours.tokenizer,
+        embed_batch_size=ours.embed_batch_size,
+        torch_threads=ours.torch_threads,
+    )
+    print(json.dumps(result.to_dict(), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Beam counters for the ingest job: one namespace, one counter per outcome, read back after a run."""
+
+from __future__ import annotations
+
+import logging
+
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+LOG = logging.getLogger(__name__)
+
+NAMESPACE = "retrofresh"
+
+# Always present in IngestResult.metrics (zero when nothing happened), so callers can index them.
+CORE_COUNTERS = (
+    "fetched",
+    "not_modified",
+    "robots_blocked",
+    "failed",
+    "gone",
+    "new",
+    "changed",
+    "unchanged",
+    "deleted",
+    "chunks",
+    "tombstones",
+    "documents",
+)
+
+
+def count(name: str, n: int = 1) -> None:
+    """Add n to the job counter ``name`` (no-op for n == 0)."""
+    if n:
+        Metrics.counter(NAMESPACE, name).inc(n)
+
+
+def count_failure(reason: str) -> None:
+    """Count one failed fetch or extraction: ``failed`` and ``failed_<reason>``."""
+    count("failed")
+    count(f"failed_{reason}")
+
+
+def collect(result) -> dict[str, int]:
+    """Sum the job's counters over all steps.
+
+    Args:
+        result: a finished ``PipelineResult``.
+
+    Returns:
+        Counter name -> value; every name in CORE_COUNTERS is present.
+    """
+    totals = {name: 0 for name in CORE_COUNTERS}
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except (AttributeError, NotImplementedError) as exc:  # a dry run has no metrics
+        LOG.debug("no metrics from %r: %s", result, exc)
+        return totals
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
