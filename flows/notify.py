@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-import httpx
 from prefect import get_run_logger, task
 
 from flows.retry import retry_if_transient
@@ -19,26 +18,25 @@ LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReloadOutcome:
-    """What one server answered to a reload request."""
+    """What one server answered to a reload request.
+
+    ``ok`` means the server now serves what ``CURRENT`` names; a server that answered but refused
+    the version (checksum, incompatible embedder, ...) is not ok and ``detail`` says why.
+    """
 
     url: str
     ok: bool
     status: int | None = None
     detail: str = ""
     index_version: str | None = None
+    swapped: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def reload_url(server: str) -> str:
-    """The reload endpoint of a server given by its base URL (a full ``/admin/reload`` URL is kept)."""
-    server = server.rstrip("/")
-    return server if server.endswith("/admin/reload") else f"{server}/admin/reload"
-
-
 def request_reload(server: str, *, token: str | None, timeout_s: float = 30.0) -> ReloadOutcome:
-    """POST /admin/reload to one server.
+    """POST /admin/reload to one server through :class:`model.client.RetroClient`.
 
     Args:
         server: the server's base URL, e.g. ``http://127.0.0.1:8000``.
@@ -46,24 +44,26 @@ def request_reload(server: str, *, token: str | None, timeout_s: float = 30.0) -
         timeout_s: seconds to wait for the answer; a reload loads and warms a version.
 
     Returns:
-        The outcome. A 4xx answer is returned as not ok (retrying it cannot help).
+        The outcome. A 4xx answer (bad token, ...) is returned as not ok: retrying cannot help.
 
     Raises:
-        httpx.TransportError: the server could not be reached (transient: the task retries).
-        httpx.HTTPStatusError: the server answered 5xx (transient: the task retries).
+        RetroConnectionError, RetroTimeout: the server could not be reached (the task retries).
+        RetroHTTPError: the server answered 5xx (the task retries).
     """
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.post(reload_url(server), headers=headers, timeout=timeout_s)
-    if response.status_code >= 500:
-        response.raise_for_status()
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    body = body if isinstance(body, dict) else {}
-    version = body.get("index_version") or body.get("version")
-    detail = str(body.get("detail") or body.get("error") or body.get("last_error") or "")
-    return ReloadOutcome(server, response.is_success, response.status_code, detail or response.reason_phrase, version)
+    from model.client import RetroClient, RetroHTTPError
+
+    with RetroClient(server, timeout=timeout_s, retries=0, admin_token=token) as client:
+        try:
+            answer = client.reload()
+        except RetroHTTPError as error:
+            if error.status_code >= 500:
+                raise
+            return ReloadOutcome(server, False, error.status_code, error.message)
+    if answer.error is not None:
+        detail = f"refused {answer.error.version}: {answer.error.kind}: {answer.error.error}"
+        return ReloadOutcome(server, False, 200, detail, answer.version, answer.swapped)
+    detail = "swapped in" if answer.swapped else "already serving it"
+    return ReloadOutcome(server, answer.version == answer.current, 200, detail, answer.version, answer.swapped)
 
 
 @task(name="notify-server", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient)

@@ -27,6 +27,12 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover
         pass
     try:
+        from model.client import RetroConnectionError, RetroTimeout
+
+        types += [RetroConnectionError, RetroTimeout]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         from google.api_core import exceptions as gexc
 
         types += [
@@ -57,7 +63,8 @@ def is_transient(exc: BaseException | None) -> bool:
         seen.add(id(exc))
         if isinstance(exc, transient):
             return True
-        status = getattr(getattr(exc, "response", None), "status_code", None)
+        # httpx/requests errors carry a response; RetroHTTPError carries the status itself.
+        status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
         if isinstance(status, int) and status in TRANSIENT_HTTP_STATUS:
             return True
         exc = exc.__cause__ or exc.__context__

@@ -7,11 +7,11 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 from prefect import flow
 
-from flows.notify import notify_servers, reload_url, request_reload
+from flows.notify import notify_servers, request_reload
+from model.client import RetroConnectionError, RetroHTTPError
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ TOKEN = "s3cret"
 class ReloadServer:
     """A server that answers POST /admin/reload like a RETRO server: 401 without the token."""
 
-    def __init__(self, *, status: int = 200, version: str = "v000002-abc"):
+    def __init__(self, *, status: int = 200, version: str = "v000002-abc", refuse: bool = False):
         self.requests: list[dict] = []
         owner = self
 
@@ -32,8 +32,11 @@ class ReloadServer:
                     code, body = 401, {"detail": "missing or wrong bearer token"}
                 elif status != 200:
                     code, body = status, {"detail": "reload failed: checksum mismatch"}
+                elif refuse:
+                    error = {"version": version, "error": "sha256 mismatch in shard s1", "kind": "checksum", "at": "2026-01-01T00:00:00Z"}
+                    code, body = 200, {"current": version, "version": "v000001-old", "swapped": False, "error": error}
                 else:
-                    code, body = 200, {"index_version": version, "reloaded": True}
+                    code, body = 200, {"current": version, "version": version, "swapped": True, "error": None}
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -72,16 +75,10 @@ def dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def test_reload_url():
-    assert reload_url("http://h:1") == "http://h:1/admin/reload"
-    assert reload_url("http://h:1/") == "http://h:1/admin/reload"
-    assert reload_url("http://h:1/admin/reload") == "http://h:1/admin/reload"
-
-
 def test_request_reload_sends_the_bearer_token_and_reads_the_version(reload_server):
     server = reload_server(version="v000007-ff")
     outcome = request_reload(server.url, token=TOKEN)
-    assert outcome.ok and outcome.status == 200 and outcome.index_version == "v000007-ff"
+    assert outcome.ok and outcome.swapped and outcome.status == 200 and outcome.index_version == "v000007-ff"
     assert server.requests == [{"path": "/admin/reload", "auth": f"Bearer {TOKEN}"}]
 
 
@@ -91,11 +88,21 @@ def test_a_refused_reload_is_an_outcome_not_an_exception(reload_server):
     assert not outcome.ok and outcome.status == 401 and "bearer token" in outcome.detail
 
 
-def test_server_errors_and_unreachable_servers_raise_so_the_task_retries(reload_server):
-    with pytest.raises(httpx.HTTPStatusError):
+def test_a_server_that_refuses_the_new_version_is_not_ok_and_says_why(reload_server):
+    outcome = request_reload(reload_server(refuse=True).url, token=TOKEN)
+    assert not outcome.ok and not outcome.swapped and outcome.index_version == "v000001-old"
+    assert "checksum" in outcome.detail and "sha256 mismatch" in outcome.detail
+
+
+def test_server_errors_and_unreachable_servers_raise_transient_errors(reload_server):
+    from flows.retry import is_transient
+
+    with pytest.raises(RetroHTTPError) as info:
         request_reload(reload_server(status=503).url, token=TOKEN)
-    with pytest.raises(httpx.TransportError):
+    assert is_transient(info.value)
+    with pytest.raises(RetroConnectionError) as info:
         request_reload(dead_url(), token=TOKEN, timeout_s=2)
+    assert is_transient(info.value)
 
 
 def test_notify_servers_reports_each_server_and_survives_a_dead_one(prefect_api, reload_server):
