@@ -585,6 +585,12 @@ class Retro(nn.Module):
         LOG.info("saved %s (%d params) to %s", MODEL_TYPE, self.num_params(), directory)
         return directory
 
+    def load_weights(self, directory: str | Path) -> None:
+        """Load ``model.safetensors`` from a checkpoint directory into this (same-shaped) model."""
+        from safetensors.torch import load_model
+
+        load_model(self, str(Path(directory) / WEIGHTS_FILE), strict=True, device=str(next(self.parameters()).device))
+
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "Retro":
         """Load a model written by :meth:`save_pretrained`.

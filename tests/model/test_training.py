@@ -1,0 +1,190 @@
+"""Training: sequence planning, neighbour precompute + cache, the loop (schedule, resume), and a copy task."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from pydoc_data.topics import topics
+
+from model.chunking import chunk_document
+from model.config import RetroConfig
+from model.retrieval import Neighbour
+from model.retro import IGNORE_INDEX, Retro
+from model.training.data import Document, SequenceSet, documents_from_texts, plan_sequences, split_by_document
+from model.training.loop import TrainConfig, lr_at, train
+from model.training.neighbours import NeighbourCache, cache_key, precompute_neighbours
+
+DOCS = {f"doc{i}": topics[name] for i, name in enumerate(["for", "while", "if", "try", "with", "assert", "import", "function"])}
+
+
+def test_plan_aligns_windows_with_store_chunks(retro_tokenizer):
+    docs = documents_from_texts(DOCS.items(), retro_tokenizer)
+    plan = plan_sequences(docs, retro_tokenizer, seq_len=256)
+    flat_inputs = plan.inputs.reshape(-1)
+    flat_targets = plan.targets.reshape(-1)
+    cursor = 0
+    for doc in docs:
+        chunks = chunk_document(doc.tokens, doc_id=doc.doc_id, url="u", content_hash="h", decode=retro_tokenizer.decode)
+        n = len(doc.tokens)
+        assert flat_inputs[cursor : cursor + n].tolist() == doc.tokens
+        assert flat_targets[cursor : cursor + n - 1].tolist() == doc.tokens[1:]
+        assert (flat_targets[cursor + n - 1 : cursor + len(chunks) * 64] == IGNORE_INDEX).all()
+        first_chunk = cursor // 64
+        # Every chunk of a window is exactly one stored chunk: same text, same document.
+        assert plan.chunk_texts[first_chunk : first_chunk + len(chunks)] == [c.text for c in chunks]
+        assert set(plan.chunk_doc_ids[first_chunk : first_chunk + len(chunks)]) == {doc.doc_id}
+        cursor += len(chunks) * 64
+    assert len(plan.chunk_texts) == plan.inputs.size // 64
+    assert plan.data_hash() == plan_sequences(docs, retro_tokenizer, seq_len=256).data_hash()
+    with pytest.raises(ValueError, match="multiple"):
+        plan_sequences(docs, retro_tokenizer, seq_len=100)
+    with pytest.raises(ValueError, match="no tokens"):
+        plan_sequences([], retro_tokenizer, seq_len=128)
+
+
+def test_split_by_document_holds_out_whole_documents(retro_tokenizer):
+    plan = plan_sequences(documents_from_texts(DOCS.items(), retro_tokenizer), retro_tokenizer, seq_len=128)
+    train_idx, eval_idx = split_by_document(plan, 0.25)
+    assert train_idx and eval_idx and not set(train_idx) & set(eval_idx)
+    train_docs = set().union(*(plan.seq_doc_ids[i] for i in train_idx))
+    eval_docs = set().union(*(plan.seq_doc_ids[i] for i in eval_idx))
+    assert not train_docs & eval_docs
+    with pytest.raises(ValueError):
+        split_by_document(plan, 1.0)
+
+
+class ExactSearch:
+    """Brute-force inner-product search over chunk vectors (what a store's search does)."""
+
+    def __init__(self, vectors, neighbours):
+        self.vectors, self.neighbours, self.calls = vectors, neighbours, 0
+
+    def __call__(self, queries, k, exclude_doc_ids):
+        self.calls += 1
+        scores = queries @ self.vectors.T
+        out = []
+        for row, banned in zip(scores, exclude_doc_ids):
+            order = [j for j in np.argsort(-row) if self.neighbours[j].doc_id != banned]
+            out.append([self.neighbours[j] for j in order[:k]])
+        return out
+
+
+def bag_of_tokens(tokenizer, texts):
+    """A deterministic embedding: L2-normalised token counts (enough to test the plumbing)."""
+    vectors = np.zeros((len(texts), tokenizer.vocab_size), dtype=np.float32)
+    for i, ids in enumerate(tokenizer.encode_batch(list(texts))):
+        np.add.at(vectors[i], ids, 1.0)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+
+def test_precompute_excludes_own_document_and_caches(retro_tokenizer, tmp_path):
+    docs = documents_from_texts(DOCS.items(), retro_tokenizer)
+    plan = plan_sequences(docs, retro_tokenizer, seq_len=256)
+    stored = []
+    for doc in docs:
+        for c in chunk_document(doc.tokens, doc_id=doc.doc_id, url="u", content_hash="h", decode=retro_tokenizer.decode):
+            stored.append(Neighbour(c.chunk_id, c.doc_id, c.url, c.text, c.tokens, c.continuation, 0.0, c.position))
+    search = ExactSearch(bag_of_tokens(retro_tokenizer, [n.text for n in stored]), stored)
+    embed = lambda texts: bag_of_tokens(retro_tokenizer, texts)  # noqa: E731
+    ids, mask = precompute_neighbours(plan, embed=embed, search=search, k=2, r=128, batch_size=16)
+    n_chunks = len(plan.chunk_texts)
+    assert ids.shape == mask.shape == (n_chunks, 2, 128) and ids.dtype == np.int32
+    by_tokens = {tuple(n.retrieved_tokens[:128]): n for n in stored}
+    for i, doc in enumerate(plan.chunk_doc_ids):
+        if not doc:  # trailing padding chunk: no query, nothing valid
+            assert not mask[i].any()
+            continue
+        for j in range(2):
+            found = by_tokens[tuple(ids[i, j][mask[i, j]].tolist())]
+            assert found.doc_id != doc
+    key = cache_key(data_hash=plan.data_hash(), index_version="v1", embedder={"name": "bag"}, k=2, r=128, tokenizer_sha256="t")
+    cache = NeighbourCache(tmp_path)
+    assert cache.load(key) is None
+    cache.save(key, ids, mask)
+    ids2, mask2 = cache.load(key)
+    assert np.array_equal(ids, ids2) and np.array_equal(mask, mask2)
+    assert key != cache_key(data_hash=plan.data_hash(), index_version="v2", embedder={"name": "bag"}, k=2, r=128, tokenizer_sha256="t")
+
+    def leaky(queries, k, exclude):
+        return [[stored[0]] for _ in queries]
+
+    with pytest.raises(RuntimeError, match="own document"):
+        precompute_neighbours(plan, embed=embed, search=leaky, k=2, r=128)
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx(5.5e-4)
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+    with pytest.raises(ValueError):
+        TrainConfig(lr=1e-4, min_lr=1e-3)
+
+
+def random_set(n=16, T=128, V=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (n, T + 1), generator=g)
+    nb = torch.randint(0, V, (n, T // 64, 2, 128), generator=g, dtype=torch.int32)
+    return SequenceSet(x[:, :-1], x[:, 1:], nb, torch.ones(n, T // 64, 2, 128, dtype=torch.bool))
+
+
+def small_model(V=64):
+    torch.manual_seed(0)
+    return Retro(RetroConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, cca_layers=(2,), enc_layers=1, max_seq_len=128))
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = random_set()
+    straight = small_model()
+    train(straight, data, None, TrainConfig(steps=6, batch_size=4, warmup_steps=2, progress=False))
+    first = small_model()
+    cfg = TrainConfig(steps=3, batch_size=4, warmup_steps=2, progress=False, out_dir=str(tmp_path / "ckpt"))
+    train(first, data, None, cfg)
+    state = json.loads((tmp_path / "ckpt" / "training_state.json").read_text())
+    assert state["step"] == 3 and state["extra"]["train_config"]["steps"] == 3
+    resumed = small_model()  # fresh weights: resume must load them
+    cfg.steps = 6
+    result = train(resumed, data, None, cfg, resume=True)
+    assert result.steps == 6
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    loaded = Retro.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(loaded.wte.weight, resumed.wte.weight)
+
+
+def test_training_reports_eval_with_and_without_retrieval_and_rejects_bad_data():
+    data = random_set()
+    result = train(small_model(), data, data.subset(slice(0, 4)), TrainConfig(steps=4, batch_size=4, eval_every=2, eval_batches=1, progress=False))
+    assert [e.step for e in result.evals] == [2, 4]
+    assert all(math.isfinite(e.loss_retrieval) and math.isfinite(e.loss_no_retrieval) for e in result.evals)
+    assert result.tokens_per_s > 0
+    with pytest.raises(ValueError, match="empty"):
+        train(small_model(), data.subset(slice(0, 0)), None, TrainConfig(steps=1, progress=False))
+    with pytest.raises(ValueError, match="together"):
+        SequenceSet(data.inputs, data.targets, data.neighbours, None)
+    with pytest.raises(ValueError, match="out_dir"):
+        train(small_model(), data, None, TrainConfig(steps=1, progress=False), resume=True)
+
+
+def test_copy_task_retrieval_lowers_loss():
+    """Random tokens are unpredictable without retrieval (the floor is ln V); each chunk's first
+    neighbour holds the chunk that follows, so a model that learns to copy through CCA beats it."""
+    m, T, V, S = 16, 64, 256, 512
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, V, (S, T + m), generator=g)
+    L = T // m
+    other = torch.randperm(S, generator=g)
+    nb = torch.stack([torch.stack([seqs[:, u * m : u * m + 2 * m], seqs[other, u * m : u * m + 2 * m]], 1) for u in range(L)], 1)
+    data = SequenceSet(seqs[:, :T], seqs[:, 1 : T + 1], nb.int(), torch.ones(S, L, 2, 2 * m, dtype=torch.bool))
+    train_set, eval_set = data.subset(slice(0, S - 32)), data.subset(slice(S - 32, S))
+    torch.manual_seed(0)
+    config = RetroConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, cca_layers=(1, 2), enc_layers=1, max_seq_len=T, chunk_tokens=m, continuation_tokens=m)
+    cfg = TrainConfig(steps=250, batch_size=16, lr=1e-2, min_lr=3e-4, warmup_steps=20, eval_every=0, eval_batches=2, progress=False)
+    result = train(Retro(config), train_set, eval_set, cfg)
+    final = result.evals[-1]
+    floor = math.log(V)
+    assert final.loss_retrieval < floor - 0.4, final
+    assert final.loss_retrieval < final.loss_no_retrieval - 0.4, final
