@@ -1,7 +1,7 @@
 """The store's refresh lease (``leases/refresh.json``): at most one writer refreshes a store at a time.
 
 The lease is a small JSON object in the store written only through the store backend's
-compare-and-swap (``Backend.swap``: a lock + ``os.replace`` locally, ``if_generation_match`` on
+compare-and-swap (``Backend.swap(key, data, matches=...)``: a lock + ``os.replace`` locally, ``if_generation_match`` on
 GCS), so two processes on two machines can never both hold it:
 
 - acquire: create the object if absent, or replace the exact bytes just read when the record is
@@ -198,7 +198,7 @@ class RefreshLease:
             if current is not None and current.released_at is None:
                 LOG.warning("taking over the refresh lease from %s: %s", current.holder, reason)
         try:
-            self.backend.swap(self.path, found, data)
+            self.backend.swap(self.path, data, matches=lambda actual: actual == found)
         except CasFailed as failed:
             # Someone wrote the lease between our read and our write: they won.
             raise LeaseHeld(self.backend.uri, self._parse(failed.actual) or record) from None
@@ -213,7 +213,8 @@ class RefreshLease:
             record = make(self.record)
             data = record.to_json()
             try:
-                self.backend.swap(self.path, self._written, data)
+                written = self._written
+                self.backend.swap(self.path, data, matches=lambda actual: actual == written)
             except CasFailed as failed:
                 other = self._parse(failed.actual)
                 self.record, self._written = None, None

@@ -78,12 +78,12 @@ def test_a_lease_of_a_dead_process_on_this_host_is_free(backend):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     forged = LeaseRecord(**{**record.__dict__, "pid": dead.pid})
-    backend.swap(LEASE_PATH, record.to_json(), forged.to_json())
+    backend.swap(LEASE_PATH, forged.to_json(), matches=lambda actual: actual == record.to_json())
     RefreshLease(backend, holder="rerun").acquire()
 
 
 def test_an_unreadable_lease_object_does_not_block_forever(backend):
-    backend.swap(LEASE_PATH, None, b"{not json")
+    backend.swap(LEASE_PATH, b"{not json", matches=lambda actual: actual is None)
     lease = RefreshLease(backend, holder="fresh")
     lease.acquire()
     assert lease.read().holder == "fresh"
