@@ -1,0 +1,209 @@
+"""Choosing, training, building and loading the FAISS index of a shard.
+
+Small shards get an exact ``IDMap2,Flat`` index. Shards of at least ``IndexPolicy.flat_max``
+chunks get ``IVF{nlist},{codec}``, cloned from the trained, empty index of their lineage
+(``trained/<lineage>.faiss``), so every shard of a lineage shares one coarse quantizer and
+compaction can ``merge_from`` them. Keys are L2-normalised, so inner product is cosine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from model.store.errors import IncompatibleIndex, StoreError
+
+LOG = logging.getLogger(__name__)
+
+FLAT_FACTORY = "IDMap2,Flat"
+
+
+@dataclass(frozen=True)
+class IndexPolicy:
+    """How shards are indexed.
+
+    Attributes:
+        flat_max: shards with fewer chunks get an exact flat index (search cost grows with size).
+        codec: how IVF lists store vectors: ``Flat`` (exact, reconstructable) or e.g. ``SQ8``.
+        nlist: coarse centroids of a new lineage; None: a power of two near 2·sqrt(expected size).
+        train_points_per_list: training vectors per centroid (FAISS wants at least 39).
+        nprobe: IVF lists probed per query, recorded in new versions' manifests.
+        seed: k-means seed, so a lineage trained twice on the same sample is the same.
+    """
+
+    flat_max: int = 20_000
+    codec: str = "Flat"
+    nlist: int | None = None
+    train_points_per_list: int = 64
+    nprobe: int = 16
+    seed: int = 1234
+
+    def nlist_for(self, expected: int, available: int) -> int:
+        """Centroids for a lineage expected to hold ``expected`` vectors, trained on ``available``."""
+        want = self.nlist or 2 ** round(math.log2(max(1.0, 2 * math.sqrt(max(expected, 1)))))
+        return int(max(1, min(want, available // 39)))
+
+
+def is_flat(factory: str) -> bool:
+    return not factory.startswith("IVF")
+
+
+def check_vectors(embeddings: np.ndarray, *, dim: int, rows: int | None = None, normalized: bool = True) -> np.ndarray:
+    """Validate keys or queries: 2-d, the right width, finite, unit length when the embedder normalises.
+
+    Args:
+        embeddings: array of shape (n, dim).
+        dim: the embedder's dimension.
+        rows: the number of rows expected (the number of chunks), if known.
+        normalized: require L2 norms of 1 (the embedder spec's ``normalize``).
+
+    Returns:
+        A C-contiguous float32 copy or view.
+
+    Raises:
+        StoreError: shape, dtype, non-finite values or norms are wrong.
+    """
+    if not isinstance(embeddings, np.ndarray):
+        raise StoreError(f"embeddings must be a numpy array, got {type(embeddings).__name__}")
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim:
+        raise StoreError(f"embeddings have shape {embeddings.shape}; expected (n, {dim}) for this embedder")
+    if rows is not None and embeddings.shape[0] != rows:
+        raise StoreError(f"{embeddings.shape[0]} embeddings for {rows} chunks; pass one row per chunk, in chunk order")
+    if not np.issubdtype(embeddings.dtype, np.floating):
+        raise StoreError(f"embeddings have dtype {embeddings.dtype}; expected float32")
+    out = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise StoreError("embeddings contain NaN or infinite values")
+    if normalized and len(out):
+        norms = np.linalg.norm(out, axis=1)
+        worst = int(np.argmax(np.abs(norms - 1)))
+        if abs(norms[worst] - 1) > 1e-3:
+            raise StoreError(
+                f"embedding row {worst} has L2 norm {norms[worst]:.4f}, but the embedder spec says normalize=True; "
+                "embed with model.embedder.Embedder (or L2-normalise) so keys and queries match"
+            )
+    return out
+
+
+def train_ivf(sample: np.ndarray, *, policy: IndexPolicy, expected: int | None = None) -> faiss.Index:
+    """Train an empty IVF index (the coarse quantizer of a new lineage).
+
+    Args:
+        sample: training vectors (n, dim), L2-normalised; a random subset is used if larger than needed.
+        policy: index policy (codec, nlist, seed).
+        expected: vectors the lineage is expected to hold; default ``len(sample)``.
+
+    Returns:
+        A trained index with no vectors.
+    """
+    n, dim = sample.shape
+    nlist = policy.nlist_for(expected or n, n)
+    if nlist < 1 or n < nlist:
+        raise StoreError(f"cannot train an IVF index on {n} vectors; give at least {39 * max(nlist, 1)}")
+    take = min(n, nlist * policy.train_points_per_list)
+    if take < n:
+        rng = np.random.default_rng(policy.seed)
+        sample = sample[np.sort(rng.choice(n, take, replace=False))]
+    index = faiss.index_factory(dim, f"IVF{nlist},{policy.codec}", faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = policy.seed
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    LOG.info("trained IVF%d,%s on %d vectors (dim %d)", nlist, policy.codec, take, dim)
+    return index
+
+
+def factory_of(index: faiss.Index) -> str:
+    """A factory-style description of an index (what manifests and shard.json record)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap2) or isinstance(index, faiss.IndexIDMap):
+        return FLAT_FACTORY
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    if isinstance(ivf, faiss.IndexIVFFlat):
+        codec = "Flat"
+    elif isinstance(ivf, faiss.IndexIVFScalarQuantizer):
+        codec = {faiss.ScalarQuantizer.QT_8bit: "SQ8", faiss.ScalarQuantizer.QT_fp16: "SQfp16"}.get(ivf.sq.qtype, "SQ")
+    elif isinstance(ivf, faiss.IndexIVFPQ):
+        codec = f"PQ{ivf.pq.M}"
+    else:
+        codec = type(ivf).__name__
+    return f"IVF{ivf.nlist},{codec}"
+
+
+def build_flat(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """An exact inner-product index whose ids are chunk ids."""
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    if len(ids):
+        index.add_with_ids(vectors, ids.astype(np.int64))
+    return index
+
+
+def build_ivf(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """Add vectors to a copy of a lineage's trained, empty IVF index."""
+    if trained.d != vectors.shape[1]:
+        raise IncompatibleIndex(f"the lineage's quantizer has dim {trained.d}, the vectors {vectors.shape[1]}")
+    index = faiss.clone_index(trained)
+    ivf = faiss.extract_index_ivf(index)
+    if ivf.ntotal:
+        raise StoreError("a lineage's trained index must be empty")
+    # A hash-table direct map lets compaction remove ids and reconstruct vectors by chunk id.
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    if len(ids):
+        index.add_with_ids(vectors, ids.astype(np.int64))
+    return index
+
+
+def write(index: faiss.Index, path: Path) -> None:
+    faiss.write_index(index, str(path))
+
+
+def read_mapped(path: Path, factory: str) -> faiss.Index:
+    """Open an index file memory-mapped and read-only (never add to it: FAISS would abort).
+
+    Flat indexes map their codes in place (``IO_FLAG_MMAP_IFC``); IVF indexes map their inverted
+    lists (``IO_FLAG_MMAP``). The two flags cannot be combined for IVF files.
+    """
+    flag = faiss.IO_FLAG_MMAP_IFC if is_flat(factory) else faiss.IO_FLAG_MMAP
+    return faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY)
+
+
+def read_writable(path: Path) -> faiss.Index:
+    """Read an index fully into memory (for compaction, which modifies it)."""
+    return faiss.read_index(str(path))
+
+
+def search_params(index: faiss.Index, *, nprobe: int, selector=None):
+    """FAISS search parameters for one shard: nprobe for IVF, and an optional id selector."""
+    if isinstance(faiss.downcast_index(index), (faiss.IndexIDMap2, faiss.IndexIDMap)):
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    if selector is not None:
+        params.sel = selector
+    return params
+
+
+def id_map(index: faiss.Index) -> np.ndarray:
+    """The chunk ids stored in an index, in storage order (flat) or in any order (IVF)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap2, faiss.IndexIDMap)):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    invlists = ivf.invlists
+    parts = []
+    for list_no in range(ivf.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            parts.append(faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy())
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def flat_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, ids) of an ``IDMap2,Flat`` index, in storage order."""
+    index = faiss.downcast_index(index)
+    inner = faiss.downcast_index(index.index)
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    vectors = inner.reconstruct_n(0, inner.ntotal) if inner.ntotal else np.empty((0, index.d), np.float32)
+    return vectors, ids

@@ -1,0 +1,308 @@
+"""A loaded, searchable index version: memory-mapped shards, tombstones filtered, top-k merged."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from model.retrieval import Neighbour
+from model.store import faiss_index, layout
+from model.store.errors import StoreError
+from model.store.manifest import Manifest, ShardInfo
+from model.store.shards import ShardMeta
+
+LOG = logging.getLogger(__name__)
+
+_NO_DOC = -2  # the code of an excluded doc id that no shard holds: matches nothing
+
+
+@dataclass
+class LoadedShard:
+    """One shard of a view: its index (memory-mapped) and chunk table, plus lookups."""
+
+    info: ShardInfo
+    meta: ShardMeta
+    index: Any  # faiss.Index
+    table: pa.Table  # chunks sorted by chunk_id
+    ids: np.ndarray  # the table's chunk_id column (sorted)
+    doc_codes: np.ndarray  # per row: the view-wide integer code of its doc_id
+    hidden: np.ndarray  # sorted chunk ids of this shard that a tombstone hides
+    params: Any = None  # faiss search parameters (nprobe, tombstone selector)
+    keep_alive: list = field(default_factory=list)  # selector objects params point to
+
+    @property
+    def live(self) -> int:
+        return len(self.ids) - len(self.hidden)
+
+
+def load_shard(
+    info: ShardInfo,
+    meta: ShardMeta,
+    files: dict[str, Path],
+    *,
+    tombstones: np.ndarray,
+    nprobe: int,
+    doc_index: dict[str, int],
+) -> LoadedShard:
+    """Open one verified shard: mmap its index, read its chunks, work out which ids are hidden.
+
+    Args:
+        info: the manifest's entry.
+        meta: its ``shard.json``.
+        files: verified local paths of ``index.faiss`` and ``chunks.parquet``.
+        tombstones: the tombstones that apply to this shard (any order).
+        nprobe: IVF lists to probe.
+        doc_index: doc_id -> integer code, shared by every shard of the view (extended here).
+
+    Returns:
+        The loaded shard.
+    """
+    index = faiss_index.read_mapped(files[layout.INDEX_FILE], meta.factory)
+    table = pq.read_table(files[layout.CHUNKS_FILE], memory_map=True)
+    if index.ntotal != meta.count or table.num_rows != meta.count:
+        raise StoreError(f"shard {info.id}: index holds {index.ntotal} and chunks.parquet {table.num_rows} rows, shard.json says {meta.count}")
+    if index.d != meta.dim:
+        raise StoreError(f"shard {info.id}: index dim {index.d} != shard.json dim {meta.dim}")
+    ids = table.column("chunk_id").to_numpy()
+    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
+        # Written by this module, the table is sorted; sort here rather than trust a foreign one.
+        order = np.argsort(ids, kind="stable")
+        table, ids = table.take(pa.array(order)), ids[order]
+    hidden = np.intersect1d(ids, tombstones) if len(tombstones) else np.empty(0, np.int64)
+    encoded = pc.dictionary_encode(table.column("doc_id")).combine_chunks()
+    codes = np.fromiter((doc_index.setdefault(d, len(doc_index)) for d in encoded.dictionary.to_pylist()), np.int64)
+    doc_codes = codes[encoded.indices.to_numpy(zero_copy_only=False)] if len(codes) else np.empty(0, np.int64)
+    shard = LoadedShard(info, meta, index, table, ids, doc_codes, hidden)
+    selector = None
+    if len(hidden):
+        # Filter inside FAISS so each shard still returns its best k live chunks.
+        batch = faiss.IDSelectorBatch(hidden)
+        selector = faiss.IDSelectorNot(batch)
+        shard.keep_alive = [batch, selector]
+    shard.params = faiss_index.search_params(index, nprobe=nprobe, selector=selector)
+    return shard
+
+
+class IndexView:
+    """One loaded version of the index, safe to search from many threads.
+
+    Built by :meth:`model.store.Store.open`; searching never changes it. ``close()`` waits for
+    searches in flight, then releases the memory maps.
+
+    Attributes:
+        version: the version id.
+        manifest: its manifest.
+    """
+
+    def __init__(self, manifest: Manifest, shards: list[LoadedShard], *, doc_index: dict[str, int], store_uri: str = ""):
+        self.manifest = manifest
+        self.version = manifest.version
+        self.store_uri = store_uri
+        self._shards = shards
+        self._doc_index = doc_index  # doc_id -> the code LoadedShard.doc_codes uses
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+        live = [np.setdiff1d(s.ids, s.hidden, assume_unique=True) for s in shards]
+        self.count = int(len(np.unique(np.concatenate(live)))) if live else 0
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.embedder.dim
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        return [s.info for s in self._shards]
+
+    def __enter__(self) -> "IndexView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"IndexView({self.store_uri!r}, version={self.version!r}, shards={len(self._shards)}, count={self.count})"
+
+    # searching
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude_doc_ids: Sequence[str | None] | None = None,
+    ) -> list[list[Neighbour]]:
+        """Nearest live chunks to each query, across all shards, best first.
+
+        Args:
+            queries: float32 array (n, dim) of L2-normalised query embeddings.
+            k: neighbours per query (0 returns empty lists).
+            exclude_doc_ids: per query, a doc id whose chunks must not be returned (None: none);
+                RETRO excludes a training chunk's own document.
+
+        Returns:
+            Per query, up to k neighbours (fewer only if fewer live chunks are reachable), each
+            with ``version`` set to this view's version. Tombstoned chunks never appear.
+
+        Raises:
+            ValueError: wrong query shape, non-finite values, negative k, or an
+                ``exclude_doc_ids`` of another length than ``queries``.
+        """
+        queries = self._check_queries(queries)
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        n = len(queries)
+        if exclude_doc_ids is not None and len(exclude_doc_ids) != n:
+            raise ValueError(f"exclude_doc_ids has {len(exclude_doc_ids)} entries for {n} queries; give one per query (None for none)")
+        with self._cond:
+            if self._closed:
+                raise StoreError(f"index view {self.version} is closed")
+            self._active += 1
+        try:
+            if n == 0 or k == 0 or not self._shards:
+                return [[] for _ in range(n)]
+            excluded = np.full(n, -1, np.int64)
+            if exclude_doc_ids is not None:
+                for i, doc in enumerate(exclude_doc_ids):
+                    if doc is not None:
+                        excluded[i] = self._doc_index.get(doc, _NO_DOC)
+            picks = self._top_k(queries, k, excluded)
+            return self._neighbours(picks)
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+        queries = np.asarray(queries)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries have shape {queries.shape}; expected (n, {self.dim}) from the version's embedder")
+        if not np.issubdtype(queries.dtype, np.floating):
+            raise ValueError(f"queries have dtype {queries.dtype}; expected float32")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not np.isfinite(queries).all():
+            raise ValueError("queries contain NaN or infinite values")
+        return queries
+
+    def _top_k(self, queries: np.ndarray, k: int, excluded: np.ndarray) -> list[list[tuple[float, int, int]]]:
+        """Per query, up to k (score, shard, row), best first, excluded docs and duplicates skipped."""
+        n = len(queries)
+        out: list[list[tuple[float, int, int]]] = [[] for _ in range(n)]
+        # Excluding a document can remove some of the top k: fetch a margin, widen if needed.
+        fetch = k if (excluded < 0).all() else 2 * k + 8
+        pending = np.arange(n)
+        while len(pending):
+            scores, shard_no, rows, exhausted = self._search_shards(queries[pending], fetch)
+            retry = []
+            for j, qi in enumerate(pending):
+                picked, seen = [], set()
+                for c in np.argsort(-scores[j], kind="stable"):
+                    score = scores[j, c]
+                    if score == -np.inf:
+                        break
+                    shard = self._shards[shard_no[j, c]]
+                    row = rows[j, c]
+                    cid = int(shard.ids[row])
+                    if cid in seen or (excluded[qi] != -1 and shard.doc_codes[row] == excluded[qi]):
+                        continue
+                    seen.add(cid)
+                    picked.append((float(score), int(shard_no[j, c]), int(row)))
+                    if len(picked) == k:
+                        break
+                if len(picked) < k and not exhausted[j]:
+                    retry.append(qi)
+                else:
+                    out[qi] = picked
+            pending = np.asarray(retry, dtype=np.int64)
+            fetch *= 4
+        return out
+
+    def _search_shards(self, queries: np.ndarray, fetch: int):
+        """Search every shard for ``fetch`` candidates; (scores, shard numbers, rows, exhausted)."""
+        all_scores, all_shards, all_rows = [], [], []
+        exhausted = np.ones(len(queries), dtype=bool)
+        for s, shard in enumerate(self._shards):
+            kk = min(fetch, shard.live)
+            if kk <= 0:
+                continue
+            scores, ids = shard.index.search(queries, kk, params=shard.params)
+            valid = ids >= 0
+            # A shard that filled all kk slots may hold more: the query is not exhausted.
+            exhausted &= ~(valid.all(axis=1) & (kk < shard.live))
+            rows = np.searchsorted(shard.ids, np.where(valid, ids, 0))
+            rows = np.minimum(rows, len(shard.ids) - 1)
+            valid &= shard.ids[rows] == ids
+            all_scores.append(np.where(valid, scores, -np.inf))
+            all_shards.append(np.full(ids.shape, s, dtype=np.int32))
+            all_rows.append(rows)
+        if not all_scores:
+            empty = np.empty((len(queries), 0))
+            return empty, empty.astype(np.int32), empty.astype(np.int64), exhausted
+        return np.hstack(all_scores), np.hstack(all_shards), np.hstack(all_rows), exhausted
+
+    def _neighbours(self, picks: list[list[tuple[float, int, int]]]) -> list[list[Neighbour]]:
+        wanted: dict[int, set[int]] = {}
+        for per_query in picks:
+            for _, s, row in per_query:
+                wanted.setdefault(s, set()).add(row)
+        records: dict[tuple[int, int], dict] = {}
+        for s, rows in wanted.items():
+            rows = sorted(rows)
+            for row, record in zip(rows, self._shards[s].table.take(pa.array(rows, pa.int64())).to_pylist()):
+                records[(s, row)] = record
+        result = []
+        for per_query in picks:
+            hits = []
+            for score, s, row in per_query:
+                r = records[(s, row)]
+                hits.append(
+                    Neighbour(
+                        chunk_id=r["chunk_id"],
+                        doc_id=r["doc_id"],
+                        url=r["url"],
+                        text=r["text"],
+                        tokens=r["tokens"],
+                        continuation=r["continuation"],
+                        score=score,
+                        position=r["position"],
+                        version=self.version,
+                    )
+                )
+            result.append(hits)
+        return result
+
+    # reading every chunk
+
+    def iter_chunks(self, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+        """Every live chunk once (tombstoned ones left out), in record batches.
+
+        Args:
+            batch_size: most rows per batch.
+
+        Yields:
+            Record batches with :data:`model.store.CHUNKS_SCHEMA`.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        seen = np.empty(0, np.int64)
+        for shard in list(self._shards):
+            keep = ~np.isin(shard.ids, shard.hidden) & ~np.isin(shard.ids, seen)
+            seen = np.union1d(seen, shard.ids[keep])
+            yield from shard.table.filter(pa.array(keep)).to_batches(max_chunksize=batch_size)
+
+    def close(self) -> None:
+        """Release the shards (after searches in flight finish). Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: self._active == 0)
+            self._shards = []
+        LOG.debug("closed index view %s", self.version)
