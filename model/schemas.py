@@ -108,7 +108,7 @@ class GenerateRequest(_Request):
     """``POST /v1/generate``."""
 
     prompt: str = Field(min_length=1)
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="null: 64, or the server's limit if that is lower")
     temperature: float = Field(1.0, ge=0.0, le=100.0, description="0 means greedy")
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0.0, le=1.0)

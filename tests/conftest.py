@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.retro",
     "tests.fixtures.site",
+    "tests.fixtures.server",
 ]

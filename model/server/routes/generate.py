@@ -11,6 +11,8 @@ from model.server.routes.common import RETRIEVAL_OFF_NOTE, neighbour_out, run_mo
 
 router = APIRouter(tags=["generate"])
 
+DEFAULT_NEW_TOKENS = 64
+
 
 @router.post(
     "/v1/generate",
@@ -20,7 +22,8 @@ router = APIRouter(tags=["generate"])
 async def generate(body: GenerateRequest, server: ServerDep, runtime: RuntimeDep, _: Admitted, loaded: Pinned) -> GenerateResponse:
     """Continue a prompt; neighbours are retrieved once per completed 64-token chunk."""
     limits = server.limits
-    limits.check_new_tokens(body.max_new_tokens)
+    max_new_tokens = body.max_new_tokens if body.max_new_tokens is not None else min(DEFAULT_NEW_TOKENS, limits.max_new_tokens)
+    limits.check_new_tokens(max_new_tokens)
     if body.k is not None:
         limits.check_k(body.k)
     use_retrieval = body.retrieval and loaded is not None
@@ -31,14 +34,14 @@ async def generate(body: GenerateRequest, server: ServerDep, runtime: RuntimeDep
 
         prompt_tokens = len(runtime.tokenizer.encode(body.prompt))
         limits.check_prompt_tokens(prompt_tokens)
-        check_context(getattr(runtime.model.config, "max_seq_len", None), prompt_tokens + body.max_new_tokens, "prompt tokens + max_new_tokens")
+        check_context(getattr(runtime.model.config, "max_seq_len", None), prompt_tokens + max_new_tokens, "prompt tokens + max_new_tokens")
         return generate_text(
             runtime.model,
             runtime.tokenizer,
             body.prompt,
             retriever=retriever,
             k=body.k,
-            max_new_tokens=body.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             temperature=body.temperature,
             top_k=body.top_k,
             top_p=body.top_p,

@@ -1,0 +1,1 @@
+"""Tests of model/server (the RETRO HTTP server) and model/client."""
