@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.retry import retry_if_transient
@@ -75,7 +76,7 @@ def summary_markdown(summary: RefreshSummary) -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="record-refresh-artifacts", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient)
+@task(name="record-refresh-artifacts", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def record_refresh_artifacts(summary: RefreshSummary) -> None:
     """Attach the document-outcome table and the markdown summary to the running flow."""
     create_table_artifact(

@@ -48,9 +48,30 @@ class DataflowJob:
 
 
 class JobStateSource(Protocol):
-    """Anything that reports a Dataflow job's current state string (``JOB_STATE_*``)."""
+    """Anything that reports a Dataflow job's state (``JOB_STATE_*``) and its user counters."""
 
     def state(self, job: DataflowJob) -> str: ...
+
+    def counters(self, job: DataflowJob, namespace: str) -> dict[str, int]: ...
+
+
+def committed_counters(response: dict, namespace: str) -> dict[str, int]:
+    """User counters of one namespace from a ``jobs.getMetrics`` answer, summed over steps.
+
+    Dataflow reports each counter twice per step, committed and tentative (``context.tentative``);
+    like Beam's DataflowMetrics, the committed value is the one that counts.
+    """
+    totals: dict[str, int] = {}
+    for metric in response.get("metrics", []):
+        name = metric.get("name", {})
+        context = name.get("context", {})
+        if name.get("origin") != "user" or context.get("namespace") != namespace or context.get("tentative") == "true":
+            continue
+        scalar = metric.get("scalar")
+        if scalar is None:
+            continue
+        totals[name["name"]] = totals.get(name["name"], 0) + int(float(scalar))
+    return totals
 
 
 @dataclass
@@ -76,11 +97,17 @@ class RestJobStateSource:
             self.session = AuthorizedSession(credentials)
         return self.session
 
-    def state(self, job: DataflowJob) -> str:
-        url = f"{self.endpoint.rstrip('/')}/v1b3/projects/{job.project}/locations/{job.region}/jobs/{job.job_id}"
-        response = self._session().get(url, params={"view": "JOB_VIEW_SUMMARY"}, timeout=self.timeout_s)
+    def _get(self, job: DataflowJob, suffix: str = "", **params) -> dict:
+        url = f"{self.endpoint.rstrip('/')}/v1b3/projects/{job.project}/locations/{job.region}/jobs/{job.job_id}{suffix}"
+        response = self._session().get(url, params=params, timeout=self.timeout_s)
         response.raise_for_status()
-        return response.json().get("currentState", "JOB_STATE_UNKNOWN")
+        return response.json()
+
+    def state(self, job: DataflowJob) -> str:
+        return self._get(job, view="JOB_VIEW_SUMMARY").get("currentState", "JOB_STATE_UNKNOWN")
+
+    def counters(self, job: DataflowJob, namespace: str) -> dict[str, int]:
+        return committed_counters(self._get(job, "/metrics"), namespace)
 
 
 @dataclass

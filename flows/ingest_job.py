@@ -1,0 +1,129 @@
+"""The ingest step of a refresh: run the Beam job here, or submit it to Dataflow and follow it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import DATAFLOW_JOB
+from flows.dataflow import JobStateSource, RestJobStateSource, job_location, wait_for_job
+from flows.lease import RefreshLease
+from flows.retry import retry_if_transient
+
+LOG = logging.getLogger(__name__)
+
+RUNNERS = ("local", "multiprocess", "dataflow")
+
+
+@dataclass
+class IngestOutcome:
+    """What the ingest job did, in plain data (IngestResult after the job finished)."""
+
+    version: str | None
+    parent: str | None
+    metrics: dict[str, int]
+    chunks_added: int
+    chunks_removed: int
+    seconds: float
+    job_id: str | None = None
+    dataflow_url: str | None = None
+    states: list[str] = field(default_factory=list)
+
+
+@task(name="run-ingest", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def run_ingest_job(
+    sources: str,
+    store_uri: str,
+    *,
+    runner: str = "local",
+    pipeline_args: list[str] | None = None,
+    embedder_path: str | None = None,
+    tokenizer_path: str | None = None,
+    lease: RefreshLease | None = None,
+    poll_interval_s: float = 30.0,
+    timeout_s: float = 6 * 3600.0,
+    state_source: JobStateSource | None = None,
+) -> IngestOutcome:
+    """Run the Beam ingest job against CURRENT and return what it wrote (a draft, or nothing).
+
+    Locally the job runs in this process (FnApiRunner). On Dataflow it is submitted with
+    ``wait=False``; its console link becomes a link artifact at once, and the task polls the job's
+    state until it is done, renewing the lease on every poll.
+
+    Args:
+        sources: sources file (YAML).
+        store_uri: the store.
+        runner: "local", "multiprocess" or "dataflow".
+        pipeline_args: extra Beam flags (Dataflow needs --project, --region, --temp_location).
+        embedder_path, tokenizer_path: as for :func:`beam_jobs.ingest.run_ingest`.
+        lease: renewed while the job runs (a heartbeat thread locally, each poll on Dataflow).
+        poll_interval_s, timeout_s: Dataflow polling.
+        state_source: where Dataflow job states come from (default: the Dataflow REST API).
+
+    Returns:
+        The outcome; ``version`` is None when nothing changed.
+    """
+    from beam_jobs.ingest import run_ingest
+
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    log = get_run_logger()
+    started = time.monotonic()
+    common = dict(pipeline_args=pipeline_args, runner=runner, embedder_path=embedder_path, tokenizer_path=tokenizer_path)
+    if runner != "dataflow":
+        if lease is not None:
+            with lease.heartbeat():
+                result = run_ingest(sources, store_uri, wait=True, **common)
+        else:
+            result = run_ingest(sources, store_uri, wait=True, **common)
+        return IngestOutcome(result.version, result.parent, dict(result.metrics), result.chunks_added,
+                             result.chunks_removed, result.seconds, states=[str(result.state)])
+
+    launched = run_ingest(sources, store_uri, wait=False, **common)
+    if not launched.job_id:
+        raise RuntimeError(f"the Dataflow submission returned no job id (state {launched.state})")
+    job = job_location(pipeline_args, launched.job_id)
+    log.info("submitted Dataflow job %s: %s", job.job_id, job.console_url)
+    create_link_artifact(job.console_url, link_text=f"Dataflow job {job.job_id}", key=DATAFLOW_JOB)
+    source = state_source or RestJobStateSource()
+    report = wait_for_job(job, source, poll_interval_s=poll_interval_s, timeout_s=timeout_s,
+                          on_poll=(lambda _state: lease.renew()) if lease is not None else None)
+    counters = source.counters(job, "retrofresh")
+    return finish_dataflow(store_uri, launched, counters, report.states, job.console_url, time.monotonic() - started)
+
+
+def finish_dataflow(
+    store_uri: str, launched, counters: dict[str, int], states: list[str], url: str, seconds: float
+) -> IngestOutcome:
+    """The outcome of a finished Dataflow ingest: its counters, and whether it wrote its draft.
+
+    The job writes the draft version it was launched with only when something changed; the
+    store says whether it did.
+    """
+    from beam_jobs.metrics import CORE_COUNTERS
+    from model.store import StoreError, open_store
+
+    metrics = {name: 0 for name in CORE_COUNTERS} | counters
+    written = False
+    if launched.version is not None:
+        try:
+            open_store(store_uri).manifest(launched.version)
+            written = True
+        except StoreError:
+            written = False
+    return IngestOutcome(
+        version=launched.version if written else None,
+        parent=launched.parent,
+        metrics=metrics,
+        chunks_added=metrics.get("chunks", 0),
+        chunks_removed=metrics.get("tombstones", 0),
+        seconds=seconds,
+        job_id=launched.job_id,
+        dataflow_url=launched.dataflow_url or url,
+        states=states,
+    )

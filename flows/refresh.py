@@ -1,0 +1,123 @@
+"""``refresh_corpus``: lease, ingest, compact, validate, publish, notify, record; safe to run any time.
+
+A rerun after a crash at any step publishes once: the ingest diffs against whatever ``CURRENT``
+names, so a crash before the publish leaves an orphan draft (``gc_store`` removes it) and the rerun
+ingests again; a crash after it finds nothing new. A retry of a publish whose answer was lost
+finds ``CURRENT`` already moved to its version and succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import record_refresh_artifacts
+from flows.ingest_job import IngestOutcome, run_ingest_job
+from flows.inputs import resolve_inputs
+from flows.notify import notify_servers
+from flows.retry import retry_if_transient
+from flows.store_tasks import compact_version, count_shards, publish_version, read_current, release_lease, take_lease
+from flows.summary import RefreshSummary, document_counts, freshness_lag_s
+from flows.validate import validate_version
+
+LOG = logging.getLogger(__name__)
+
+
+@flow(name="refresh-corpus", description="Ingest the sources, validate the new index version, publish it, notify servers.")
+def refresh_corpus(
+    sources: str | None = None,
+    store: str | None = None,
+    runner: str = "local",
+    pipeline_args: list[str] | None = None,
+    servers: list[str] | None = None,
+    compact_threshold: int = 8,
+    probe_queries: int = 16,
+    lease_ttl_s: float = 600.0,
+    poll_interval_s: float = 30.0,
+    embedder_path: str | None = None,
+    tokenizer_path: str | None = None,
+) -> dict:
+    """Refresh a store from its sources.
+
+    Args:
+        sources: sources YAML file (default ``RETROFRESH_SOURCES``).
+        store: the index store (default ``RETROFRESH_STORE``).
+        runner: "local" (Beam in this process), "multiprocess", or "dataflow" (submit and poll).
+        pipeline_args: extra Beam flags (Dataflow: --project, --region, --temp_location, ...).
+        servers: server URLs to tell about the new version (default ``RETROFRESH_SERVERS``).
+        compact_threshold: compact the new version when it lists more shards than this.
+        probe_queries: chunks the validation probes the index with.
+        lease_ttl_s: how long the lease outlives a crashed holder (it is renewed while alive).
+        poll_interval_s: seconds between Dataflow job state polls.
+        embedder_path, tokenizer_path: the encoder and tokenizer (default: the bundled ones).
+
+    Returns:
+        The :class:`flows.summary.RefreshSummary` as a dict.
+    """
+    started, clock = datetime.now(timezone.utc), time.monotonic()
+    inputs = resolve_inputs(store, sources, servers, need_sources=True)
+    lease = take_lease(inputs.store, "refresh-corpus", lease_ttl_s)
+    try:
+        parent = read_current(inputs.store)
+        ingest = run_ingest_job(inputs.sources, inputs.store, runner=runner, pipeline_args=pipeline_args, lease=lease,
+                                poll_interval_s=poll_interval_s, embedder_path=embedder_path, tokenizer_path=tokenizer_path)
+        published = draft = validation = None
+        notified = []
+        if ingest.version is not None:
+            draft = ingest.version
+            candidate = compact_version(inputs.store, draft) if count_shards(inputs.store, draft) > compact_threshold else draft
+            validation = validate_version(inputs.store, candidate, parent=parent, chunks_added=ingest.chunks_added,
+                                          chunks_removed=ingest.chunks_removed, probe_queries=probe_queries, embedder_path=embedder_path)
+            published = (candidate, publish_version(inputs.store, candidate, parent, lease))
+            notified = notify_servers(inputs.servers, inputs.token)
+        summary = summarize_refresh(inputs.store, ingest, parent, published, draft, validation, notified, started, time.monotonic() - clock)
+        record_refresh_artifacts(summary)
+        return summary.to_dict()
+    finally:
+        release_lease(lease)
+
+
+@task(name="summarize-refresh", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def summarize_refresh(
+    store_uri: str,
+    ingest: IngestOutcome,
+    parent: str | None,
+    published: tuple[str, str] | None,
+    draft: str | None,
+    validation: dict | None,
+    notified: list,
+    started: datetime,
+    seconds: float,
+) -> RefreshSummary:
+    """Put the refresh's numbers together, with the freshness lag of what was published."""
+    from flows.changes import newest_source_change
+    from model.store import open_store
+
+    summary = RefreshSummary(
+        version=published[0] if published else parent,
+        parent=parent,
+        published=published is not None,
+        documents=document_counts(ingest.metrics),
+        chunks_added=ingest.chunks_added if published else 0,
+        chunks_removed=ingest.chunks_removed if published else 0,
+        seconds=round(seconds, 3),
+        store=store_uri,
+        started_at=started.isoformat(),
+        job_id=ingest.job_id,
+        dataflow_url=ingest.dataflow_url,
+        validation=validation or {},
+        notified=[n.to_dict() for n in notified],
+    )
+    if published:
+        version, published_at = published
+        summary.published_at = published_at
+        summary.compacted_from = draft if draft != version else None
+        newest, basis = newest_source_change(open_store(store_uri), version, parent)
+        if newest is not None:
+            summary.newest_source_change = f"{newest.isoformat()} ({basis})"
+            summary.freshness_lag_s = freshness_lag_s(datetime.fromisoformat(published_at), newest)
+    return summary

@@ -1,0 +1,173 @@
+"""Check a new index version before it is published: checksums, counts, and a probe search.
+
+The probe embeds the text of a sample of the version's own chunks, exactly as the ingest job
+embedded them into keys, and searches the version. Exact search has a known answer for such a
+query: the chunk itself, at inner product ~1 (its own key). So the probe measures how often the
+real index (IVF, several shards, tombstones) finds what exact search would find, without
+re-embedding the whole corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+LOG = logging.getLogger(__name__)
+
+
+class ValidationFailed(RuntimeError):
+    """The version is not fit to publish; the message lists every failed check."""
+
+
+@dataclass
+class ValidationReport:
+    """What was checked and found."""
+
+    version: str
+    checksums: str = "not checked"
+    live_chunks: int = 0
+    expected_chunks: int | None = None
+    documents: int = 0
+    ledger_documents: int | None = None
+    probes: int = 0
+    probe_recall: float | None = None  # share of probes that found themselves in the top k
+    probe_self_score: float | None = None  # mean score of a probe's own chunk (about 1.0)
+    tombstones_returned: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "failures" and v is not None}
+        if self.probe_recall is not None:
+            out["probe_recall"] = round(self.probe_recall, 4)
+        if self.probe_self_score is not None:
+            out["probe_self_score"] = round(self.probe_self_score, 4)
+        return out
+
+
+def sample_chunks(view, n: int, *, seed: str) -> list[tuple[int, str]]:
+    """A reproducible uniform sample of (chunk_id, text) from a version's live chunks (reservoir)."""
+    rng = random.Random(seed)
+    sample: list[tuple[int, str]] = []
+    seen = 0
+    for batch in view.iter_chunks():
+        ids = batch.column("chunk_id").to_pylist()
+        texts = batch.column("text").to_pylist()
+        for cid, text in zip(ids, texts):
+            if len(sample) < n:
+                sample.append((cid, text))
+            else:
+                j = rng.randrange(seen + 1)
+                if j < n:
+                    sample[j] = (cid, text)
+            seen += 1
+    return sample
+
+
+def probe(view, embedder, sample: list[tuple[int, str]], *, k: int) -> tuple[float, float, int]:
+    """Search the view with each sampled chunk's text.
+
+    Returns:
+        (recall: share of probes whose own chunk, or a chunk with the same text, is in the top k;
+        mean score of the probe's own chunk where found; number of tombstoned ids returned).
+    """
+    vectors = embedder.encode([text for _, text in sample])
+    results = view.search(np.asarray(vectors, dtype=np.float32), k)
+    tombstones = set(view.manifest.tombstones)
+    found, scores, dead = 0, [], 0
+    for (cid, text), hits in zip(sample, results):
+        dead += sum(1 for h in hits if h.chunk_id in tombstones and h.chunk_id != cid)
+        own = next((h for h in hits if h.chunk_id == cid or h.text == text), None)
+        if own is not None:
+            found += 1
+            scores.append(own.score)
+    return found / len(sample), float(np.mean(scores)) if scores else 0.0, dead
+
+
+def validate(
+    store,
+    version: str,
+    *,
+    parent: str | None,
+    chunks_added: int | None = None,
+    chunks_removed: int | None = None,
+    probe_queries: int = 16,
+    k: int = 8,
+    min_recall: float = 0.9,
+    min_self_score: float = 0.98,
+    embedder_path: str | None = None,
+) -> ValidationReport:
+    """Check a version and raise if it is unfit.
+
+    Args:
+        store: the :class:`model.store.Store`.
+        version: the draft to check.
+        parent: the version it will replace (its live count anchors the count check).
+        chunks_added, chunks_removed: what the ingest reported; None skips the count arithmetic
+            (compaction keeps the count, which is checked against the parent instead).
+        probe_queries: chunks to probe with (0 skips the probe).
+        k: neighbours per probe.
+        min_recall: least share of probes that must find themselves.
+        min_self_score: least mean score of a probe's own chunk (the keys were made by the same
+            embedder from the same text, so this is about 1.0; less means other keys).
+        embedder_path: the encoder that made the keys; None for the bundled one.
+
+    Returns:
+        The report.
+
+    Raises:
+        ValidationFailed: any check failed (all failures are listed).
+        ChecksumMismatch, StoreError: a file is missing or corrupt.
+    """
+    report = ValidationReport(version)
+    manifest = store.verify(version)
+    report.checksums = f"ok ({len(manifest.shards)} shards{', ledger' if manifest.ledger else ''})"
+    parent_manifest = store.manifest(parent) if parent else None
+    with store.open(version) as view:
+        report.live_chunks = view.count
+        report.documents = manifest.stats.documents
+        if view.count != manifest.stats.chunks:
+            report.failures.append(f"the manifest says {manifest.stats.chunks} live chunks, the shards hold {view.count}")
+        parent_chunks = parent_manifest.stats.chunks if parent_manifest else 0
+        if chunks_added is not None and chunks_removed is not None:
+            report.expected_chunks = parent_chunks + chunks_added - chunks_removed
+        if report.expected_chunks is not None and report.expected_chunks != view.count:
+            report.failures.append(
+                f"{parent_chunks} chunks in {parent or 'an empty store'} + {chunks_added} added - {chunks_removed} "
+                f"removed = {report.expected_chunks}, but {version} holds {view.count}"
+            )
+        if manifest.ledger is not None:
+            report.ledger_documents = store.read_ledger(version).num_rows
+            if report.ledger_documents != manifest.stats.documents:
+                report.failures.append(f"the manifest says {manifest.stats.documents} documents, the ledger lists {report.ledger_documents}")
+        if probe_queries > 0 and view.count > 0:
+            from model.embedder import Embedder
+
+            embedder = Embedder(embedder_path, max_length=manifest.embedder.max_length)
+            if embedder.spec != manifest.embedder:
+                raise ValidationFailed(f"cannot probe {version}: its keys come from {manifest.embedder}, the probe embedder is {embedder.spec}")
+            sample = sample_chunks(view, probe_queries, seed=version)
+            report.probes = len(sample)
+            report.probe_recall, report.probe_self_score, report.tombstones_returned = probe(view, embedder, sample, k=min(k, view.count))
+            if report.probe_recall < min_recall:
+                report.failures.append(f"probe recall {report.probe_recall:.2f} < {min_recall}: the index does not find chunks exact search finds")
+            if report.probe_self_score < min_self_score:
+                report.failures.append(f"probe self-score {report.probe_self_score:.3f} < {min_self_score}: keys do not match the embedder")
+            if report.tombstones_returned:
+                report.failures.append(f"{report.tombstones_returned} deleted chunks came back from search")
+    if report.failures:
+        raise ValidationFailed(f"version {version} failed validation: " + "; ".join(report.failures))
+    LOG.info("validated %s: %s", version, report.summary())
+    return report
+
+
+@task(name="validate-version", cache_policy=NO_CACHE)
+def validate_version(store_uri: str, version: str, **kwargs) -> dict:
+    """Prefect task around :func:`validate`; returns the report's summary for the artifacts."""
+    from model.store import open_store
+
+    return validate(open_store(store_uri), version, **kwargs).summary()
