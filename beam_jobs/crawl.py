@@ -199,8 +199,8 @@ class CrawlDoFn(beam.DoFn):
     def __init__(self, settings: FetchSettings):
         self.settings = settings
 
-    def process(self, source, known: dict[str, list[KnownDoc]]) -> Iterator[FetchResult]:
-        docs = {doc.doc_id: doc for doc in known.get(source.name, [])}
+    def process(self, source, known) -> Iterator[FetchResult]:
+        docs = {doc.doc_id: doc for doc in known[source.name]}  # a MultiMap: [] for unknown keys
         crawl = crawl_site if isinstance(source, SiteSource) else crawl_feed
         for result in crawl(source, self.settings, docs):
             count_fetch(result)

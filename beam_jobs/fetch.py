@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 from protego import Protego
 
-from beam_jobs.netguard import BlockedAddress, GuardedTransport
+from beam_jobs.netguard import BlockedAddress, GuardedTransport, resolve_allowed
 from beam_jobs.sources import FetchSettings
 from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED, FetchResult
 
@@ -85,6 +86,7 @@ class Fetcher:
     def __init__(self, settings: FetchSettings, *, allow_private: bool = False, crawl_delay_s: float | None = None, sleep=time.sleep):
         self.settings = settings
         self.crawl_delay_s = settings.crawl_delay_s if crawl_delay_s is None else crawl_delay_s
+        self.allow_private = allow_private
         self._sleep = sleep
         self._client = httpx.Client(
             transport=GuardedTransport(allow_private=allow_private),
@@ -94,7 +96,7 @@ class Fetcher:
             trust_env=False,
         )
         self._robots: dict[str, Protego | None] = {}  # origin -> rules; None: robots unreachable
-        self._next_turn: dict[str, float] = {}  # host -> monotonic time of its next request
+        self._last_request: dict[str, float] = {}  # host -> monotonic time of its last request
         self.requests = 0
         self.retries = 0
 
@@ -143,13 +145,15 @@ class Fetcher:
         return delay
 
     def _wait_turn(self, url: str) -> None:
+        # The gap is computed when the next request is due, so a Crawl-delay learnt from the
+        # robots.txt just fetched already spaces the request that follows it.
         host = urlsplit(url).netloc.lower()
-        now = time.monotonic()
-        turn = self._next_turn.get(host, now)
-        if turn > now:
-            self._sleep(turn - now)
-            now = time.monotonic()
-        self._next_turn[host] = now + self._delay(host, url)
+        last = self._last_request.get(host)
+        if last is not None:
+            wait = last + self._delay(host, url) - time.monotonic()
+            if wait > 0:
+                self._sleep(wait)
+        self._last_request[host] = time.monotonic()
 
     # ------------------------------------------------------------------ requests
 
@@ -223,6 +227,9 @@ class Fetcher:
             if current in seen:
                 return _Response(current, failure="redirect_loop")
             seen.add(current)
+            failure = self._address_failure(current)
+            if failure is not None:  # before robots.txt: a refused host gets no request at all
+                return _Response(current, failure=failure)
             if check_robots:
                 allowed = self.allowed(current)
                 if allowed is None:
@@ -238,6 +245,22 @@ class Fetcher:
                 continue
             return response
         return _Response(current, failure="too_many_redirects")
+
+    def _address_failure(self, url: str) -> str | None:
+        """'blocked_address' when url's host resolves to an address the source may not reach.
+
+        The transport checks again at connect time (and connects to the checked address); this
+        early check only keeps robots.txt requests and retries away from refused hosts.
+        """
+        parts = urlsplit(url)
+        try:
+            resolve_allowed(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), allow_private=self.allow_private)
+        except BlockedAddress as exc:
+            LOG.info("refused %s: %s", url, exc)
+            return "blocked_address"
+        except (httpx.HTTPError, httpcore.ConnectError, ValueError, UnicodeError):
+            return None  # unresolvable now: let the request fail (and retry) as a connection error
+        return None
 
     def _request(self, url: str, headers: dict, *, accept: tuple[str, ...] | None, max_bytes: int) -> _Response:
         """One URL, retried with exponential backoff on 429, 5xx, timeouts and broken connections."""

@@ -475,7 +475,7 @@ class _Renderer:
             companies = [c for c in self.world.entities if c.kind == "company" and self.facts[(c.key, "headquarters")] == e.name]
             teams = [t for t in self.world.entities if t.kind == "team" and t.static["home"] == e.name]
             if companies:
-                items = "".join(f"<li>{self.link(c)}. {self.sentence(c, 'ceo')}</li>" for c in companies)
+                items = "".join(f"<li>{self.link(c)}. {self.sentence(c, 'headquarters')} {self.sentence(c, 'ceo')}</li>" for c in companies)
                 paragraphs.append(f"Companies with their headquarters in {html.escape(e.name)}:</p><ul>{items}</ul><p>")
                 facts += [(c.key, "ceo") for c in companies] + [(c.key, "headquarters") for c in companies]
             if teams:

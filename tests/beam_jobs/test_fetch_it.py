@@ -1,0 +1,109 @@
+"""The polite fetcher against a hostile site: every bad answer ends as a counted reason, quickly."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from beam_jobs.fetch import Fetcher
+from beam_jobs.sources import FetchSettings
+from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED
+from tests.beam_jobs.hostile import LATIN1_TEXT, METADATA_URL, HostileSite
+
+pytestmark = pytest.mark.integration
+
+FAST = FetchSettings(crawl_delay_s=0, timeout_s=0.5, deadline_s=3, retries=1, backoff_s=0.01, max_backoff_s=0.05, max_bytes=1_000_000)
+
+
+@pytest.fixture
+def site():
+    with HostileSite(stall_s=3) as server:
+        yield server
+
+
+@pytest.fixture
+def fetcher():
+    f = Fetcher(FAST, allow_private=True)
+    yield f
+    f.close()
+
+
+def test_plain_page_is_fetched_with_its_validators(site, fetcher):
+    result = fetcher.fetch(site.base_url + "/etag.html", source="s")
+    assert (result.outcome, result.status, result.etag) == (FETCHED, 200, '"v1"')
+    again = fetcher.fetch(site.base_url + "/etag.html", source="s", etag=result.etag)
+    assert again.outcome == NOT_MODIFIED and again.body is None
+
+
+@pytest.mark.parametrize(
+    "path, outcome, reason",
+    [
+        ("/binary.html", FETCHED, None),  # bytes arrive; extraction refuses them (test_extract)
+        ("/huge-declared.html", FAILED, "too_large"),
+        ("/huge-streamed.html", FAILED, "too_large"),
+        ("/loop-a", FAILED, "redirect_loop"),
+        ("/to-metadata", FAILED, "blocked_address"),
+        ("/image.png", FAILED, "content_type"),
+        ("/missing.html", GONE, "http_404"),
+        ("/secret/plans.html", ROBOTS_BLOCKED, "robots_txt"),
+    ],
+)
+def test_hostile_answers_end_as_counted_outcomes(site, fetcher, path, outcome, reason):
+    started = time.monotonic()
+    result = fetcher.fetch(site.base_url + path, source="s")
+    assert (result.outcome, result.reason) == (outcome, reason)
+    assert time.monotonic() - started < 5
+
+
+def test_disallowed_page_is_never_requested(site, fetcher):
+    fetcher.fetch(site.base_url + "/secret/plans.html", source="s")
+    assert "/robots.txt" in site.paths() and "/secret/plans.html" not in site.paths()
+
+
+def test_stalling_server_times_out_after_bounded_retries(site, fetcher):
+    started = time.monotonic()
+    result = fetcher.fetch(site.base_url + "/stall.html", source="s")
+    assert (result.outcome, result.reason) == (FAILED, "timeout")
+    assert site.paths().count("/stall.html") == 2  # one try + one retry
+    assert time.monotonic() - started < 3
+
+
+def test_500_then_200_is_retried_and_fetched(site, fetcher):
+    result = fetcher.fetch(site.base_url + "/flaky.html", source="s")
+    assert result.outcome == FETCHED and fetcher.retries == 1
+    assert site.paths().count("/flaky.html") == 2
+
+
+def test_metadata_address_is_refused_even_when_private_addresses_are_allowed(site, fetcher):
+    result = fetcher.fetch(METADATA_URL, source="s")
+    assert (result.outcome, result.reason) == (FAILED, "blocked_address")
+    assert fetcher.requests == 0  # not even its robots.txt
+
+
+def test_loopback_is_refused_unless_the_source_allows_private_addresses(site):
+    strict = Fetcher(FAST, allow_private=False)
+    try:
+        result = strict.fetch(site.base_url.replace("127.0.0.1", "localhost") + "/ok.html", source="s")
+    finally:
+        strict.close()
+    assert (result.outcome, result.reason) == (FAILED, "blocked_address")
+    assert site.paths() == []
+
+
+def test_robots_crawl_delay_spaces_requests_to_one_host():
+    with HostileSite(crawl_delay=0.3) as slow_site:
+        f = Fetcher(FAST, allow_private=True)
+        try:
+            for path in ("/ok.html", "/malformed.html", "/etag.html"):
+                assert f.fetch(slow_site.base_url + path, source="s").outcome == FETCHED
+        finally:
+            f.close()
+        times = [t for _, t in slow_site.requests]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) == 4 and min(gaps) >= 0.29, gaps  # robots.txt + 3 pages
+
+
+def test_latin1_text_arrives_as_bytes_for_extraction(site, fetcher):
+    result = fetcher.fetch(site.base_url + "/latin1.txt", source="s")
+    assert result.outcome == FETCHED and result.kind == "text" and LATIN1_TEXT.encode("latin-1") in result.body
