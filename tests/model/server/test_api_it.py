@@ -235,3 +235,22 @@ def test_still_serving_after_bad_input(api):
     _, client, _, version = api
     assert client.healthz()
     assert client.retrieve("museum", k=1).index_version == version
+
+
+def test_requests_past_max_inflight_get_503_and_slots_free_up(new_labelled_store, server_settings, run_server):
+    store = new_labelled_store()  # empty: generation runs without retrieval
+    server = run_server(server_settings(store.uri, max_inflight=1, model_workers=1))
+    RetroClient(server.url).wait_ready(timeout=60)
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            body = {"prompt": PROMPT, "max_new_tokens": 40, "temperature": 0}
+            return await asyncio.gather(*(http.post("/v1/generate", json=body) for _ in range(6)))
+
+    answers = asyncio.run(burst())
+    codes = sorted(a.status_code for a in answers)
+    assert 200 in codes and 503 in codes, codes
+    refused = next(a for a in answers if a.status_code == 503)
+    assert refused.json()["limit"] == "max_inflight" and refused.headers["Retry-After"] == "1"
+    with RetroClient(server.url) as client:  # the slot is free again once the burst is over
+        assert client.generate("hello there", max_new_tokens=2).generated_tokens >= 1
