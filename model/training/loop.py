@@ -100,9 +100,9 @@ def evaluate(model, data: SequenceSet, cfg: TrainConfig, *, retrieval: bool) -> 
     total, count = 0.0, 0
     try:
         for b in range(cfg.eval_batches):
-            index = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(data)))
-            if len(index) == 0:
+            if b * cfg.batch_size >= len(data):
                 break
+            index = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(data)))
             batch = data.batch(index, device, retrieval=retrieval)
             with _autocast(device):
                 _, loss = model(**batch)

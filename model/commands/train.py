@@ -1,0 +1,268 @@
+"""``retrofresh train``, ``score`` and ``generate``: the RETRO model from the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from model.config import Settings
+
+LOG = logging.getLogger(__name__)
+
+
+def _settings(**flags) -> Settings:
+    return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _layers(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer numbers like 3,6, got {value!r}") from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class _ViewRetriever:
+    """The Retriever protocol over an opened store version (embed the chunk texts, search)."""
+
+    def __init__(self, view, embedder):
+        self.view, self.embedder = view, embedder
+
+    def retrieve(self, texts, k, *, exclude_doc_ids=None):
+        if not texts:
+            return []
+        return self.view.search(self.embedder.encode(list(texts)), k, exclude_doc_ids=exclude_doc_ids)
+
+
+def _retriever(view, embedder):
+    from model import retrieval
+
+    # The store's own adapter when present (the server uses it too); the same two calls otherwise.
+    factory = getattr(retrieval, "StoreRetriever", None)
+    return factory(view, embedder) if factory is not None else _ViewRetriever(view, embedder)
+
+
+def _open_view(settings: Settings, version: str | None, embedder):
+    from model.store import open_store
+
+    if not settings.store:
+        raise click.UsageError("no store: pass --store or set RETROFRESH_STORE")
+    store = open_store(settings.store, cache_dir=settings.cache_dir)
+    return store.open(version, embedder=embedder.spec)
+
+
+def _embedder(settings: Settings, path: Path | None):
+    from model.embedder import Embedder
+
+    return Embedder(path or settings.embedder_path, device=settings.device)
+
+
+# train
+
+
+@click.command()
+@click.option("--store", help="index store to train on [RETROFRESH_STORE]; with --input, where the files are indexed first.")
+@click.option("--version", "version", help="store version (default: CURRENT).")
+@click.option("--input", "inputs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="text or .jsonl files to index into an empty store first (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="checkpoint directory.")
+@click.option("--preset", default="small", show_default=True, type=click.Choice(["tiny", "small", "185m"]), help="network size.")
+@click.option("--cca-layers", help="1-based layers with chunked cross-attention, e.g. 3,6 (default: the preset's).")
+@click.option("--seq-len", default=512, show_default=True, type=int, help="tokens per training window (multiple of 64).")
+@click.option("--k", "k", default=2, show_default=True, type=int, help="neighbours per chunk.")
+@click.option("--steps", default=1000, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--lr", default=3e-4, show_default=True, type=float)
+@click.option("--warmup", "warmup_steps", default=100, show_default=True, type=int)
+@click.option("--eval-every", default=100, show_default=True, type=int)
+@click.option("--eval-fraction", default=0.05, show_default=True, type=float, help="share of documents held out.")
+@click.option("--checkpoint-every", default=0, show_default=True, type=int, help="0: only at the end.")
+@click.option("--resume", is_flag=True, help="continue the run saved in --out.")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help="tokenizer.json the store was chunked with (default: the shipped one).")
+@click.option("--base-model", type=click.Path(exists=True, file_okay=False, path_type=Path), help="RETRO-fit this Hugging Face causal LM (frozen) instead of training from scratch.")
+@click.option("--gguf-file", help="GGUF file name inside --base-model.")
+@click.option("--embedder", "embedder_path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="key/query encoder (default: bundled all-MiniLM-L6-v2).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="shard and neighbour cache [RETROFRESH_CACHE_DIR].")
+@click.option("--device", help="torch device [RETROFRESH_DEVICE].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", is_flag=True, help="no progress bars.")
+def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, batch_size, lr, warmup_steps, eval_every, eval_fraction,
+          checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, seed, quiet) -> None:
+    """Train a RETRO model on a store version (or on files, indexed into a new store first).
+
+    Every training chunk's k neighbours are searched once through the store, excluding its own
+    document, and cached by (data, index version, embedder). Prints the final eval loss with and
+    without retrieval as JSON.
+    """
+    import torch
+
+    from model.config import RetroConfig
+    from model.retro import Retro
+    from model.tokenizer import RetroTokenizer
+    from model.training.loop import TrainConfig, train as run_training
+    from model.training.prepare import prepare_from_view
+
+    _logging(not quiet)
+    settings = _settings(store=store, cache_dir=cache_dir, device=device)
+    torch.manual_seed(seed)
+    store_tokenizer = RetroTokenizer.load(tokenizer_path)
+    embedder = _embedder(settings, embedder_path)
+    if inputs:
+        from model.store import open_store
+        from model.training.corpus import index_documents, read_documents
+
+        if not settings.store:
+            settings = _settings(store=str(out.parent / f"{out.name}-store"), cache_dir=cache_dir, device=device)
+        try:
+            version = index_documents(open_store(settings.store, cache_dir=settings.cache_dir), read_documents(inputs), store_tokenizer, embedder, progress=not quiet)
+        except (ValueError, FileNotFoundError) as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(f"indexed {len(inputs)} file(s) into {settings.store} as version {version}", err=True)
+
+    if base_model is not None:
+        from transformers import AutoModelForCausalLM
+
+        from model.retrofit import RetroFit, hf_tokenizer
+
+        tokenizer = hf_tokenizer(base_model, gguf_file=gguf_file)
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        base = AutoModelForCausalLM.from_pretrained(str(base_model), local_files_only=True, dtype=torch.float32, **kwargs)
+        layers = _layers(cca_layers) or tuple(range(6, base.config.num_hidden_layers + 1, 3))
+        model = RetroFit.wrap(base, cca_layers=layers, k=k, tokenizer=tokenizer, embedder=embedder.spec.to_dict(),
+                              base_source={"path": str(base_model.resolve()), "gguf_file": gguf_file})
+    else:
+        tokenizer = store_tokenizer
+        overrides = {"vocab_size": tokenizer.vocab_size, "k": k, "max_seq_len": max(seq_len, 256),
+                     "tokenizer": {"name": tokenizer.name, "sha256": tokenizer.sha256}, "embedder": embedder.spec.to_dict()}
+        if cca_layers:
+            overrides["cca_layers"] = _layers(cca_layers)
+        try:
+            model = Retro(RetroConfig.preset(preset, **overrides))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+
+    cfg = model.config
+    with _open_view(settings, version, embedder) as view:
+        try:
+            data = prepare_from_view(
+                view, embedder, tokenizer, seq_len=seq_len, k=k, chunk_tokens=cfg.chunk_tokens, neighbour_tokens=cfg.neighbour_tokens,
+                eval_fraction=eval_fraction, cache_dir=Path(settings.cache_dir) / "neighbours",
+                store_tokenizer=store_tokenizer, pad_id=cfg.pad_token_id, seed=seed, progress=not quiet,
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    cfg.extra = {"data": data.info}
+    train_cfg = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=warmup_steps, eval_every=eval_every,
+        checkpoint_every=checkpoint_every, out_dir=str(out), device=settings.device, seed=seed, progress=not quiet,
+    )
+    click.echo(f"model: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
+               f"data: {data.info['train_sequences']} train / {data.info['eval_sequences']} eval windows of {seq_len}", err=True)
+    result = run_training(model, data.train, data.eval if len(data.eval) else None, train_cfg, tokenizer=tokenizer, resume=resume, extra={"data": data.info})
+    report = {"checkpoint": str(out), "steps": result.steps, "train_loss": result.train_loss, "tokens_per_s": result.tokens_per_s,
+              "eval": [asdict(e) for e in result.evals], "data": data.info}
+    click.echo(json.dumps(report, indent=2))
+
+
+# score and generate
+
+
+def _load(settings: Settings):
+    from model.checkpoint import load_checkpoint
+
+    if settings.checkpoint is None:
+        raise click.UsageError("no checkpoint: pass --checkpoint or set RETROFRESH_CHECKPOINT")
+    try:
+        return load_checkpoint(settings.checkpoint, device=settings.device)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+_common = [
+    click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), help="checkpoint directory [RETROFRESH_CHECKPOINT]."),
+    click.option("--store", help="index store to retrieve from [RETROFRESH_STORE]; without one, retrieval is off."),
+    click.option("--version", "version", help="store version (default: CURRENT)."),
+    click.option("--k", "k", type=int, help="neighbours per chunk (default: the model's)."),
+    click.option("--embedder", "embedder_path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="query encoder (default: bundled all-MiniLM-L6-v2)."),
+    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="shard cache [RETROFRESH_CACHE_DIR]."),
+    click.option("--device", help="torch device [RETROFRESH_DEVICE]."),
+]
+
+
+def _with_common(fn):
+    for option in reversed(_common):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@_with_common
+@click.option("--text", help="text to score.")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="file whose text to score.")
+@click.option("--exclude-doc", help="never use neighbours from this document (its URL or doc id).")
+@click.option("--exclude-ngram", type=int, help="drop neighbours sharing an n-gram this long with the chunk they help predict.")
+@click.option("--no-retrieval", is_flag=True, help="only score with retrieval off.")
+def score(checkpoint, store, version, k, embedder_path, cache_dir, device, text, file, exclude_doc, exclude_ngram, no_retrieval) -> None:
+    """Loss and bits-per-byte of a text, with retrieval on and off (printed as JSON)."""
+    from model.ids import doc_id
+    from model.scoring import score as run_score
+
+    if (text is None) == (file is None):
+        raise click.UsageError("give exactly one of --text and --file")
+    text = text if text is not None else file.read_text(encoding="utf-8")
+    settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device)
+    model, tokenizer = _load(settings)
+    exclude = exclude_doc if exclude_doc is None or len(exclude_doc) == 16 and "/" not in exclude_doc else doc_id(exclude_doc)
+    report = {}
+    try:
+        report["no_retrieval"] = asdict(run_score(model, tokenizer, text, retriever=None))
+        if settings.store and not no_retrieval:
+            embedder = _embedder(settings, embedder_path)
+            with _open_view(settings, version, embedder) as view:
+                result = run_score(model, tokenizer, text, retriever=_retriever(view, embedder), k=k, exclude_doc_id=exclude, exclude_ngram=exclude_ngram)
+                report["retrieval"] = {**asdict(result), "index_version": view.version}
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps(report, indent=2))
+
+
+@click.command()
+@_with_common
+@click.option("--prompt", required=True, help="text to continue.")
+@click.option("--max-new-tokens", default=64, show_default=True, type=int)
+@click.option("--temperature", default=1.0, show_default=True, type=float, help="0: greedy.")
+@click.option("--top-k", type=int)
+@click.option("--top-p", type=float)
+@click.option("--seed", type=int)
+@click.option("--json", "as_json", is_flag=True, help="print the whole result (neighbours included) as JSON.")
+def generate(checkpoint, store, version, k, embedder_path, cache_dir, device, prompt, max_new_tokens, temperature, top_k, top_p, seed, as_json) -> None:
+    """Continue a prompt, retrieving neighbours from the store at every completed chunk."""
+    from model.generation import generate as run_generate
+
+    settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device)
+    model, tokenizer = _load(settings)
+    kwargs = dict(k=k, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        if settings.store:
+            embedder = _embedder(settings, embedder_path)
+            with _open_view(settings, version, embedder) as view:
+                result = run_generate(model, tokenizer, prompt, retriever=_retriever(view, embedder), **kwargs)
+                index_version = view.version
+        else:
+            result, index_version = run_generate(model, tokenizer, prompt, retriever=None, **kwargs), None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not as_json:
+        click.echo(prompt + result.text)
+        return
+    data = asdict(result)
+    data["index_version"] = index_version
+    click.echo(json.dumps(data, indent=2, default=str))

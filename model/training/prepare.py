@@ -1,0 +1,95 @@
+"""From a store version to train/eval windows with precomputed neighbours (the data half of `retrofresh train`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.tokenizer import RetroTokenizer
+from model.training.data import SequenceSet, documents_from_view, plan_sequences, split_by_document
+from model.training.neighbours import neighbours_from_store, retokenizer
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    train: SequenceSet
+    eval: SequenceSet
+    info: dict  # store, version, data hash, counts: saved with the checkpoint
+
+
+def prepare_from_view(
+    view,
+    embedder,
+    tokenizer: RetroTokenizer,
+    *,
+    seq_len: int,
+    k: int,
+    chunk_tokens: int,
+    neighbour_tokens: int,
+    eval_fraction: float = 0.05,
+    cache_dir: str | Path | None = None,
+    store_tokenizer: RetroTokenizer | None = None,
+    pad_id: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> PreparedData:
+    """Build training windows from a store version and search every chunk's neighbours.
+
+    Args:
+        view: an opened store version.
+        embedder: the version's embedder (queries are made exactly as its keys were).
+        tokenizer: the model's tokenizer.
+        seq_len: tokens per training window (a multiple of chunk_tokens).
+        k: neighbours per chunk.
+        chunk_tokens: m; must equal the version's chunk size.
+        neighbour_tokens: r.
+        eval_fraction: share of documents held out for evaluation.
+        cache_dir: neighbour cache directory (None: no cache).
+        store_tokenizer: the store's tokenizer when it differs from the model's (RETRO-fitting).
+        pad_id: padding token id.
+        seed: the held-out split's seed.
+        progress: show progress bars.
+
+    Returns:
+        Train and eval windows plus a description of the data.
+
+    Raises:
+        ValueError: the version's chunk size or tokenizer does not fit the model.
+    """
+    manifest = view.manifest
+    if manifest.chunk_tokens != chunk_tokens:
+        raise ValueError(f"version {view.version} has {manifest.chunk_tokens}-token chunks; the model uses {chunk_tokens}")
+    stored_sha = manifest.tokenizer.sha256
+    if stored_sha != tokenizer.sha256 and (store_tokenizer is None or store_tokenizer.sha256 != stored_sha):
+        raise ValueError(
+            f"version {view.version} was chunked with tokenizer {manifest.tokenizer.name} ({stored_sha[:12]}), "
+            f"not the model's {tokenizer.name} ({tokenizer.sha256[:12]}); pass that tokenizer (--tokenizer)"
+        )
+    docs = documents_from_view(view, tokenizer, store_tokenizer=store_tokenizer)
+    if not docs:
+        raise ValueError(f"version {view.version} has no live chunks to train on")
+    plan = plan_sequences(docs, tokenizer, seq_len=seq_len, chunk_tokens=chunk_tokens, pad_id=pad_id)
+    ids, mask = neighbours_from_store(
+        view, embedder, plan, k=k, r=neighbour_tokens, tokenizer_sha256=tokenizer.sha256, cache_dir=cache_dir,
+        to_tokens=retokenizer(store_tokenizer, tokenizer), pad_id=pad_id, progress=progress,
+    )
+    data = SequenceSet.from_plan(plan, ids, mask)
+    train_idx, eval_idx = split_by_document(plan, eval_fraction, seed=seed)
+    info = {
+        "store": getattr(view, "store_uri", ""),
+        "version": view.version,
+        "data_hash": plan.data_hash(),
+        "documents": len(docs),
+        "chunks": len(plan.chunk_texts),
+        "sequences": plan.num_sequences,
+        "train_sequences": len(train_idx),
+        "eval_sequences": len(eval_idx),
+        "chunks_with_neighbours": int(mask.any(axis=(1, 2)).sum()),
+    }
+    LOG.info("training data: %s", info)
+    return PreparedData(data.subset(torch.tensor(train_idx, dtype=torch.long)), data.subset(torch.tensor(eval_idx, dtype=torch.long)), info)
