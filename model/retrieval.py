@@ -40,3 +40,62 @@ class Retriever(Protocol):
         *,
         exclude_doc_ids: Sequence[str | None] | None = None,
     ) -> list[list[Neighbour]]: ...
+
+
+class StoreRetriever:
+    """A :class:`Retriever` over one loaded index version: embeds texts, searches the view.
+
+    Args:
+        view: a ``model.store.IndexView`` (from ``Store.open``); the caller owns and closes it.
+        embedder: a ``model.embedder.Embedder`` (anything with ``spec`` and ``encode``); it must be
+            the embedder that made the version's keys.
+        batch_size: texts per embedding forward pass.
+
+    Raises:
+        IncompatibleIndex: the embedder's spec differs from the version's.
+    """
+
+    def __init__(self, view, embedder, *, batch_size: int = 64):
+        if view.manifest.embedder != embedder.spec:
+            from model.store.errors import IncompatibleIndex  # only here: this module stays faiss-free
+
+            have, want = view.manifest.embedder, embedder.spec
+            raise IncompatibleIndex(
+                f"index version {view.version} was embedded with {have.name} (dim {have.dim}, weights "
+                f"{have.sha256[:12]}), but this retriever queries with {want.name} (dim {want.dim}, weights "
+                f"{want.sha256[:12]}); use the embedder that made the index"
+            )
+        self.view = view
+        self.embedder = embedder
+        self.batch_size = batch_size
+
+    @property
+    def version(self) -> str:
+        return self.view.version
+
+    def retrieve(
+        self,
+        texts: Sequence[str],
+        k: int,
+        *,
+        exclude_doc_ids: Sequence[str | None] | None = None,
+    ) -> list[list[Neighbour]]:
+        """Up to k neighbours per query text, best first (see ``IndexView.search``).
+
+        Args:
+            texts: query chunk texts, formatted exactly as stored chunk texts.
+            k: neighbours per text (0: none).
+            exclude_doc_ids: per text, a document whose chunks must not be returned.
+
+        Returns:
+            One list of neighbours per text.
+        """
+        texts = list(texts)
+        if not texts:
+            return []
+        if exclude_doc_ids is not None and len(exclude_doc_ids) != len(texts):
+            raise ValueError(f"exclude_doc_ids has {len(exclude_doc_ids)} entries for {len(texts)} texts")
+        if k == 0:
+            return [[] for _ in texts]
+        queries = self.embedder.encode(texts, batch_size=self.batch_size)
+        return self.view.search(queries, k, exclude_doc_ids=exclude_doc_ids)

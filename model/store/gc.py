@@ -19,16 +19,17 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 
-def collect(store: "Store", *, keep: int, min_age_s: float = 3600.0) -> list[str]:
+def collect(store: "Store", *, keep: int, min_age_s: float = 3600.0, dry_run: bool = False) -> list[str]:
     """Delete old versions and unreferenced shards, ledgers, quantizers and staging leftovers.
 
     Args:
         store: the store.
         keep: how many of the newest versions (by sequence number) to keep, at least 1.
         min_age_s: unreferenced files modified more recently than this are kept.
+        dry_run: only list what would be deleted.
 
     Returns:
-        The deleted keys, relative to the store, in deletion order.
+        The deleted keys (or those that would be), relative to the store, in deletion order.
 
     Raises:
         ValueError: keep < 1.
@@ -66,6 +67,8 @@ def collect(store: "Store", *, keep: int, min_age_s: float = 3600.0) -> list[str
         if obj.modified < cutoff:
             doomed.append(obj.key)
 
+    if dry_run:
+        return doomed
     # A rollback or publish racing this collection could point CURRENT at a doomed version.
     if store.current() != current:
         raise StoreError(f"CURRENT of {store.uri} changed while collecting garbage; nothing was deleted, run gc again")

@@ -493,20 +493,21 @@ class Store:
 
         return compact(self, self.manifest(version))
 
-    def gc(self, keep: int, *, min_age_s: float = 3600.0) -> list[str]:
+    def gc(self, keep: int, *, min_age_s: float = 3600.0, dry_run: bool = False) -> list[str]:
         """Delete what the newest ``keep`` versions and CURRENT do not reference.
 
         Args:
             keep: versions to keep (newest by sequence), at least 1; CURRENT is always kept.
             min_age_s: unreferenced files younger than this are kept (a writer may be about to
                 reference them).
+            dry_run: only list what would be deleted.
 
         Returns:
-            The deleted keys, relative to the store.
+            The deleted keys (or those that would be), relative to the store.
         """
         from model.store.gc import collect
 
-        return collect(self, keep=keep, min_age_s=min_age_s)
+        return collect(self, keep=keep, min_age_s=min_age_s, dry_run=dry_run)
 
 
 def _describe(spec: EmbedderSpec) -> str:

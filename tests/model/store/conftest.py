@@ -77,7 +77,7 @@ def next_manifest(store: Store, parent: Manifest | None, shards, tombstones=(), 
     """The next version's manifest on top of ``parent`` (unwritten)."""
     return Manifest.next(
         parent,
-        version=store.new_version_id(),
+        version=kw.pop("version", None) or store.new_version_id(),
         embedder=kw.pop("embedder", SPEC),
         tokenizer=TOKENIZER,
         add_shards=list(shards),

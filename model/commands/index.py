@@ -1,0 +1,265 @@
+"""``retrofresh index``: inspect and manage an index store (status, versions, search, rollback, compact, gc)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from model.config import Settings
+
+STORE_HELP = "index store: a directory, file:///path or gs://bucket/prefix [env: RETROFRESH_STORE]."
+CACHE_HELP = "local cache for GCS shards [env: RETROFRESH_CACHE_DIR; default ~/.cache/retrofresh]."
+
+
+def _store_options(func):
+    """--store, --cache-dir and --json, shared by every subcommand."""
+
+    @click.option("--store", "store_uri", metavar="URI", help=STORE_HELP)
+    @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_HELP)
+    @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts instead of tables.")
+    @functools.wraps(func)
+    def wrapper(*args, store_uri: str | None, cache_dir: Path | None, as_json: bool, **kwargs):
+        from model.store import StoreError, open_store
+
+        settings = Settings()
+        uri = store_uri or settings.store
+        if not uri:
+            raise click.UsageError("no store given: pass --store URI or set RETROFRESH_STORE")
+        try:
+            store = open_store(uri, cache_dir=cache_dir or settings.cache_dir)
+            return func(*args, store=store, as_json=as_json, **kwargs)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group()
+def index() -> None:
+    """Inspect and manage an index store: what is published, search it, roll back, compact, collect garbage.
+
+    \b
+    Examples:
+      retrofresh index status --store ./store
+      retrofresh index search --store gs://bucket/index "who founded the city?" -k 5
+      retrofresh index rollback v000003-1a2b3c4d --store ./store
+    """
+
+
+# status and versions
+
+
+def _summary(manifest, current: str | None = None) -> dict:
+    return {
+        "version": manifest.version,
+        "current": manifest.version == current,
+        "parent": manifest.parent,
+        "created_at": manifest.created_at.isoformat(),
+        "documents": manifest.stats.documents,
+        "chunks": manifest.stats.chunks,
+        "shards": len(manifest.shards),
+        "tombstones": len(manifest.tombstones),
+        "bytes": manifest.stats.bytes,
+        "watermark": manifest.watermark.isoformat() if manifest.watermark else None,
+    }
+
+
+@index.command()
+@_store_options
+def status(store, as_json: bool) -> None:
+    """Show the published (CURRENT) version: size, freshness, shards and what made its keys."""
+    manifest = store.manifest()
+    info = _summary(manifest, manifest.version) | {
+        "store": store.uri,
+        "embedder": manifest.embedder.to_dict(),
+        "tokenizer": manifest.tokenizer.model_dump(),
+        "chunk_tokens": manifest.chunk_tokens,
+        "continuation_tokens": manifest.continuation_tokens,
+        "search": manifest.search.model_dump(),
+        "sources": manifest.sources,
+        "ledger": manifest.ledger,
+        "shard_list": [s.model_dump() for s in manifest.shards],
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{store.uri} — CURRENT is {manifest.version}", show_header=False)
+    for key in ("version", "parent", "created_at", "watermark", "documents", "chunks", "tombstones", "shards"):
+        table.add_row(key, str(info[key]))
+    table.add_row("size", _size(manifest.stats.bytes))
+    table.add_row("embedder", f"{manifest.embedder.name} (dim {manifest.embedder.dim})")
+    table.add_row("tokenizer", manifest.tokenizer.name)
+    table.add_row("search", f"nprobe {manifest.search.nprobe}")
+    table.add_row("sources", ", ".join(manifest.sources) or "-")
+    console.print(table)
+    shards = Table("chunks", "index", "lineage", "size", title="shards")
+    shards.columns.insert(0, _column("shard"))
+    for s in manifest.shards:
+        shards.add_row(s.id, str(s.count), s.factory, s.lineage or "-", _size(s.bytes))
+    console.print(shards)
+
+
+@index.command()
+@_store_options
+def versions(store, as_json: bool) -> None:
+    """List every written version, oldest first; the published one is marked."""
+    current = store.current()
+    rows = [_summary(m, current) for m in store.versions()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("", title=store.uri)
+    table.columns.append(_column("version"))
+    for name in ("parent", "created", "docs", "chunks", "shards", "deleted"):
+        table.add_column(name)
+    for r in rows:
+        table.add_row("*" if r["current"] else "", r["version"], r["parent"] or "-", _when(r["created_at"]),
+                      str(r["documents"]), str(r["chunks"]), str(r["shards"]), str(r["tombstones"]))
+    Console().print(table if rows else f"{store.uri} has no versions yet")
+
+
+# search
+
+
+@index.command()
+@click.argument("text")
+@click.option("-k", "k", type=click.IntRange(min=1, max=1000), default=5, show_default=True, help="neighbours to show.")
+@click.option("--version", "version", metavar="VERSION", help="search this version instead of CURRENT.")
+@click.option("--embedder", "embedder_path", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="local encoder directory, if the version was not made with the bundled all-MiniLM-L6-v2.")
+@_store_options
+def search(store, as_json: bool, text: str, k: int, version: str | None, embedder_path: Path | None) -> None:
+    """Embed TEXT with the version's embedder and print the nearest chunks with url and score."""
+    from transformers.utils import logging as hf_logging
+
+    from model.embedder import Embedder
+
+    hf_logging.disable_progress_bar()  # keep stderr quiet for scripts reading --json
+    manifest = store.manifest(version)
+    spec = manifest.embedder
+    embedder = Embedder(embedder_path, name=spec.name if embedder_path else None, max_length=spec.max_length)
+    if embedder.spec != spec:
+        raise click.ClickException(
+            f"version {manifest.version} was embedded with {spec.name} (dim {spec.dim}, weights {spec.sha256[:12]}), "
+            f"but the embedder here is {embedder.spec.name} (dim {embedder.spec.dim}, weights {embedder.spec.sha256[:12]}); "
+            "pass --embedder DIR with the encoder that made the index"
+        )
+    with store.open(manifest.version, embedder=embedder.spec) as view:
+        hits = view.search(embedder.encode([text]), k)[0]
+    if as_json:
+        click.echo(json.dumps([
+            {"chunk_id": h.chunk_id, "doc_id": h.doc_id, "url": h.url, "score": h.score, "text": h.text,
+             "position": h.position, "version": h.version}
+            for h in hits
+        ], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("#", "score", "url", "text", title=f"{len(hits)} nearest chunks in {manifest.version}")
+    for rank, h in enumerate(hits, 1):
+        table.add_row(str(rank), f"{h.score:.3f}", h.url, _one_line(h.text))
+    Console().print(table)
+
+
+# changing what is served
+
+
+@index.command()
+@click.argument("version")
+@_store_options
+def rollback(store, as_json: bool, version: str) -> None:
+    """Publish an older VERSION again (its files are verified first)."""
+    previous = store.current()
+    store.rollback(version, expected_current=previous)
+    if as_json:
+        click.echo(json.dumps({"previous": previous, "current": version}))
+    else:
+        click.echo(f"CURRENT: {previous} -> {version}")
+
+
+@index.command()
+@click.option("--publish/--no-publish", default=True, show_default=True, help="publish the compacted version.")
+@_store_options
+def compact(store, as_json: bool, publish: bool) -> None:
+    """Merge the CURRENT version's shards and drop deleted chunks; the answers stay the same."""
+    start = time.perf_counter()
+    before = store.manifest()
+    after = store.compact(before.version)
+    if publish:
+        store.publish(after, expected_current=before.version)
+    else:
+        store.write_manifest(after)
+    info = {
+        "parent": before.version,
+        "version": after.version,
+        "published": publish,
+        "shards_before": len(before.shards),
+        "shards_after": len(after.shards),
+        "tombstones_dropped": len(before.tombstones),
+        "chunks": after.stats.chunks,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    state = "published" if publish else "written as a draft (publish it with `retrofresh index rollback`)"
+    click.echo(f"{before.version} -> {after.version} {state}: {info['shards_before']} shards -> {info['shards_after']}, "
+               f"{info['tombstones_dropped']} deleted chunks dropped, {info['chunks']} live, in {info['seconds']:.1f}s")
+
+
+@index.command()
+@click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True, help="newest versions to keep.")
+@click.option("--min-age", "min_age_s", type=click.FloatRange(min=0), default=3600, show_default=True,
+              help="seconds an unreferenced file must have existed before it is deleted.")
+@click.option("--dry-run", is_flag=True, help="only list what would be deleted.")
+@_store_options
+def gc(store, as_json: bool, keep: int, min_age_s: float, dry_run: bool) -> None:
+    """Delete versions beyond the newest KEEP and files no kept version uses (CURRENT's are always kept)."""
+    deleted = store.gc(keep, min_age_s=min_age_s, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "deleted": deleted}))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {len(deleted)} files")
+    for key in deleted:
+        click.echo(f"  {key}")
+
+
+# formatting
+
+
+def _column(header: str):
+    """A column that never wraps or truncates an id (other columns give way)."""
+    from rich.table import Column
+
+    return Column(header, no_wrap=True, min_width=16)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _when(iso: str) -> str:
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
