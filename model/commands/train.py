@@ -52,12 +52,15 @@ def _retriever(view, embedder):
 
 
 def _open_view(settings: Settings, version: str | None, embedder):
-    from model.store import open_store
+    from model.store import StoreError, open_store
 
     if not settings.store:
         raise click.UsageError("no store: pass --store or set RETROFRESH_STORE")
-    store = open_store(settings.store, cache_dir=settings.cache_dir)
-    return store.open(version, embedder=embedder.spec)
+    try:
+        store = open_store(settings.store, cache_dir=settings.cache_dir)
+        return store.open(version, embedder=embedder.spec)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _embedder(settings: Settings, path: Path | None):
