@@ -87,3 +87,16 @@ def record_refresh_artifacts(summary: RefreshSummary) -> None:
     create_markdown_artifact(summary_markdown(summary), key=REFRESH_SUMMARY, description="Refresh summary")
     if summary.dataflow_url:
         create_link_artifact(summary.dataflow_url, link_text=f"Dataflow job {summary.job_id}", key=DATAFLOW_JOB)
+
+
+def facts_markdown(title: str, facts: dict) -> str:
+    """A titled two-column table of facts (the maintenance flows' summaries)."""
+    lines = [f"# {title}", "", "| | |", "| --- | --- |"]
+    lines += [f"| {name} | {'' if value is None else value} |" for name, value in facts.items()]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="record-summary", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def record_summary(key: str, title: str, facts: dict) -> None:
+    """Attach a markdown summary under a stable key (compaction-summary, rollback-summary, gc-summary)."""
+    create_markdown_artifact(facts_markdown(title, facts), key=key, description=title)
