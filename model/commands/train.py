@@ -31,24 +31,10 @@ def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-class _ViewRetriever:
-    """The Retriever protocol over an opened store version (embed the chunk texts, search)."""
-
-    def __init__(self, view, embedder):
-        self.view, self.embedder = view, embedder
-
-    def retrieve(self, texts, k, *, exclude_doc_ids=None):
-        if not texts:
-            return []
-        return self.view.search(self.embedder.encode(list(texts)), k, exclude_doc_ids=exclude_doc_ids)
-
-
 def _retriever(view, embedder):
-    from model import retrieval
+    from model.retrieval import StoreRetriever
 
-    # The store's own adapter when present (the server uses it too); the same two calls otherwise.
-    factory = getattr(retrieval, "StoreRetriever", None)
-    return factory(view, embedder) if factory is not None else _ViewRetriever(view, embedder)
+    return StoreRetriever(view, embedder)
 
 
 def _open_view(settings: Settings, version: str | None, embedder):
