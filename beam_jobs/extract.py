@@ -26,6 +26,7 @@ LOG = logging.getLogger(__name__)
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 _SPACES = re.compile(r"[^\S\n]+")
+_WESTERN = ("cp1252", "latin_1", "iso8859_15")
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 
 
@@ -83,8 +84,13 @@ def decode(body: bytes, charset: str | None, *, html: bool) -> str:
             continue
     from charset_normalizer import from_bytes
 
-    best = from_bytes(body).best()
-    if best is not None:
+    matches = list(from_bytes(body))
+    if matches:
+        # Short texts often fit several single-byte code pages equally well; among the least
+        # chaotic guesses prefer windows-1252, the web's default for unlabelled Western text.
+        least = min(m.chaos for m in matches)
+        tied = [m for m in matches if m.chaos <= least + 1e-9]
+        best = next((m for m in tied if m.encoding in _WESTERN), tied[0])
         return str(best)
     return body.decode("cp1252", errors="replace")
 
@@ -135,7 +141,7 @@ def extract_plain(body: bytes, charset: str | None, *, markdown: bool) -> Extrac
 
 def document_text(extracted: Extracted) -> str:
     """What is hashed and chunked: the title, then the body unless it already starts with it."""
-    if extracted.title and not extracted.text.startswith(extracted.title):
+    if extracted.title and not extracted.text.lstrip("# ").startswith(extracted.title):  # '# Title' in Markdown
         return f"{extracted.title}\n\n{extracted.text}"
     return extracted.text
 

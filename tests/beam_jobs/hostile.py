@@ -20,7 +20,7 @@ METADATA_URL = "http://169.254.169.254/latest/meta-data/"
 PAGES = {
     "/": None,  # the index: links to every route (built below)
     "/ok.html": "<html><head><title>Plain page</title></head><body><article><h1>Plain page</h1><p>{}</p></article></body></html>",
-    "/malformed.html": "<html><head><title>Broken markup<body><div><p>Unclosed paragraphs everywhere<p>{}<table><tr><td>cell</div></b></i>",
+    "/malformed.html": "<html><head><title>Broken markup</title><body><div><p>Unclosed paragraphs <b>everywhere<p>{}<table><tr><td>cell</div></b></i></span>",
     "/etag.html": "<html><head><title>Tagged page</title></head><body><article><h1>Tagged page</h1><p>{}</p></article></body></html>",
     "/secret/plans.html": "<html><body><p>Secret plans that no crawler may read.</p></body></html>",
 }

@@ -1,0 +1,94 @@
+"""Extraction: decoding, binary refusal, normalisation, .jsonl records, hashes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from beam_jobs.extract import ExtractionError, decode, document_text, extract_html, extract_plain, looks_binary, normalise, observe
+from beam_jobs.types import FAILED, FETCHED, FetchResult
+from model.ids import content_hash, doc_id
+
+PARAGRAPH = "A sentence of ordinary prose that is long enough to count as the main text of a page. " * 4
+
+
+def fetched(body: bytes, kind: str = "html", url: str = "http://site/a.html", charset=None) -> FetchResult:
+    return FetchResult(url=url, source="s", outcome=FETCHED, kind=kind, body=body, charset=charset, final_url=url)
+
+
+def test_normalise_collapses_whitespace_and_blank_lines():
+    assert normalise("  a\u00a0 b\t c \r\n\r\n\r\n  d\u200b e  ") == "a b c\n\nd e"
+    assert normalise("e\u0301") == "\u00e9"  # NFC
+
+
+@pytest.mark.parametrize(
+    "body, charset, html, expected",
+    [
+        ("Grüße aus Köln".encode("utf-8"), None, False, "Grüße aus Köln"),
+        ("Grüße aus Köln".encode("latin-1"), "iso-8859-1", False, "Grüße aus Köln"),
+        ('<meta charset="windows-1251"><p>Привет мир</p>'.encode("cp1251"), None, True, "Привет мир"),
+        ("Le café crème brûlée, déjà vu à Noël.".encode("cp1252"), None, False, "Le café crème brûlée, déjà vu à Noël."),
+        ("Grüße".encode("utf-8"), "no-such-charset", False, "Grüße"),
+    ],
+)
+def test_decode_follows_declarations_then_utf8_then_detection(body, charset, html, expected):
+    assert expected in decode(body, charset, html=html)
+
+
+def test_binary_is_refused_and_text_is_not():
+    assert looks_binary(os.urandom(4096)) and looks_binary(b"%PDF\x00\x01\x02")
+    assert not looks_binary(PARAGRAPH.encode()) and not looks_binary("Ünïcödé".encode("utf-16-le")[:0])
+    with pytest.raises(ExtractionError) as info:
+        extract_html(os.urandom(4096), None, "http://x/")
+    assert info.value.reason == "binary"
+
+
+def test_html_without_main_text_is_no_text():
+    with pytest.raises(ExtractionError) as info:
+        extract_html(b"<html><head><title>t</title></head><body><script>var x = 1;</script></body></html>", None, "http://x/")
+    assert info.value.reason == "no_text"
+
+
+def test_title_leads_the_document_text_once():
+    page = f"<html><head><title>Harbour news</title></head><body><article><p>{PARAGRAPH}</p></article></body></html>".encode()
+    extracted = extract_html(page, "utf-8", "http://x/")
+    text = document_text(extracted)
+    assert extracted.title == "Harbour news" and text.startswith("Harbour news\n\n") and text.count("Harbour news") == 1
+
+
+def test_markdown_title_is_its_first_heading():
+    extracted = extract_plain(b"# Release notes\n\nSome   text.\n", None, markdown=True)
+    assert extracted.title == "Release notes" and document_text(extracted) == "# Release notes\n\nSome text."
+
+
+def test_observation_hashes_the_normalised_text():
+    (obs,) = observe(fetched(f"<html><body><article><p>{PARAGRAPH}</p></article></body></html>".encode()))
+    assert obs.outcome == FETCHED and obs.doc_id == doc_id("http://site/a.html")
+    assert obs.content_hash == content_hash(obs.text)
+
+
+def test_failed_extraction_becomes_a_failed_observation():
+    (obs,) = observe(fetched(os.urandom(2048)))
+    assert (obs.outcome, obs.reason, obs.text) == (FAILED, "binary", None)
+
+
+def test_jsonl_yields_one_document_per_record_and_reports_bad_lines():
+    lines = [
+        json.dumps({"id": "a", "text": "First document.", "title": "One", "published_at": "2024-03-01"}),
+        json.dumps({"url": "https://example.org/b", "text": "Second   document."}),
+        "{not json",
+        json.dumps({"id": "c"}),
+        json.dumps({"text": "no identity"}),
+        "",
+    ]
+    errors = []
+    docs = list(observe(fetched("\n".join(lines).encode(), kind="jsonl", url="/data/x.jsonl"), errors))
+    assert [d.url for d in docs] == ["/data/x.jsonl#a", "https://example.org/b"]
+    assert docs[0].doc_id == doc_id("s:a") and docs[1].doc_id == doc_id("https://example.org/b")
+    assert docs[0].text == "One\n\nFirst document." and docs[0].published_at.isoformat().startswith("2024-03-01")
+    assert docs[1].text == "Second document."
+    assert [e.reason for e in errors] == ["bad_record"] * 3
+    with pytest.raises(ExtractionError):
+        list(observe(fetched(b"{not json", kind="jsonl")))
