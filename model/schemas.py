@@ -55,7 +55,8 @@ class IndexInfo(BaseModel):
     documents: int | None = None
     chunks: int | None = None
     watermark: datetime | None = Field(None, description="newest fetched_at of any document in the version")
-    loaded_at: datetime | None = None
+    loaded_at: datetime | None = Field(None, description="when the version was swapped in")
+    load_seconds: float | None = Field(None, description="how long it took to download, verify, map and warm before the swap")
     retrieval: bool = False
     swaps: int = Field(0, description="versions swapped in since the process started (the first load included)")
     checked_at: datetime | None = Field(None, description="last time the server read CURRENT")

@@ -23,7 +23,9 @@ import anyio
 LOG = logging.getLogger(__name__)
 
 # Probe queries run against every new version before it is swapped in: they fault in the mmapped
-# index pages and prove that embedding + search work end to end on this version.
+# index pages and prove that search works on this version. They are embedded once per process
+# (every version must match the one embedder), so warming a version costs no embedder time that
+# requests are waiting for.
 PROBE_TEXTS = (
     "The history of the city and its people.",
     "A new product was announced on Monday by the company.",
@@ -83,6 +85,7 @@ class LoadedVersion:
         self.version: str = view.version
         self.manifest = view.manifest
         self.loaded_at = datetime.now(timezone.utc)
+        self.load_seconds: float | None = None  # download + verify + map + warm, set by the holder
         self._lock = threading.Lock()
         self._refs = 0
         self._retired = False
@@ -167,6 +170,7 @@ class IndexHolder:
         self.last_result: CheckResult | None = None
         self.swaps = 0
         self.checked_once = threading.Event()
+        self._probe_vectors = None
 
     @property
     def current(self) -> LoadedVersion | None:
@@ -227,6 +231,7 @@ class IndexHolder:
                 self._refused[target] = failure
             return CheckResult(target, self._version(), False, failure)
         seconds = time.perf_counter() - start
+        loaded.load_seconds = seconds
         self._swap(loaded)
         self._refused.pop(target, None)
         LOG.info("serving index version %s (loaded, verified and warmed in %.2fs)", target, seconds)
@@ -303,8 +308,9 @@ class IndexHolder:
             )
 
     def _warm(self, view) -> None:
-        vectors = self.embedder.encode(list(PROBE_TEXTS))
-        results = view.search(vectors, self.probe_k)
+        if self._probe_vectors is None:
+            self._probe_vectors = self.embedder.encode(list(PROBE_TEXTS))
+        results = view.search(self._probe_vectors, self.probe_k)
         if len(results) != len(PROBE_TEXTS):
             raise VersionRefused("warmup", f"{len(PROBE_TEXTS)} probe queries returned {len(results)} result lists")
         for hits in results:

@@ -36,6 +36,7 @@ def describe(holder: IndexHolder) -> IndexInfo:
             chunks=_field(stats, "chunks"),
             watermark=getattr(manifest, "watermark", None),
             loaded_at=loaded.loaded_at,
+            load_seconds=loaded.load_seconds,
             retrieval=True,
         )
     )
