@@ -142,6 +142,7 @@ class Settings(BaseSettings):
     max_k: int = 16
     max_batch: int = 64
     max_inflight: int = Field(64, description="requests doing model work at once; more get 503")
+    max_query_chars: int = Field(8192, description="characters per retrieve query (a RETRO query is one 64-token chunk)")
 
     # Serving.
     embedder_path: Path | None = Field(None, description="query encoder directory; None: the bundled all-MiniLM-L6-v2")

@@ -32,6 +32,7 @@ class Limits:
     max_k: int
     max_batch: int
     max_inflight: int
+    max_query_chars: int = 8192
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Limits":
@@ -42,6 +43,7 @@ class Limits:
             max_k=settings.max_k,
             max_batch=settings.max_batch,
             max_inflight=settings.max_inflight,
+            max_query_chars=settings.max_query_chars,
         )
 
     def check_k(self, k: int) -> None:
@@ -51,6 +53,23 @@ class Limits:
     def check_batch(self, n: int) -> None:
         if n > self.max_batch:
             raise LimitExceeded("max_batch", n, self.max_batch, what="the number of texts")
+
+    def check_query_chars(self, texts: list[str]) -> None:
+        # Checked before embedding: a megabyte of text would hold the shared embedder for seconds.
+        for i, text in enumerate(texts):
+            if len(text) > self.max_query_chars:
+                raise LimitExceeded("max_query_chars", len(text), self.max_query_chars, what=f"the length of query {i} in characters")
+
+    def check_prompt_bytes(self, text: str, longest_token_bytes: int, *, what: str = "the prompt's length in tokens") -> None:
+        """Refuse, without tokenising, a text too long to fit ``max_prompt_tokens`` whatever its tokens.
+
+        No token covers more than ``longest_token_bytes`` bytes, so a text of B bytes has at least
+        B / longest_token_bytes tokens; tokenising a megabyte only to refuse it would waste a second.
+        """
+        size = len(text.encode("utf-8"))
+        at_least = -(-size // max(longest_token_bytes, 1))
+        if at_least > self.max_prompt_tokens:
+            raise LimitExceeded("max_prompt_tokens", at_least, self.max_prompt_tokens, what=f"{what} (at least)")
 
     def check_prompt_tokens(self, n: int, *, what: str = "the prompt's length in tokens") -> None:
         if n > self.max_prompt_tokens:

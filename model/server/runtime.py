@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Runtime:
     embedder: LockedEmbedder
     store: Any  # from model.store.open_store
     compatibility: Compatibility
+    longest_token_bytes: int  # no token of the tokenizer spans more bytes (bounds tokens from below)
 
 
 class StartupError(Exception):
@@ -104,4 +106,23 @@ def load_runtime(settings: Settings) -> Runtime:
     except Exception as exc:
         raise StartupError(f"cannot open the index store {settings.store}: {exc}") from exc
     LOG.info("loaded checkpoint %s, embedder %s, store %s", settings.checkpoint, embedder.spec.name, settings.store)
-    return Runtime(model=model, tokenizer=tokenizer, embedder=LockedEmbedder(embedder), store=store, compatibility=compatibility)
+    return Runtime(
+        model=model,
+        tokenizer=tokenizer,
+        embedder=LockedEmbedder(embedder),
+        store=store,
+        compatibility=compatibility,
+        longest_token_bytes=longest_token_bytes(tokenizer),
+    )
+
+
+def longest_token_bytes(tokenizer) -> int:
+    """The most UTF-8 bytes one token of a byte-level BPE tokenizer can stand for.
+
+    Byte-level BPE vocabularies spell each byte as one character, so a vocabulary entry's length
+    is its byte count; added (special) tokens are literal text and count by their UTF-8 bytes.
+    """
+    data = json.loads(tokenizer.to_json())
+    vocab = data.get("model", {}).get("vocab", {})
+    added = [len(t["content"].encode("utf-8")) for t in data.get("added_tokens", [])]
+    return max([len(token) for token in vocab] + added + [1])

@@ -29,6 +29,8 @@ async def generate(body: GenerateRequest, server: ServerDep, runtime: RuntimeDep
     use_retrieval = body.retrieval and loaded is not None
     retriever = loaded.retriever if use_retrieval else None
 
+    limits.check_prompt_bytes(body.prompt, runtime.longest_token_bytes)
+
     def work():
         from model.generation import generate as generate_text
 

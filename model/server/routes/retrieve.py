@@ -21,6 +21,7 @@ async def retrieve(body: RetrieveRequest, server: ServerDep, runtime: RuntimeDep
     queries = body.queries
     server.limits.check_batch(len(queries))
     server.limits.check_k(body.k)
+    server.limits.check_query_chars(queries)
     if loaded is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, RETRIEVAL_OFF_NOTE)
     assert server.batcher is not None

@@ -24,6 +24,8 @@ async def score(body: ScoreRequest, server: ServerDep, runtime: RuntimeDep, _: A
     use_retrieval = body.retrieval and loaded is not None
     retriever = loaded.retriever if use_retrieval else None
 
+    limits.check_prompt_bytes(body.text, runtime.longest_token_bytes, what="the text's length in tokens")
+
     def work():
         from model.scoring import score as score_text
 

@@ -14,7 +14,9 @@ from tests.fixtures.server import ADMIN_TOKEN, label_of, start_server
 
 pytestmark = pytest.mark.integration
 
-LIMITS = dict(max_k=4, max_batch=8, max_body_bytes=20_000, max_prompt_tokens=300, max_new_tokens=40, batch_window_ms=20.0)
+LIMITS = dict(
+    max_k=4, max_batch=8, max_body_bytes=20_000, max_prompt_tokens=300, max_new_tokens=40, max_query_chars=2000, batch_window_ms=20.0
+)
 PROMPT = "In edition A, the harbour master of the old port changed. Everyone reading edition A learns it. " * 4
 
 
@@ -160,6 +162,7 @@ TOO_MANY_TOKENS = "harbour " * 400  # ~400 tokens > max_prompt_tokens=300
     [
         ("/v1/retrieve", {"text": "x", "k": 5}, 422, "max_k=4"),
         ("/v1/retrieve", {"texts": ["x"] * 9}, 422, "max_batch=8"),
+        ("/v1/retrieve", {"texts": ["x", "y" * 2001]}, 422, "query 1 in characters is 2001, over the limit max_query_chars=2000"),
         ("/v1/retrieve", {"text": "x", "texts": ["y"]}, 422, "exactly one of 'text' or 'texts'"),
         ("/v1/retrieve", {}, 422, "exactly one of 'text' or 'texts'"),
         ("/v1/retrieve", {"texts": ["ok", ""]}, 422, "empty strings"),
