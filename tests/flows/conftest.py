@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.support import flow_run_id, write_sources
+from tests.flows.support import ReloadServer, flow_run_id, write_sources
 
 
 @dataclass
@@ -50,3 +50,17 @@ def refreshed(prefect_api, flow_site, tmp_path_factory) -> Refreshed:
     assert all(s.is_completed() for s in states), [s.message for s in states]
     assert all(flow_run_id(s) for s in states)
     return Refreshed(store, sources, flow_site, states)
+
+
+@pytest.fixture
+def reload_server():
+    """Factory of fake RETRO servers answering POST /admin/reload; all stopped after the test."""
+    servers = []
+
+    def make(**kwargs) -> ReloadServer:
+        servers.append(ReloadServer(**kwargs))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
 
@@ -46,3 +50,50 @@ def task_run_names(run_id: UUID) -> list[str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
     return [r.name for r in sorted(runs, key=lambda r: r.created)]
+
+
+TOKEN = "s3cret"
+
+
+class ReloadServer:
+    """A server that answers POST /admin/reload like a RETRO server: 401 without the token."""
+
+    def __init__(self, *, status: int = 200, version: str = "v000002-abc", refuse: bool = False):
+        self.requests: list[dict] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                owner.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    code, body = 401, {"detail": "missing or wrong bearer token"}
+                elif status != 200:
+                    code, body = status, {"detail": "reload failed: checksum mismatch"}
+                elif refuse:
+                    error = {"version": version, "error": "sha256 mismatch in shard s1", "kind": "checksum", "at": "2026-01-01T00:00:00Z"}
+                    code, body = 200, {"current": version, "version": "v000001-old", "swapped": False, "error": error}
+                else:
+                    code, body = 200, {"current": version, "version": version, "swapped": True, "error": None}
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"

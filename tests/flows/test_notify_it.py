@@ -2,77 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 from prefect import flow
 
 from flows.notify import notify_servers, request_reload
 from model.client import RetroConnectionError, RetroHTTPError
+from tests.flows.support import TOKEN, dead_url
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "s3cret"
-
-
-class ReloadServer:
-    """A server that answers POST /admin/reload like a RETRO server: 401 without the token."""
-
-    def __init__(self, *, status: int = 200, version: str = "v000002-abc", refuse: bool = False):
-        self.requests: list[dict] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                owner.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    code, body = 401, {"detail": "missing or wrong bearer token"}
-                elif status != 200:
-                    code, body = status, {"detail": "reload failed: checksum mismatch"}
-                elif refuse:
-                    error = {"version": version, "error": "sha256 mismatch in shard s1", "kind": "checksum", "at": "2026-01-01T00:00:00Z"}
-                    code, body = 200, {"current": version, "version": "v000001-old", "swapped": False, "error": error}
-                else:
-                    code, body = 200, {"current": version, "version": version, "swapped": True, "error": None}
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def reload_server():
-    servers = []
-
-    def make(**kwargs) -> ReloadServer:
-        servers.append(ReloadServer(**kwargs))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_request_reload_sends_the_bearer_token_and_reads_the_version(reload_server):
