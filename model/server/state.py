@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import anyio
@@ -33,7 +33,6 @@ class ServerState:
     holder: IndexHolder | None = None
     watcher: Watcher | None = None
     batcher: RetrieveBatcher | None = None
-    started: bool = field(default=False)
 
     @classmethod
     def create(cls, settings: Settings) -> "ServerState":
@@ -76,7 +75,6 @@ class ServerState:
         # and /readyz says when it is in.
         self.watcher = Watcher(self.holder, self.settings.reload_interval_s)
         self.watcher.start()
-        self.started = True
 
     async def stop(self) -> None:
         if self.watcher is not None:

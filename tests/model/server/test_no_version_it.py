@@ -45,3 +45,19 @@ def test_a_store_whose_current_version_is_damaged_is_not_ready(labelled_store: L
     assert not ready.ready and "checksum" in ready.reason
     assert httpx.get(f"{server.url}/readyz").status_code == 503
     assert client.healthz()  # alive, just not ready: an orchestrator keeps it out of rotation
+
+
+def test_the_admin_api_is_off_without_a_token(labelled_store: LabelledStore, server_settings, run_server):
+    server = run_server(server_settings(labelled_store.uri, admin_token=None))
+    answer = httpx.post(f"{server.url}/admin/reload", headers={"Authorization": "Bearer anything"})
+    assert answer.status_code == 403 and "RETROFRESH_ADMIN_TOKEN" in answer.json()["detail"]
+
+
+def test_a_directory_that_is_no_checkpoint_stops_start_up_with_the_reason(labelled_store, server_settings, tmp_path, caplog):
+    from tests.fixtures.server import start_server
+
+    empty = tmp_path / "not-a-checkpoint"
+    empty.mkdir()
+    with pytest.raises(RuntimeError, match="exited during start-up"):
+        start_server(server_settings(labelled_store.uri, checkpoint=empty), timeout=60)
+    assert "is not a retrofresh checkpoint" in caplog.text
