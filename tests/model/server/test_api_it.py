@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import socket
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from model.client import AsyncRetroClient, RetroClient, RetroHTTPError
-from tests.fixtures.server import ADMIN_TOKEN, label_of, start_server
+from tests.fixtures.server import ADMIN_TOKEN, label_of, start_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -257,3 +258,15 @@ def test_requests_past_max_inflight_get_503_and_slots_free_up(new_labelled_store
     assert refused.json()["limit"] == "max_inflight" and refused.headers["Retry-After"] == "1"
     with RetroClient(server.url) as client:  # the slot is free again once the burst is over
         assert client.generate("hello there", max_new_tokens=2).generated_tokens >= 1
+
+    # A long generation runs in a worker thread: the event loop keeps answering meanwhile.
+    admission = server.state.admission
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long = pool.submit(
+            RetroClient(server.url, timeout=120).generate, "Once upon a time", max_new_tokens=450, temperature=0, retrieval=False
+        )
+        wait_for(lambda: admission.inflight == 1, timeout=30, interval=0.005, what="the generation to start")
+        with RetroClient(server.url) as client:
+            assert client.healthz() and client.ready().ready and client.index().version is None
+        assert admission.inflight == 1 and not long.done(), "answered only after the generation finished"
+        assert long.result().generated_tokens >= 1
