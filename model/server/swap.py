@@ -95,30 +95,30 @@ class LoadedVersion:
     def refs(self) -> int:
         return self._refs
 
-    def acquire(self) -> bool:
-        """Pin for one request; False once retired (the caller reads the holder again)."""
+    def acquire(self) -> None:
+        """Pin for one request (the holder only pins the version it serves, never a retired one)."""
         with self._lock:
             if self._retired:
-                return False
+                raise RuntimeError(f"index version {self.version} was pinned after it was swapped out")
             self._refs += 1
-            return True
 
     def release(self) -> None:
         with self._lock:
             self._refs -= 1
             close = self._retired and self._refs == 0
         if close:
-            self._close()
+            self.close()
 
-    def retire(self) -> None:
-        """No new requests may pin it; close it now or when its last request ends."""
+    def retire(self) -> bool:
+        """Refuse new pins from now on; True when no request holds it (the caller closes it then).
+
+        Otherwise the last :meth:`release` closes it.
+        """
         with self._lock:
             self._retired = True
-            close = self._refs == 0
-        if close:
-            self._close()
+            return self._refs == 0
 
-    def _close(self) -> None:
+    def close(self) -> None:
         with self._lock:
             if self.closed:
                 return
@@ -181,8 +181,8 @@ class IndexHolder:
         """Hold the version served now for the length of a request (None: retrieval is off)."""
         with self._pin_lock:
             loaded = self._current
-            if loaded is not None and not loaded.acquire():  # pragma: no cover - retire happens under _pin_lock
-                loaded = None
+            if loaded is not None:
+                loaded.acquire()
         try:
             yield loaded
         finally:
@@ -258,8 +258,9 @@ class IndexHolder:
             old, self._current = self._current, loaded  # the one reference assignment
             self.swaps += 1
             # Retire under the pin lock: no request can read `old` and pin it after this point.
-            if old is not None:
-                old.retire()
+            idle = old is not None and old.retire()
+        if idle:  # close outside the lock: requests pinning the new version need not wait
+            old.close()
 
     def _load(self, version: str) -> LoadedVersion:
         from model.store import ChecksumMismatch, IncompatibleIndex
@@ -327,8 +328,9 @@ class IndexHolder:
         """Retire the version served now (at shutdown)."""
         with self._pin_lock:
             old, self._current = self._current, None
-            if old is not None:
-                old.retire()
+            idle = old is not None and old.retire()
+        if idle:
+            old.close()
 
 
 class Watcher:
