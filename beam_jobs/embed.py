@@ -53,8 +53,10 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
     Args:
         path: encoder directory on the worker; None for the bundled all-MiniLM-L6-v2.
         max_length: the encoder's token limit per text.
-        min_batch_size: smallest batch (small batches waste the CPU's matrix units).
-        max_batch_size: largest batch.
+        min_batch_size: smallest batch Beam hands over (small batches waste the matrix units).
+        max_batch_size: largest batch Beam hands over.
+        encode_batch_size: texts per forward pass; a batch is sorted by length and cut into
+            passes of this size, so texts of similar length are padded together.
         share_across_processes: one model per machine instead of one per process: saves memory
             on many-process workers, but serialises inference, so off by default on CPUs.
         torch_threads: intra-op threads per model; None leaves torch's default.
@@ -65,14 +67,16 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
         path: str | None = None,
         *,
         max_length: int = 128,
-        min_batch_size: int = 32,
-        max_batch_size: int = 64,
+        min_batch_size: int = 64,
+        max_batch_size: int = 256,
+        encode_batch_size: int = 64,
         share_across_processes: bool = False,
         torch_threads: int | None = None,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self.path = path
         self.max_length = max_length
+        self.encode_batch_size = encode_batch_size
         self.share_across_processes = share_across_processes
         self.torch_threads = torch_threads
 
@@ -81,13 +85,20 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
 
         from model.embedder import Embedder
 
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one bar per worker per run is noise in job logs
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         return Embedder(self.path, max_length=self.max_length)
 
     def run_inference(self, batch: Sequence[Chunk], model, inference_args: dict | None = None) -> Iterable[tuple[Chunk, np.ndarray]]:
-        vectors = model.encode([chunk.text for chunk in batch], batch_size=max(1, len(batch)))
-        return list(zip(batch, vectors))
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i].text))  # less padding per pass
+        vectors = model.encode([batch[i].text for i in order], batch_size=self.encode_batch_size)
+        out: list = [None] * len(batch)
+        for rank, i in enumerate(order):
+            out[i] = (batch[i], vectors[rank])
+        return out
 
     def get_num_bytes(self, batch: Sequence[Chunk]) -> int:
         return sum(len(chunk.text.encode("utf-8")) for chunk in batch)

@@ -208,8 +208,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
         ChunkEmbeddingHandler(
             plan.embedder_path,
             max_length=plan.embedder.max_length,
-            max_batch_size=plan.embed_batch_size,
-            min_batch_size=min(32, plan.embed_batch_size),
+            encode_batch_size=plan.embed_batch_size,
+            min_batch_size=plan.embed_batch_size,
+            max_batch_size=4 * plan.embed_batch_size,
             torch_threads=plan.torch_threads,
         )
     )
@@ -266,7 +267,7 @@ def run_ingest(
         tokenizer_path: tokenizer.json or checkpoint dir; None: the bundled default, which
             must be the store's.
         wait: wait for the job to finish (always true locally).
-        embed_batch_size: largest embedding batch.
+        embed_batch_size: texts per encoder forward pass (Beam batches hold up to 4 of them).
         torch_threads: torch threads per embedding model (None: torch's default).
 
     Returns:

@@ -20,11 +20,12 @@ def test_spec_without_loading_equals_the_loaded_encoders(tmp_path):
     renamed.symlink_to(default_embedder_path(), target_is_directory=True)
     assert embedder_spec(renamed).name == "my-encoder" == Embedder(renamed).spec.name
 
-    chunks = [Chunk(i, "d", i, [1, 2], [], text, "u") for i, text in enumerate(["The mayor of X is Y.", "Cats sleep a lot.", "Prices rose."])]
+    texts = ["The mayor of X is Y.", "Cats sleep a lot, mostly in the afternoon sun.", "Prices rose."]
+    chunks = [Chunk(i, "d", i, [1, 2], [], text, "u") for i, text in enumerate(texts)]
     pairs = handler.run_inference(chunks, model)
     assert [c for c, _ in pairs] == chunks
     vectors = np.stack([v for _, v in pairs])
     np.testing.assert_allclose(vectors, model.encode([c.text for c in chunks]), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 64}
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 64, "max_batch_size": 256}
     assert handler.get_num_bytes(chunks) == sum(len(c.text) for c in chunks)

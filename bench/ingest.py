@@ -1,0 +1,159 @@
+"""Ingest job speed on the sample world: embedding inside Beam vs a plain loop, incremental vs full.
+
+(a) ``embed_ratio_vs_plain``: chunks/s of the job's embedding step (RunInference with the job's
+    ModelHandler, in a Beam pipeline on the in-process runner) over chunks/s of a plain
+    sentence-transformers ``encode`` loop over the same chunk texts; both include loading the model.
+(b) ``incremental_vs_full``: wall time of an ingest of edition 1 on top of edition 0's published
+    version (about 1% of documents new, changed or removed) over a full ingest of edition 1 into
+    an empty store. Both crawl the same site served from this process.
+
+    python -m bench.ingest [--quick] [--json]
+
+Writes bench/results/ingest.json and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# knobs
+SIZE = 260  # sample world scale: ~20,000 chunks, ~4,500 documents
+SEED = 0
+TARGET_CHANGED = 0.01  # share of documents new, changed or removed between the two editions
+DOCS_CHANGED_PER_FACT = 5.5  # documents one fact change touches (profile, index, news in/out, ...)
+EMBED_BATCH = 64  # batch size for both the Beam handler and the plain loop
+QUICK = dict(SIZE=26)  # ~2,000 chunks
+
+RESULT = Path(__file__).parent / "results" / "ingest.json"
+
+
+def sources_for(base_url: str):
+    from beam_jobs.sources import SourcesConfig
+
+    return SourcesConfig.model_validate(
+        {
+            "fetch": {"crawl_delay_s": 0, "timeout_s": 10, "retries": 1, "backoff_s": 0.05},
+            "sources": [{"kind": "site", "name": "sample", "start_urls": [base_url + "/"], "allow_private": True, "max_pages": 1_000_000}],
+        }
+    )
+
+
+def make_world(size: int):
+    """A world whose consecutive editions differ in about TARGET_CHANGED of their documents."""
+    from beam_jobs.sample.world import SampleWorld
+
+    probe = SampleWorld(SEED, size, changes_per_edition=1)
+    documents = len(probe.edition(0).document_paths())
+    changes = max(1, round(TARGET_CHANGED * documents / DOCS_CHANGED_PER_FACT))
+    return SampleWorld(SEED, size, changes_per_edition=changes)
+
+
+def timed_ingest(config, store_uri: str):
+    from beam_jobs.ingest import run_ingest
+
+    started = time.perf_counter()
+    result = run_ingest(config, store_uri, embed_batch_size=EMBED_BATCH)
+    return result, time.perf_counter() - started
+
+
+def embed_in_beam(texts: list[str]) -> float:
+    """Seconds for a pipeline that embeds the texts with the job's handler (model load included)."""
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_jobs.embed import ChunkEmbeddingHandler
+    from model.chunking import Chunk
+
+    chunks = [Chunk(i, "bench", i, [], [], text, "bench") for i, text in enumerate(texts)]
+    started = time.perf_counter()
+    with beam.Pipeline(options=PipelineOptions([], runner="FnApiRunner")) as pipeline:
+        (
+            pipeline
+            | beam.Create(chunks, reshuffle=False)
+            | RunInference(ChunkEmbeddingHandler(None, encode_batch_size=EMBED_BATCH, min_batch_size=EMBED_BATCH, max_batch_size=4 * EMBED_BATCH))
+            | beam.combiners.Count.Globally()
+        )
+    return time.perf_counter() - started
+
+
+def embed_plain(texts: list[str]) -> float:
+    """Seconds for sentence-transformers to load the same model and encode the texts."""
+    from sentence_transformers import SentenceTransformer
+
+    from model.embedder import default_embedder_path
+
+    started = time.perf_counter()
+    model = SentenceTransformer(str(default_embedder_path()), device="cpu")
+    model.encode(texts, batch_size=EMBED_BATCH, normalize_embeddings=True, show_progress_bar=False)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="~2,000 chunks instead of ~20,000")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    knobs = dict(SIZE=SIZE) | (QUICK if args.quick else {})
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    import torch
+
+    from beam_jobs.sample.server import SampleSiteServer
+    from model.store import open_store
+
+    world = make_world(knobs["SIZE"])
+    say(f"world: size {knobs['SIZE']}, {len(world.edition(0).document_paths())} documents, {world.changes_per_edition} facts change per edition")
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, SampleSiteServer(world, 1) as site:
+        config = sources_for(site.base_url)
+        full, full_s = timed_ingest(config, f"{tmp}/full")
+        say(f"full ingest of edition 1: {full_s:.1f} s, {full.chunks_added} chunks, {full.metrics['new']} documents")
+
+        site.set_edition(0)
+        base, base_s = timed_ingest(config, f"{tmp}/incremental")
+        open_store(f"{tmp}/incremental").publish(base.version, expected_current=None)
+        site.set_edition(1)
+        incremental, incremental_s = timed_ingest(config, f"{tmp}/incremental")
+        m = incremental.metrics
+        touched = m["new"] + m["changed"] + m["deleted"]
+        say(f"incremental ingest of edition 1 over 0: {incremental_s:.1f} s, {touched} documents touched, {incremental.chunks_added} chunks embedded")
+
+        with open_store(f"{tmp}/full").open(full.version) as view:
+            texts = [row["text"] for batch in view.iter_chunks() for row in batch.to_pylist()]
+    beam_s = embed_in_beam(texts)
+    say(f"embedding in Beam: {len(texts)} chunks in {beam_s:.1f} s")
+    plain_s = embed_plain(texts)
+    say(f"plain sentence-transformers: {len(texts)} chunks in {plain_s:.1f} s")
+
+    result = {
+        "quick": args.quick,
+        "size": knobs["SIZE"],
+        "documents": full.metrics["new"],
+        "chunks": len(texts),
+        "embed_chunks_per_s_beam": round(len(texts) / beam_s, 2),
+        "embed_chunks_per_s_plain": round(len(texts) / plain_s, 2),
+        "embed_ratio_vs_plain": round(plain_s / beam_s, 3),
+        "full_ingest_s": round(full_s, 2),
+        "incremental_ingest_s": round(incremental_s, 2),
+        "incremental_vs_full": round(incremental_s / full_s, 4),
+        "changed_fraction": round(touched / max(1, m["documents"]), 4),
+        "incremental": {k: m[k] for k in ("new", "changed", "deleted", "unchanged", "not_modified", "fetched", "chunks", "tombstones")},
+        "edition_0_ingest_s": round(base_s, 2),
+        "targets": {"embed_ratio_vs_plain": ">= 0.9", "incremental_vs_full": "<= 0.05 at the full size"},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
