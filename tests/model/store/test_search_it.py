@@ -177,3 +177,27 @@ def test_nprobe_comes_from_the_manifest(store, corpus):
 
     assert recall(wide.version) == 1.0
     assert recall(narrow.version) < 1.0
+
+
+def test_default_sq8_codec_recall_and_compaction(store_uri, tmp_path, corpus):
+    """The default policy: IVF lists hold 8-bit codes. Recall stays high; compaction keeps answers."""
+    from model.store import IndexPolicy, open_store
+
+    store = open_store(store_uri, cache_dir=tmp_path / "sq8", policy=IndexPolicy(flat_max=FLAT_MAX))
+    a_chunks, a_vectors = corpus.docs(range(0, 150))
+    b_chunks, b_vectors = corpus.docs(range(200, 350))
+    a = store.write_shard(a_chunks, a_vectors, embedder=SPEC)
+    b = store.write_shard(b_chunks, b_vectors, embedder=SPEC, lineage=a.lineage)
+    assert a.factory.endswith(",SQ8") and b.factory == a.factory
+    first = store.publish(next_manifest(store, None, [a, b], [a_chunks[0].chunk_id]), expected_current=None)
+    chunks, vectors = a_chunks[1:] + b_chunks, np.concatenate([a_vectors[1:], b_vectors])
+    queries = corpus.queries(100, seed=3)
+    want = exact_top_k(vectors, [c.chunk_id for c in chunks], queries, 2)
+    with store.open() as view:
+        got = [[n.chunk_id for n in hits] for hits in view.search(queries, 2)]
+    found = np.mean([len(set(g) & set(w)) / 2 for g, w in zip(got, want)])
+    assert found >= 0.9
+    compacted = store.publish(store.compact(), expected_current=first.version)
+    assert len(compacted.shards) == 1 and compacted.shards[0].factory == a.factory
+    with store.open() as view:
+        assert [[n.chunk_id for n in hits] for hits in view.search(queries, 2)] == got
