@@ -98,3 +98,13 @@ def test_a_file_gone_from_a_complete_listing_is_deleted(runs):
     manifest = open_store(store_uri).manifest(complete.version)
     assert set(manifest.tombstones) == set(guide["chunk_ids"])
     assert str(folder / "guide.md") not in rows(store_uri, complete.version)
+
+
+def test_multiprocess_runner_gives_the_same_documents_and_counters(tmp_path):
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    config = SourcesConfig.model_validate({"sources": [{"kind": "files", "name": "archive", "glob": str(folder / "*")}]})
+    result = run_ingest(config, str(tmp_path / "store"), runner="multiprocess")
+    assert result.metrics["new"] == 5 and result.metrics["failed_unsupported_file"] == 1
+    rows = open_store(str(tmp_path / "store")).read_ledger(result.version).to_pylist()
+    assert len(rows) == 5 and result.chunks_added == sum(len(r["chunk_ids"]) for r in rows)
