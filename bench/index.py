@@ -122,12 +122,12 @@ def run(n: int, workdir: Path) -> dict:
     spec = EmbedderSpec(name="bench-clustered", dim=DIM, sha256="0" * 64)
     tokenizer = {"name": "bench", "sha256": "0" * 64}
     # Every delta shard here is big enough for IVF (small deltas would be exact flat shards).
-    policy = IndexPolicy(flat_max=min(50_000, n // SHARDS), nprobe=NPROBE)
+    policy = IndexPolicy(flat_max=min(50_000, n // SHARDS))
     store = open_store(workdir / "store", cache_dir=workdir / "cache", policy=policy)
     LOG.info("corpus: %d clustered vectors (%d topics), dim %d", n, topics, DIM)
 
     # ingest: one lineage, SHARDS delta shards, then deletions
-    lineage, train_s = timed(store.train_lineage, vectors[rng.choice(n, 200_000, replace=False)],
+    lineage, train_s = timed(store.train_lineage, vectors[rng.choice(n, min(n, 200_000), replace=False)],
                              embedder=spec, expected_count=n)
     shard_infos, write_s = [], 0.0
     for part in np.array_split(np.arange(n), SHARDS):
@@ -135,7 +135,8 @@ def run(n: int, workdir: Path) -> dict:
         shard_infos.append(info)
         write_s += seconds
     first = Manifest.next(None, version=store.new_version_id(), embedder=spec, tokenizer=tokenizer, add_shards=shard_infos,
-                          tombstones=[], ledger=None, documents=n // 8, watermark=None, sources=["bench"])
+                          tombstones=[], ledger=None, documents=n // 8, watermark=None, sources=["bench"],
+                          search={"nprobe": NPROBE})
     store.publish(first, expected_current=None)
     deleted = rng.choice(n, int(n * DELETED), replace=False)
     second = Manifest.next(first, version=store.new_version_id(), embedder=spec, tokenizer=tokenizer, add_shards=[],
@@ -165,13 +166,12 @@ def run(n: int, workdir: Path) -> dict:
         one_ids, one_s = best_of(REPEATS, view_ids, view, queries)
         index = view._shards[0].index
         _, raw_s = best_of(REPEATS, index.search, queries, K, params=faiss.SearchParametersIVF(nprobe=NPROBE))
-        nlist = faiss.extract_index_ivf(index).nlist
     LOG.info("compacted in %.1fs, published in %.1fs; recall@%d %.3f, %.3fs", compaction_s, publish_s, K, recall(one_ids, truth), one_s)
 
     # full rebuild of the same live chunks: train a new quantizer, add everything, write the shard
     rebuild_store = open_store(workdir / "rebuild", cache_dir=workdir / "cache", policy=policy)
     start = time.perf_counter()
-    lineage2 = rebuild_store.train_lineage(vectors[live][rng.choice(int(live.sum()), 200_000, replace=False)],
+    lineage2 = rebuild_store.train_lineage(vectors[live][rng.choice(int(live.sum()), min(int(live.sum()), 200_000), replace=False)],
                                            embedder=spec, expected_count=n)
     rebuild_store.write_shard(chunk_table(ids[live]), vectors[live], embedder=spec, lineage=lineage2)
     rebuild_s = time.perf_counter() - start
@@ -187,7 +187,7 @@ def run(n: int, workdir: Path) -> dict:
         "dim": DIM,
         "queries": QUERIES,
         "k": K,
-        "index": f"IVF{nlist},Flat",
+        "index": compacted.shards[0].factory,
         "nprobe": NPROBE,
         "exact_qps": round(QUERIES / flat_s, 1),
         "store_qps": round(QUERIES / one_s, 1),

@@ -35,7 +35,6 @@ class IndexPolicy:
             memory bandwidth, so the smaller codes are also what makes it 20x+ faster than exact.
         nlist: coarse centroids of a new lineage; None: a power of two near 2·sqrt(expected size).
         train_points_per_list: training vectors per centroid (FAISS wants at least 39).
-        nprobe: IVF lists probed per query, recorded in new versions' manifests.
         seed: k-means seed, so a lineage trained twice on the same sample is the same.
     """
 
@@ -43,7 +42,6 @@ class IndexPolicy:
     codec: str = "SQ8"
     nlist: int | None = None
     train_points_per_list: int = 64
-    nprobe: int = 16
     seed: int = 1234
 
     def nlist_for(self, expected: int, available: int) -> int:

@@ -45,7 +45,7 @@ def open_store(uri: str | Path, *, cache_dir: Path | None = None, policy: IndexP
         uri: ``/path``, ``file:///path`` or ``gs://bucket/prefix``. A local directory need not
             exist yet (the first write creates it); a bucket must.
         cache_dir: where GCS shards are cached for memory-mapping; default ``~/.cache/retrofresh``.
-        policy: how new shards are indexed (flat threshold, IVF codec, nprobe).
+        policy: how new shards are indexed (flat threshold, IVF codec, nlist).
 
     Returns:
         The store.
