@@ -9,27 +9,25 @@ on one worker and read in parallel.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.discover import extract_links, file_kind, parse_feed, parse_sitemap, MAX_SITEMAP_BYTES
+from beam_jobs.discover import MAX_SITEMAP_BYTES, extract_links, file_kind, parse_feed, parse_sitemap
 from beam_jobs.fetch import Fetcher, format_http_date, parse_http_date, utcnow
 from beam_jobs.metrics import count, count_failure
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource
-from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED, FetchResult, KnownDoc, Seed
+from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, NOT_MODIFIED, FetchResult, KnownDoc, Seed
 from model.ids import doc_id
 
 LOG = logging.getLogger(__name__)
 
-INCOMPLETE = "incomplete"  # tagged output: names of files sources whose listing is not authoritative
 MAX_NESTED_SITEMAPS = 1000
 
 

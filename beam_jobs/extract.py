@@ -16,10 +16,9 @@ from typing import Iterator
 
 import apache_beam as beam
 
-from beam_jobs.crawl import INCOMPLETE
 from beam_jobs.discover import parse_datetime
 from beam_jobs.metrics import count, count_failure
-from beam_jobs.types import FAILED, FETCHED, FetchResult, Observation
+from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, FetchResult, Observation
 from model.ids import content_hash, doc_id
 
 LOG = logging.getLogger(__name__)

@@ -30,12 +30,13 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from beam_jobs import metrics
 from beam_jobs.chunk import LEDGER as CHUNK_LEDGER, ChunkDoFn
-from beam_jobs.crawl import INCOMPLETE, CrawlDoFn, ListFilesDoFn, ReadFileDoFn
+from beam_jobs.crawl import CrawlDoFn, ListFilesDoFn, ReadFileDoFn
 from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffDoFn
 from beam_jobs.embed import ChunkEmbeddingHandler, embedder_spec
 from beam_jobs.extract import ExtractDoFn
 from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_options
 from beam_jobs.sources import SourcesConfig, load_sources
+from beam_jobs.types import INCOMPLETE
 from beam_jobs.write import DELTA_KEY, DraftSpec, ReadLedgerDoFn, WriteDeltaDoFn
 from model.embedder import EmbedderSpec
 from model.store.errors import IncompatibleIndex

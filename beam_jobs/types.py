@@ -18,6 +18,11 @@ CHANGED = "changed"
 UNCHANGED = "unchanged"
 DELETED = "deleted"
 
+# Tagged output of listing, reading and extraction: names of files sources whose listing is not
+# authoritative this run (some file or record could not be read), so none of their documents is
+# deleted for being absent.
+INCOMPLETE = "incomplete"
+
 
 @dataclass(frozen=True)
 class KnownDoc:

@@ -22,7 +22,6 @@ import random
 import string
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from functools import cached_property
 from pathlib import Path
 
 LOG = logging.getLogger(__name__)

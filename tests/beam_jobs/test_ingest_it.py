@@ -7,7 +7,6 @@ tests below each check one property of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
