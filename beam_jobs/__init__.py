@@ -1,1 +1,1 @@
-"""retrofresh: beam_jobs."""
+"""The Beam ingest job: configured sources -> one delta shard, ledger and tombstones in the store."""
