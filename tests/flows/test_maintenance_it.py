@@ -14,6 +14,7 @@ from flows.gc import gc_store
 from flows.refresh import refresh_corpus
 from flows.rollback import rollback_index
 from flows.temporal import edition_from_sitemap
+from model.client import RetroClient
 from model.store import open_store
 from tests.flows.support import artifacts_of, copy_store, flow_run_id
 
@@ -26,6 +27,8 @@ def test_rollback_points_current_back_and_reloads_a_real_server(refreshed, tmp_p
     store = copy_store(refreshed.store, tmp_path / "store")
     first, second = (s.result()["version"] for s in refreshed.states)
     server = run_server(server_settings(store, reload_interval_s=3600.0))  # only /admin/reload moves it
+    with RetroClient(server.url) as client:
+        client.wait_ready(timeout=120)  # /healthz answers before the first version is loaded
     assert httpx.get(f"{server.url}/v1/index").json()["version"] == second
     monkeypatch.setenv("RETROFRESH_ADMIN_TOKEN", ADMIN_TOKEN)
 
@@ -101,6 +104,8 @@ def test_evaluate_freshness_tells_the_versions_apart_and_draws_the_plot(refreshe
     refreshed.site.set_edition(1)
     assert edition_from_sitemap(refreshed.site.base_url, refreshed.site.world) == 1
     server = run_server(server_settings(store))
+    with RetroClient(server.url) as client:
+        client.wait_ready(timeout=120)
 
     state = evaluate_freshness(store=store, site_url=refreshed.site.base_url, server=server.url,
                                output_dir=str(tmp_path / "eval"), return_state=True)
