@@ -71,7 +71,7 @@ class CCABlock(nn.Module):
 
     def __init__(self, config: RetroConfig):
         super().__init__()
-        self.ln = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.ln = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
         self.cca = ChunkedCrossAttention(config)
         nn.init.zeros_(self.cca.attn.proj.weight)  # at step 0 the base model's behaviour is unchanged
 
