@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import DATAFLOW_JOB
@@ -18,6 +20,7 @@ from flows.retry import retry_if_transient
 LOG = logging.getLogger(__name__)
 
 RUNNERS = ("local", "multiprocess", "dataflow")
+NAMESPACE = "retrofresh"  # the ingest job's counter namespace (beam_jobs.metrics.NAMESPACE)
 
 
 @dataclass
@@ -33,6 +36,7 @@ class IngestOutcome:
     job_id: str | None = None
     dataflow_url: str | None = None
     states: list[str] = field(default_factory=list)
+    dataflow_job: dict | None = None  # a dry run: the job it would have submitted
 
 
 @task(name="run-ingest", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
@@ -72,28 +76,70 @@ def run_ingest_job(
 
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
-    log = get_run_logger()
     started = time.monotonic()
     common = dict(pipeline_args=pipeline_args, runner=runner, embedder_path=embedder_path, tokenizer_path=tokenizer_path)
     if runner != "dataflow":
-        if lease is not None:
-            with lease.heartbeat():
-                result = run_ingest(sources, store_uri, wait=True, **common)
-        else:
+        with lease.heartbeat() if lease is not None else nullcontext():
             result = run_ingest(sources, store_uri, wait=True, **common)
         return IngestOutcome(result.version, result.parent, dict(result.metrics), result.chunks_added,
                              result.chunks_removed, result.seconds, states=[str(result.state)])
 
     launched = run_ingest(sources, store_uri, wait=False, **common)
+    if launched.state == "DRY_RUN":
+        return record_dry_run(launched)
+    return follow_dataflow(launched, store_uri=store_uri, pipeline_args=pipeline_args, source=state_source or RestJobStateSource(),
+                           lease=lease, poll_interval_s=poll_interval_s, timeout_s=timeout_s, started=started)
+
+
+def record_dry_run(launched) -> IngestOutcome:
+    """A ``--dry_run=True`` submission: show the job Dataflow would have received; nothing ran."""
+    job = launched.dataflow_job or {}
+    steps = ", ".join(job.get("steps", []))
+    markdown = (
+        f"# Dataflow dry run\n\nJob **{job.get('name')}** in project `{job.get('project')}`, region `{job.get('region')}` "
+        f"was built but not submitted.\n\n- temp location: `{job.get('temp_location')}`\n"
+        f"- SDK container image: `{job.get('sdk_container_image')}`\n- steps: {steps}\n\n"
+        f"```json\n{json.dumps(job, indent=1, default=str)[:20000]}\n```\n"
+    )
+    create_markdown_artifact(markdown, key=DATAFLOW_JOB, description="The Dataflow job a dry run would submit")
+    get_run_logger().info("Dataflow dry run: built job %s, submitted nothing", job.get("name"))
+    return IngestOutcome(None, launched.parent, dict(launched.metrics), 0, 0, launched.seconds, states=["DRY_RUN"], dataflow_job=job)
+
+
+def follow_dataflow(
+    launched,
+    *,
+    store_uri: str,
+    pipeline_args: list[str] | None,
+    source: JobStateSource,
+    lease: RefreshLease | None,
+    poll_interval_s: float,
+    timeout_s: float,
+    started: float,
+) -> IngestOutcome:
+    """Follow a submitted job: link artifact at once, poll until done (renewing the lease), collect.
+
+    Args:
+        launched: what ``run_ingest(..., wait=False)`` returned (it carries the job id).
+        store_uri: the store the job writes its draft to.
+        pipeline_args: the submission's flags (``--project``, ``--region``).
+        source: job states and counters.
+        lease: renewed on every poll.
+        poll_interval_s, timeout_s: polling.
+        started: ``time.monotonic()`` when the ingest step began.
+
+    Raises:
+        DataflowJobFailed: the job failed, was cancelled or drained.
+        DataflowTimeout: still running after ``timeout_s``.
+    """
     if not launched.job_id:
         raise RuntimeError(f"the Dataflow submission returned no job id (state {launched.state})")
     job = job_location(pipeline_args, launched.job_id)
-    log.info("submitted Dataflow job %s: %s", job.job_id, job.console_url)
+    get_run_logger().info("submitted Dataflow job %s: %s", job.job_id, job.console_url)
     create_link_artifact(job.console_url, link_text=f"Dataflow job {job.job_id}", key=DATAFLOW_JOB)
-    source = state_source or RestJobStateSource()
     report = wait_for_job(job, source, poll_interval_s=poll_interval_s, timeout_s=timeout_s,
                           on_poll=(lambda _state: lease.renew()) if lease is not None else None)
-    counters = source.counters(job, "retrofresh")
+    counters = source.counters(job, NAMESPACE)
     return finish_dataflow(store_uri, launched, counters, report.states, job.console_url, time.monotonic() - started)
 
 

@@ -79,3 +79,18 @@ def test_job_location_from_pipeline_args(args):
 def test_job_location_names_what_is_missing(args, missing):
     with pytest.raises(ValueError, match=missing):
         job_location(args, "j")
+
+
+def test_committed_counters_sum_steps_and_skip_tentative_and_other_namespaces():
+    from flows.dataflow import committed_counters
+
+    def metric(name, scalar, *, step="s1", namespace="retrofresh", origin="user", tentative=False):
+        context = {"step": step, "namespace": namespace, **({"tentative": "true"} if tentative else {})}
+        return {"name": {"origin": origin, "name": name, "context": context}, "scalar": scalar}
+
+    response = {"metrics": [
+        metric("new", 3), metric("new", 2, step="s2"), metric("new", 99, tentative=True),
+        metric("chunks", "40"), metric("new", 7, namespace="other"), metric("ElementCount", 5, origin="dataflow/v1b3"),
+    ]}
+    assert committed_counters(response, "retrofresh") == {"new": 5, "chunks": 40}
+    assert committed_counters({}, "retrofresh") == {}

@@ -22,6 +22,15 @@ def jobs_api():
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's naming
             script["paths"].append(self.path)
+            if self.path.split("?")[0].endswith("/metrics"):
+                metrics = [{"name": {"origin": "user", "name": "new", "context": {"namespace": "retrofresh", "step": "Diff"}}, "scalar": 4},
+                           {"name": {"origin": "user", "name": "new", "context": {"namespace": "retrofresh", "step": "Diff", "tentative": "true"}}, "scalar": 5}]
+                body = json.dumps({"metrics": metrics}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if "/jobs/missing" in self.path:
                 self.send_response(404)
                 self.end_headers()
@@ -52,6 +61,8 @@ def test_rest_source_reads_the_job_state_from_the_jobs_get_endpoint(jobs_api):
     report = wait_for_job(job, source, poll_interval_s=0)
     assert report.states == ["JOB_STATE_RUNNING", "JOB_STATE_DONE"]
     assert script["paths"][0].startswith("/v1b3/projects/proj/locations/us-central1/jobs/job-1?")
+    assert source.counters(job, "retrofresh") == {"new": 4}
+    assert script["paths"][-1] == "/v1b3/projects/proj/locations/us-central1/jobs/job-1/metrics"
 
 
 def test_rest_source_failure_state_and_http_errors(jobs_api):
