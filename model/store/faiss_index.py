@@ -33,20 +33,22 @@ class IndexPolicy:
             memory and memory traffic than ``Flat`` (exact float32), recall@2 ~0.98 of exact on
             clustered 384-d keys; scores are approximate to about 1e-2. IVF scanning is bound by
             memory bandwidth, so the smaller codes are also what makes it 20x+ faster than exact.
-        nlist: coarse centroids of a new lineage; None: a power of two near 2·sqrt(expected size).
-        train_points_per_list: training vectors per centroid (FAISS wants at least 39).
+        nlist: coarse centroids of a new lineage; None: a power of two near 4·sqrt(expected size),
+            the low end of FAISS's guidance, so training stays affordable on a CPU.
+        train_points_per_list: training vectors per centroid (FAISS wants at least 39; k-means
+            time grows with points x centroids).
         seed: k-means seed, so a lineage trained twice on the same sample is the same.
     """
 
     flat_max: int = 20_000
     codec: str = "SQ8"
     nlist: int | None = None
-    train_points_per_list: int = 64
+    train_points_per_list: int = 40
     seed: int = 1234
 
     def nlist_for(self, expected: int, available: int) -> int:
         """Centroids for a lineage expected to hold ``expected`` vectors, trained on ``available``."""
-        want = self.nlist or 2 ** round(math.log2(max(1.0, 2 * math.sqrt(max(expected, 1)))))
+        want = self.nlist or 2 ** round(math.log2(max(1.0, 4 * math.sqrt(max(expected, 1)))))
         return int(max(1, min(want, available // 39)))
 
 

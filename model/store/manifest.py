@@ -50,10 +50,12 @@ class ShardInfo(_Record):
 class SearchParams(_Record):
     """Search-time knobs recorded per version (FAISS ``nprobe`` for IVF, ``efSearch`` for HNSW).
 
-    nprobe 16 of ~2·sqrt(n) lists gave recall@2 >= 0.98 on clustered 384-d keys (bench.index).
+    IVF scanning is bound by memory traffic, so search time grows with nprobe / nlist. nprobe 8 of
+    ~4·sqrt(n) lists: recall@2 ~0.97 on clustered 384-d keys (``python -m bench.index`` prints
+    the whole trade-off); raise it per version for more recall.
     """
 
-    nprobe: int = Field(16, ge=1)
+    nprobe: int = Field(8, ge=1)
     efSearch: int = Field(64, ge=1)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -11,18 +10,18 @@ from typing import Sequence
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from model.chunking import Chunk
 from model.embedder import EmbedderSpec
-from model.store import faiss_index, layout, shards
+from model.store import faiss_index, layout, ledger, shards
 from model.store.backends import Backend, CasFailed, open_backend
 from model.store.cache import ShardCache
-from model.store.checksums import Verifier, sha256_bytes, sha256_file
-from model.store.errors import AlreadyExists, ChecksumMismatch, IncompatibleIndex, NoCurrentVersion, PublishConflict, StoreError
+from model.store.checksums import Verifier
+from model.store.errors import AlreadyExists, IncompatibleIndex, NoCurrentVersion, PublishConflict, StoreError
 from model.store.faiss_index import IndexPolicy
+from model.store.lineage import Lineages
 from model.store.manifest import Manifest, ShardInfo
-from model.store.schemas import chunks_to_table, empty_ledger, ledger_table
+from model.store.schemas import chunks_to_table, empty_ledger
 from model.store.uri import parse_store_uri
 from model.store.view import IndexView, load_shard
 
@@ -72,7 +71,7 @@ class Store:
         self.uri = backend.uri
         self.policy = policy or IndexPolicy()
         self.cache = ShardCache(Path(cache_dir) if cache_dir is not None else default_cache_dir(), Verifier())
-        self._trained: dict[str, faiss.Index] = {}
+        self.lineages = Lineages(backend, self.cache.root, self.policy)
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
@@ -211,40 +210,10 @@ class Store:
         Returns:
             The lineage id. If another writer stored that lineage first, theirs is kept and used.
         """
-        sample = faiss_index.check_vectors(sample, dim=embedder.dim, normalized=embedder.normalize)
-        lineage = layout.check_id(lineage or layout.new_lineage_id(), "lineage")
-        trained = faiss_index.train_ivf(sample, policy=self.policy, expected=expected_count)
-        with self.backend.staging_dir() as directory:
-            path = directory / "trained.faiss"
-            faiss_index.write(trained, path)
-            try:
-                self.backend.put_file(layout.trained_key(lineage), path)
-            except AlreadyExists:
-                LOG.info("lineage %s was trained by another writer first; using theirs", lineage)
-                return lineage
-        self._trained[lineage] = trained
-        return lineage
+        return self.lineages.train(sample, embedder=embedder, lineage=lineage, expected_count=expected_count)
 
     def _trained_index(self, lineage: str) -> faiss.Index | None:
-        if lineage in self._trained:
-            return self._trained[lineage]
-        key = layout.trained_key(lineage)
-        path = self.backend.local_path(key)
-        if path is None:
-            path = layout.cache_trained_path(self.cache.root, lineage)
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                try:
-                    self.backend.get_file(key, tmp)
-                except FileNotFoundError:
-                    return None
-                os.replace(tmp, path)
-        elif not path.is_file():
-            return None
-        trained = faiss_index.read_writable(path)
-        self._trained[lineage] = trained
-        return trained
+        return self.lineages.get(lineage)
 
     def write_ledger(self, version: str, table: pa.Table) -> str:
         """Write a version's document ledger (create-only) with its sha256 beside it.
@@ -256,16 +225,7 @@ class Store:
         Returns:
             The ledger's path relative to the store (for :meth:`Manifest.next`'s ``ledger``).
         """
-        table = ledger_table(table)
-        key = layout.ledger_key(version)
-        with self.backend.staging_dir() as directory:
-            path = directory / "ledger.parquet"
-            pq.write_table(table, path, compression="zstd")
-            digest = sha256_file(path)
-            self.backend.put_file(key, path)
-        self.backend.put_bytes(layout.checksum_key(key), digest.encode("ascii"))
-        LOG.info("wrote ledger %s (%d documents)", key, table.num_rows)
-        return key
+        return ledger.write(self.backend, version, table)
 
     def read_ledger(self, version: str) -> pa.Table:
         """A version's ledger; an empty table with ``LEDGER_SCHEMA`` if it has none.
@@ -281,25 +241,7 @@ class Store:
         elif not self.backend.exists(key):
             return empty_ledger()
         with tempfile.TemporaryDirectory() as tmp:
-            path = self._verified_ledger(key, Path(tmp))
-            return ledger_table(pq.read_table(path))
-
-    def _verified_ledger(self, key: str, scratch: Path) -> Path:
-        path = self.backend.local_path(key)
-        if path is None:
-            path = scratch / "ledger.parquet"
-            try:
-                self.backend.get_file(key, path)
-            except FileNotFoundError:
-                raise StoreError(f"ledger {key} is missing from {self.uri}") from None
-        elif not path.is_file():
-            raise StoreError(f"ledger {key} is missing from {self.uri}")
-        try:
-            expected = self.backend.read_bytes(layout.checksum_key(key)).decode("ascii").strip()
-        except FileNotFoundError:
-            raise ChecksumMismatch(f"ledger {key} has no {layout.checksum_key(key)}; it was not written by write_ledger") from None
-        self.cache.verifier.verify(path, expected, what=f"ledger {key}")
-        return path
+            return ledger.read(self.backend, key, self.cache.verifier, Path(tmp))
 
     def write_manifest(self, manifest: Manifest) -> None:
         """Write a version's manifest, create-only (a draft until published).
@@ -342,7 +284,7 @@ class Store:
             self.cache.shard_files(self.backend, meta)
         if manifest.ledger is not None:
             with tempfile.TemporaryDirectory() as tmp:
-                self._verified_ledger(manifest.ledger, Path(tmp))
+                ledger.verified_path(self.backend, manifest.ledger, self.cache.verifier, Path(tmp))
         return manifest
 
     def publish(self, manifest: Manifest | str, *, expected_current: str | None, check_parent: bool = True) -> Manifest:
