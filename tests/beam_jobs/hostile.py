@@ -44,9 +44,11 @@ class HostileSite:
         crawl_delay: the Crawl-delay robots.txt asks for (None: no such line).
     """
 
-    def __init__(self, *, stall_s: float = 5.0, crawl_delay: float | None = None):
+    def __init__(self, *, stall_s: float = 5.0, crawl_delay: float | None = None, robots_status: int = 200):
         self.stall_s = stall_s
         self.crawl_delay = crawl_delay
+        self.robots_status = robots_status
+        self.busy_hits = 0
         self.requests: list[tuple[str, float]] = []
         self.flaky_hits = 0
         self._lock = threading.Lock()
@@ -98,6 +100,8 @@ class HostileSite:
                     pass  # the client gave up (caps, timeouts): that is the point
 
             def route(self, path: str) -> None:
+                if path == "/robots.txt" and site.robots_status != 200:
+                    return self.send(site.robots_status, b"unavailable", "text/plain")
                 if path == "/robots.txt":
                     delay = f"Crawl-delay: {site.crawl_delay}\n" if site.crawl_delay is not None else ""
                     return self.send(200, f"User-agent: *\nDisallow: /secret/\n{delay}".encode(), "text/plain")
@@ -153,6 +157,13 @@ class HostileSite:
                         return self.send(500, b"<html><body>try again</body></html>")
                     body = f"<html><head><title>Flaky page</title></head><body><article><h1>Flaky page</h1><p>It works the second time. {FILLER}</p></article></body></html>"
                     return self.send(200, body.encode())
+                if path == "/busy.html":
+                    with site._lock:
+                        site.busy_hits += 1
+                        first = site.busy_hits == 1
+                    if first:
+                        return self.send(429, b"slow down", "text/plain", headers={"Retry-After": "2"})
+                    return self.send(200, PAGES["/ok.html"].format(FILLER).encode())
                 if path == "/latin1.txt":
                     return self.send(200, (LATIN1_TEXT + "\n\n" + FILLER).encode("latin-1"), "text/plain")
                 if path == "/image.png":

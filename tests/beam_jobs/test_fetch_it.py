@@ -104,6 +104,36 @@ def test_robots_crawl_delay_spaces_requests_to_one_host():
     assert len(times) == 4 and min(gaps) >= 0.29, gaps  # robots.txt + 3 pages
 
 
+def test_429_is_retried_after_the_capped_retry_after(site, fetcher):
+    started = time.monotonic()
+    result = fetcher.fetch(site.base_url + "/busy.html", source="s")
+    assert result.outcome == FETCHED and site.paths().count("/busy.html") == 2
+    assert time.monotonic() - started < 1  # Retry-After: 2 capped by max_backoff_s
+
+
+def test_redirects_beyond_the_limit_fail(site):
+    strict = Fetcher(FAST.model_copy(update={"max_redirects": 0}), allow_private=True)
+    try:
+        result = strict.fetch(site.base_url + "/loop-a", source="s")
+    finally:
+        strict.close()
+    assert (result.outcome, result.reason) == (FAILED, "too_many_redirects")
+
+
+@pytest.mark.parametrize("status, outcome, reason", [(503, FAILED, "robots_unreachable"), (404, FETCHED, None)])
+def test_robots_txt_errors_follow_rfc_9309(status, outcome, reason):
+    with HostileSite(robots_status=status) as odd_site:
+        f = Fetcher(FAST, allow_private=True)
+        try:
+            result = f.fetch(odd_site.base_url + "/secret/plans.html", source="s")
+        finally:
+            f.close()
+        paths = odd_site.paths()
+    assert (result.outcome, result.reason) == (outcome, reason)
+    # 5xx: assume everything is disallowed (the page is never asked); 4xx: no rules at all
+    assert ("/secret/plans.html" in paths) == (status == 404)
+
+
 def test_latin1_text_arrives_as_bytes_for_extraction(site, fetcher):
     result = fetcher.fetch(site.base_url + "/latin1.txt", source="s")
     assert result.outcome == FETCHED and result.kind == "text" and LATIN1_TEXT.encode("latin-1") in result.body

@@ -108,3 +108,14 @@ def test_multiprocess_runner_gives_the_same_documents_and_counters(tmp_path):
     assert result.metrics["new"] == 5 and result.metrics["failed_unsupported_file"] == 1
     rows = open_store(str(tmp_path / "store")).read_ledger(result.version).to_pylist()
     assert len(rows) == 5 and result.chunks_added == sum(len(r["chunk_ids"]) for r in rows)
+
+
+def test_an_unlistable_glob_marks_its_source_incomplete():
+    from apache_beam.pvalue import TaggedOutput
+
+    from beam_jobs.crawl import ListFilesDoFn
+    from beam_jobs.sources import FilesSource
+    from beam_jobs.types import INCOMPLETE
+
+    (out,) = list(ListFilesDoFn().process(FilesSource(kind="files", name="lake", glob="nosuchscheme://bucket/*.txt")))
+    assert isinstance(out, TaggedOutput) and (out.tag, out.value) == (INCOMPLETE, "lake")
