@@ -56,6 +56,8 @@ def pipeline_options(runner: str = "local", pipeline_args: list[str] | None = No
     explicit_runner = any(a == "--runner" or a.startswith("--runner=") for a in args)
     if not explicit_runner:
         standard.runner = RUNNERS.get(runner, runner)
+    if str(standard.runner) in ("DirectRunner", "PrismRunner"):
+        LOG.warning("%s first downloads the Prism binary (hangs or fails offline); runner='local' is the in-process FnApiRunner", standard.runner)
     if runner == "multiprocess" and not any(a.startswith("--direct_running_mode") for a in args):
         direct = options.view_as(DirectOptions)
         direct.direct_running_mode = "multi_processing"
