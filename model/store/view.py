@@ -22,7 +22,6 @@ from model.store.shards import ShardMeta
 
 LOG = logging.getLogger(__name__)
 
-_NO_DOC = -2  # the code of an excluded doc id that no shard holds: matches nothing
 POST_FILTER_MAX = 4096  # flat shards with at most this many hidden ids filter after searching
 
 
@@ -180,7 +179,7 @@ class IndexView:
             if exclude_doc_ids is not None:
                 for i, doc in enumerate(exclude_doc_ids):
                     if doc is not None:
-                        excluded[i] = self._doc_index.get(doc, _NO_DOC)
+                        excluded[i] = self._doc_index.get(doc, -1)  # a document no shard holds: nothing to skip
             picks = self._top_k(queries, k, excluded)
             return self._neighbours(picks)
         finally:

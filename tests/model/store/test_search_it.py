@@ -75,6 +75,9 @@ def test_excluded_documents_are_skipped(store, corpus):
     exclude = [chunks[r].doc_id for r in rows[:-1]] + [None]
     with store.open() as view:
         results = view.search(vectors[rows], 6, exclude_doc_ids=exclude)
+        unknown = view.search(vectors[rows[:1]], 6, exclude_doc_ids=["no-such-document"])
+    # A document no shard holds excludes nothing.
+    assert [n.chunk_id for n in unknown[0]] == exact_top_k(vectors, [c.chunk_id for c in chunks], vectors[rows[:1]], 6)[0]
     for hits, r, doc in zip(results, rows, exclude):
         assert len(hits) == 6
         if doc is None:
