@@ -14,6 +14,7 @@ weights run with no neighbours at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -105,10 +106,11 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if positions.numel() and int(positions.max()) >= self.cos.shape[0]:
-            raise ValueError(f"position {int(positions.max())} is beyond the rotary table ({self.cos.shape[0]})")
-        return self.cos[positions], self.sin[positions]
+    def forward(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Angles of positions start … end-1, each (end-start, d/2); a slice, so no device sync."""
+        if end > self.cos.shape[0]:
+            raise ValueError(f"position {end - 1} is beyond the rotary table ({self.cos.shape[0]} positions)")
+        return self.cos[start:end], self.sin[start:end]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -142,7 +144,9 @@ class SelfAttention(nn.Module):
         cache: "LayerCache | None" = None,
         pos: int = 0,
     ) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        B, T, _ = x.shape
+        # Plain view/permute on the per-token hot path (einops' parsing shows in batch-1 decoding).
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, d)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         causal = self.causal
         if cache is not None:
@@ -151,11 +155,11 @@ class SelfAttention(nn.Module):
             causal = self.causal and q.shape[-2] > 1
             if causal and pos > 0:
                 raise ValueError("a multi-token step after the first needs an offset causal mask; feed one token")
-        attn_mask = None if key_mask is None else rearrange(key_mask, "b s -> b 1 1 s")
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, d)
-        return self.proj(rearrange(y, "b h t d -> b t (h d)"))
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H·d)
 
 
 class CrossAttention(nn.Module):
@@ -183,9 +187,10 @@ class CrossAttention(nn.Module):
         attn_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """x (N, Q, D) attends to precomputed k, v (N, H, S, d); attn_mask broadcasts to (N, H, Q, S)."""
-        q = apply_rotary(rearrange(self.q(x), "n q (h d) -> n h q d", h=self.n_heads), cos, sin)
+        N, Q, _ = x.shape
+        q = apply_rotary(self.q(x).view(N, Q, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)  # (N, H, Q, d)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(rearrange(y, "n h q d -> n q (h d)"))
+        return self.proj(y.transpose(1, 2).reshape(N, Q, -1))  # (N, Q, H·d)
 
 
 @dataclass
@@ -196,9 +201,12 @@ class EncodedNeighbours:
     token_mask: torch.Tensor  # (N, k·r) bool, True where a real neighbour token is
     chunk_valid: torch.Tensor  # (N,) bool, False where a chunk has no neighbour at all
 
-    @property
+    @functools.cached_property
     def attn_mask(self) -> torch.Tensor | None:
-        """(N, 1, 1, k·r) SDPA mask; rows of empty chunks fully open (their output is zeroed after)."""
+        """(N, 1, 1, k·r) SDPA mask; rows of empty chunks fully open (their output is zeroed after).
+
+        Computed once per encoding (it costs a device sync), shared by every CCA layer.
+        """
         if bool(self.token_mask.all()):
             return None  # every slot valid: the unmasked kernel is faster
         open_rows = self.token_mask | ~self.chunk_valid[:, None]  # an all-False row would give NaN
@@ -254,7 +262,7 @@ class ChunkedCrossAttention(nn.Module):
     ) -> torch.Tensor:
         """One new token per sequence, x (B, 1, D), against one chunk's cached k, v (B, H, k·r, d)."""
         y = self.attn.attend(x, k, v, q_cos, q_sin, enc.attn_mask)  # (B, 1, D)
-        return y * rearrange(enc.chunk_valid, "b -> b 1 1").to(y.dtype)
+        return y * enc.chunk_valid[:, None, None].to(y.dtype)  # (B, 1, D)
 
 
 # feed-forward
@@ -329,9 +337,8 @@ class NeighbourEncoder(nn.Module):
         """
         N, k, r, _ = emb.shape
         m = chunk_h.shape[1]
-        device = emb.device
-        r_cos, r_sin = self.rotary(torch.arange(r, device=device))
-        m_cos, m_sin = self.rotary(torch.arange(m, device=device))
+        r_cos, r_sin = self.rotary(0, r)
+        m_cos, m_sin = self.rotary(0, m)
         nb_valid = token_mask.any(-1)  # (N, k)
         # A fully masked neighbour would make its softmax rows NaN; open it (it is never attended).
         self_mask = rearrange(token_mask | ~nb_valid[..., None], "n k r -> (n k) r")
@@ -484,17 +491,16 @@ class Retro(nn.Module):
         cfg, m = self.config, self.config.chunk_tokens
         B, T = input_ids.shape
         L = T // m
-        device = input_ids.device
         if T > cfg.max_seq_len:
             raise ValueError(f"{T} tokens exceed max_seq_len={cfg.max_seq_len}")
-        cos, sin = self.rotary(torch.arange(T, device=device))
+        cos, sin = self.rotary(0, T)
         retrieve = neighbours is not None and L > 0
         if retrieve:
             # Query i of an attending window sits m-1+i tokens after the start of the chunk its
             # neighbours were retrieved for; neighbour positions restart at 0 for each of the k.
-            q_cos, q_sin = self.rotary(torch.arange(m - 1, 2 * m - 1, device=device))
+            q_cos, q_sin = self.rotary(m - 1, 2 * m - 1)
             n_nb, r = neighbours.shape[2:]
-            k_cos, k_sin = (t.repeat(n_nb, 1) for t in self.rotary(torch.arange(r, device=device)))
+            k_cos, k_sin = (t.repeat(n_nb, 1) for t in self.rotary(0, r))
         enc = None
         x = self.wte(input_ids)
         for i, block in enumerate(self.blocks):
@@ -523,12 +529,12 @@ class Retro(nn.Module):
         if T != 1:
             raise ValueError(f"after the first forward, a cached step takes one token per sequence, got {T}")
         pos = cache.pos
-        device = input_ids.device
         completes_chunk = (pos + 1) % m == 0
         if neighbours is not None and (not completes_chunk or neighbours.shape[:2] != (B, 1)):
             raise ValueError(f"neighbours at position {pos} must be None or (B, 1, k, r) and only when a chunk completes")
-        cos, sin = self.rotary(torch.tensor([pos], device=device))
-        q_cos, q_sin = self.rotary(torch.tensor([m - 1 + (pos + 1) % m], device=device))
+        cos, sin = self.rotary(pos, pos + 1)
+        q_pos = m - 1 + (pos + 1) % m  # its place in the attending window (see ChunkedCrossAttention)
+        q_cos, q_sin = self.rotary(q_pos, q_pos + 1)
         x = self.wte(input_ids)
         for i, block in enumerate(self.blocks):
             x = x + block.attn(block.ln_attn(x), cos, sin, cache=cache.layers[i], pos=pos)
@@ -540,7 +546,7 @@ class Retro(nn.Module):
                     if neighbours is not None:
                         cache.enc = self.encode_neighbours(neighbours, neighbour_mask, cache.chunk_h)
                         n_nb, r = neighbours.shape[2:]
-                        k_cos, k_sin = (t.repeat(n_nb, 1) for t in self.rotary(torch.arange(r, device=device)))
+                        k_cos, k_sin = (t.repeat(n_nb, 1) for t in self.rotary(0, r))
                         for j, other in enumerate(self.blocks):
                             if other.cca is not None:
                                 cache.cca[j] = other.cca.keys_values(cache.enc, k_cos, k_sin)

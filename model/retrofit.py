@@ -212,7 +212,6 @@ class RetroFit(nn.Module):
 
     def _after_layer(self, layer: int, h: torch.Tensor, state: _Pass) -> torch.Tensor:
         cfg, m = self.config, self.config.chunk_tokens
-        device = h.device
         block = self.cca[str(layer)]
         first = layer == cfg.cca_layers[0]
         if state.step:
@@ -225,11 +224,12 @@ class RetroFit(nn.Module):
                     cache.enc = None
                     if state.neighbours is not None:
                         cache.enc = self.encode_neighbours(state.neighbours, state.neighbour_mask, cache.chunk_h)
-                        k_cos, k_sin = self._key_rotary(state.neighbours, device)
+                        k_cos, k_sin = self._key_rotary(state.neighbours)
                         for i in cfg.cca_layers:
                             cache.cca[i] = self.cca[str(i)].cca.keys_values(cache.enc, k_cos, k_sin)
             if layer in cache.cca and pos >= m - 1:
-                q_cos, q_sin = self.rotary(torch.tensor([m - 1 + (pos + 1) % m], device=device))
+                q_pos = m - 1 + (pos + 1) % m
+                q_cos, q_sin = self.rotary(q_pos, q_pos + 1)
                 h = h + block.cca.step(block.ln(h), *cache.cca[layer], cache.enc, q_cos, q_sin)
             return h
         B, T, _ = h.shape
@@ -241,16 +241,16 @@ class RetroFit(nn.Module):
                 state.enc = self.encode_neighbours(state.neighbours, state.neighbour_mask, h[:, : L * m])
         if state.enc is None:
             return h
-        k_cos, k_sin = self._key_rotary(state.neighbours, device)
+        k_cos, k_sin = self._key_rotary(state.neighbours)
         kv = block.cca.keys_values(state.enc, k_cos, k_sin)
-        q_cos, q_sin = self.rotary(torch.arange(m - 1, 2 * m - 1, device=device))
+        q_cos, q_sin = self.rotary(m - 1, 2 * m - 1)
         if state.cache is not None:
             state.cache.cca[layer] = tuple(rearrange(t, "(b l) h s d -> b l h s d", b=B)[:, -1] for t in kv)
         return h + block.cca(block.ln(h), *kv, state.enc, q_cos, q_sin)
 
-    def _key_rotary(self, neighbours: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _key_rotary(self, neighbours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_nb, r = neighbours.shape[2:]
-        return tuple(t.repeat(n_nb, 1) for t in self.rotary(torch.arange(r, device=device)))
+        return tuple(t.repeat(n_nb, 1) for t in self.rotary(0, r))
 
     def encode_neighbours(self, neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None, chunk_h: torch.Tensor) -> EncodedNeighbours:
         """Encode (B, L, k, r) neighbours with the base's frozen token embeddings."""
