@@ -75,6 +75,7 @@ def evaluate_freshness(
     record_freshness_artifacts(scores, probes, preferences, plot)
     newest = scores[-1] if scores else None
     return {"facts": len(probes), "versions": [s.row() for s in scores], "freshness": newest.freshness if newest else None,
+            "model_scored": sum(1 for p in preferences or [] if p is not None),
             "model_prefers_new": sum(1 for p in preferences or [] if p), "plot": str(plot)}
 
 

@@ -121,7 +121,7 @@ def test_evaluate_freshness_tells_the_versions_apart_and_draws_the_plot(refreshe
     artifacts = artifacts_of(flow_run_id(state))
     assert {"freshness-versions", "freshness-facts", "freshness-plot"} <= set(artifacts)
     facts = artifacts["freshness-facts"].data
-    assert "model_prefers_new" in str(facts)  # the served model was asked about every fact
+    assert "model_prefers_new" in str(facts) and result["model_scored"] == changed  # the served model scored every fact
     png = Path(result["plot"]).read_bytes()
     assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode() in artifacts["freshness-plot"].data
 
@@ -129,3 +129,12 @@ def test_evaluate_freshness_tells_the_versions_apart_and_draws_the_plot(refreshe
 def test_evaluate_needs_an_edition_or_a_site(refreshed, tmp_path):
     state = evaluate_freshness(store=str(refreshed.store), return_state=True)
     assert state.is_failed() and "pass edition=N" in state.message
+
+
+def test_evaluate_freshness_with_a_local_checkpoint(refreshed, tmp_path, tiny_checkpoint):
+    store = copy_store(refreshed.store, tmp_path / "store")
+    result = evaluate_freshness(store=store, edition=1, checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path / "eval"), last_versions=1)
+    assert [row["current"] for row in result["versions"]] == [True]
+    # A random tiny model prefers whatever it prefers; what must hold is that every changed fact
+    # (each has an older value) was scored both ways.
+    assert result["model_scored"] == result["facts"] == len(refreshed.site.world.changed_facts(1))
