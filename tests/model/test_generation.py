@@ -8,6 +8,8 @@ from model.generation import generate, sample_next
 from model.retro import pack_neighbours
 from tests.fixtures.retro import OverlapRetriever
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 CORPUS = {f"https://docs.example/{name}": topics[name] for name in ("assert", "for", "while", "if", "with", "try")}
 PROMPT = topics["import"][:500]
 

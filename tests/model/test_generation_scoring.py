@@ -10,6 +10,8 @@ from model.retro import pack_neighbours
 from model.scoring import filter_leaks, score
 from tests.fixtures.retro import OverlapRetriever
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TEXT = topics["for"][:1500]
 URL = "https://docs.example/for"
 

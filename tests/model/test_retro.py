@@ -12,6 +12,8 @@ from model.retro import IGNORE_INDEX, Retro, pack_neighbours
 from model.retrieval import Neighbour
 from model.tokenizer import RetroTokenizer
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 V, M, K, R = 256, 64, 2, 128
 
 

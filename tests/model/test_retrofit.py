@@ -9,6 +9,8 @@ from model.retrofit import RetroFit
 from model.training.data import SequenceSet
 from model.training.loop import TrainConfig, train
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 V, M, K, R = 300, 64, 2, 128
 
 

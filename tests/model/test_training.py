@@ -16,6 +16,8 @@ from model.training.data import Document, SequenceSet, documents_from_texts, pla
 from model.training.loop import TrainConfig, lr_at, train
 from model.training.neighbours import NeighbourCache, cache_key, precompute_neighbours
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DOCS = {f"doc{i}": topics[name] for i, name in enumerate(["for", "while", "if", "try", "with", "assert", "import", "function"])}
 
 

@@ -11,6 +11,8 @@ from model.store import open_store
 from model.training.corpus import index_documents, read_documents
 from model.training.prepare import prepare_from_view
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 NAMES = ["for", "while", "if", "try", "with", "assert", "import", "class"]
 
 
