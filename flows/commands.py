@@ -29,6 +29,11 @@ LOG = logging.getLogger(__name__)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object on the last line")
 def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, as_json):
     """Ingest the sources, validate the new index version and publish it (one Prefect flow run)."""
+    import os
+
+    # Without a Prefect server, Prefect starts a temporary one; its 20 s start-up limit is too
+    # tight on a busy machine (it takes 11-23 s on an idle 2-core one).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.refresh import refresh_corpus
 
     kwargs = {"runner": runner}
