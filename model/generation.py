@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -106,6 +107,7 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     stop_at_eos: bool = True,
+    to_tokens: Callable[[Neighbour], list[int]] | None = None,
 ) -> GenerationResult:
     """Continue a prompt.
 
@@ -125,6 +127,8 @@ def generate(
         top_p: nucleus sampling threshold.
         seed: makes sampling reproducible.
         stop_at_eos: stop when the end-of-text token is sampled.
+        to_tokens: a neighbour's token ids for this model; default its ``retrieved_tokens`` (set it
+            when the store was chunked with another tokenizer, e.g. a RETRO-fitted model).
 
     Returns:
         The new text and tokens, and the neighbours used.
@@ -159,7 +163,8 @@ def generate(
         found = retrieve_chunks(retriever, tokenizer, chunks, k)
         result.neighbours.extend(found)
         result.retrievals += len(found)
-        nb, mask = pack_neighbours(found, k=k, r=r, pad_id=cfg.pad_token_id)
+        rows = found if to_tokens is None else [[to_tokens(n) for n in nbs] for nbs in found]
+        nb, mask = pack_neighbours(rows, k=k, r=r, pad_id=cfg.pad_token_id)
         return nb[None].to(device), mask[None].to(device)  # (1, L, k, r)
 
     try:

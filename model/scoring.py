@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -37,7 +38,13 @@ def ngrams(tokens: list[int], n: int) -> set[tuple[int, ...]]:
     return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
-def filter_leaks(neighbours: list[Neighbour], target: list[int], n: int, k: int) -> tuple[list[Neighbour], int]:
+def filter_leaks(
+    neighbours: list[Neighbour],
+    target: list[int],
+    n: int,
+    k: int,
+    to_tokens: Callable[[Neighbour], list[int]] | None = None,
+) -> tuple[list[Neighbour], int]:
     """Drop neighbours that share an n-gram of length >= n with the tokens they help predict.
 
     Args:
@@ -45,12 +52,14 @@ def filter_leaks(neighbours: list[Neighbour], target: list[int], n: int, k: int)
         target: the tokens predicted while attending to them (the next chunk).
         n: n-gram length; sharing any longer common substring implies sharing one of length n.
         k: neighbours to keep at most.
+        to_tokens: a neighbour's tokens in the target's vocabulary; default ``retrieved_tokens``.
 
     Returns:
         The first k survivors and how many candidates were dropped.
     """
+    to_tokens = to_tokens or (lambda nb: nb.retrieved_tokens)
     grams = ngrams(target, n)
-    kept = [nb for nb in neighbours if not (grams & ngrams(nb.retrieved_tokens, n))]
+    kept = [nb for nb in neighbours if not (grams & ngrams(to_tokens(nb), n))]
     return kept[:k], len(neighbours) - len(kept)
 
 
@@ -64,6 +73,7 @@ def score(
     k: int | None = None,
     exclude_doc_id: str | None = None,
     exclude_ngram: int | None = None,
+    to_tokens: Callable[[Neighbour], list[int]] | None = None,
 ) -> ScoreResult:
     """Score a text.
 
@@ -78,6 +88,7 @@ def score(
         k: neighbours per chunk (default: the model's k).
         exclude_doc_id: never use neighbours from this document (the text's own source).
         exclude_ngram: drop neighbours sharing an n-gram of this length with the chunk they help predict.
+        to_tokens: a neighbour's token ids for this model (see :func:`model.generation.generate`).
 
     Returns:
         Loss, bits per byte and counts.
@@ -108,12 +119,13 @@ def score(
         if exclude_ngram:
             kept = []
             for u, nbs in enumerate(found):
-                survivors, dropped = filter_leaks(nbs, ids[(u + 1) * m : (u + 2) * m], exclude_ngram, k)
+                survivors, dropped = filter_leaks(nbs, ids[(u + 1) * m : (u + 2) * m], exclude_ngram, k, to_tokens)
                 kept.append(survivors)
                 excluded += dropped
             found = kept
         used = sum(min(len(nbs), k) for nbs in found)
-        neighbours, mask = pack_neighbours(found, k=k, r=r, pad_id=cfg.pad_token_id)
+        rows = found if to_tokens is None else [[to_tokens(nb) for nb in nbs] for nbs in found]
+        neighbours, mask = pack_neighbours(rows, k=k, r=r, pad_id=cfg.pad_token_id)
         neighbours, mask = neighbours.to(device), mask.to(device)
 
     window = cfg.max_seq_len - cfg.max_seq_len % m  # chunk-aligned so neighbours line up

@@ -37,6 +37,22 @@ def _retriever(view, embedder):
     return StoreRetriever(view, embedder)
 
 
+def _to_tokens(view, tokenizer, tokenizer_path: Path | None):
+    """Re-encode neighbours when the store was chunked with another tokenizer than the model's."""
+    from model.tokenizer import RetroTokenizer
+    from model.training.neighbours import retokenizer
+
+    if view.manifest.tokenizer.sha256 == tokenizer.sha256:
+        return None
+    store_tokenizer = RetroTokenizer.load(tokenizer_path)
+    if store_tokenizer.sha256 != view.manifest.tokenizer.sha256:
+        raise click.UsageError(
+            f"version {view.version} was chunked with tokenizer {view.manifest.tokenizer.name}, not the model's "
+            f"{tokenizer.name}; pass the store's tokenizer.json with --store-tokenizer"
+        )
+    return retokenizer(store_tokenizer, tokenizer)
+
+
 def _open_view(settings: Settings, version: str | None, embedder):
     from model.store import StoreError, open_store
 
@@ -183,6 +199,7 @@ _common = [
     click.option("--embedder", "embedder_path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="query encoder (default: bundled all-MiniLM-L6-v2)."),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="shard cache [RETROFRESH_CACHE_DIR]."),
     click.option("--device", help="torch device [RETROFRESH_DEVICE]."),
+    click.option("--store-tokenizer", type=click.Path(exists=True, path_type=Path), help="tokenizer.json the store was chunked with, when it is not the model's (RETRO-fitted models)."),
 ]
 
 
@@ -199,7 +216,7 @@ def _with_common(fn):
 @click.option("--exclude-doc", help="never use neighbours from this document (its URL or doc id).")
 @click.option("--exclude-ngram", type=int, help="drop neighbours sharing an n-gram this long with the chunk they help predict.")
 @click.option("--no-retrieval", is_flag=True, help="only score with retrieval off.")
-def score(checkpoint, store, version, k, embedder_path, cache_dir, device, text, file, exclude_doc, exclude_ngram, no_retrieval) -> None:
+def score(checkpoint, store, version, k, embedder_path, cache_dir, device, store_tokenizer, text, file, exclude_doc, exclude_ngram, no_retrieval) -> None:
     """Loss and bits-per-byte of a text, with retrieval on and off (printed as JSON)."""
     from model.ids import doc_id
     from model.scoring import score as run_score
@@ -216,7 +233,8 @@ def score(checkpoint, store, version, k, embedder_path, cache_dir, device, text,
         if settings.store and not no_retrieval:
             embedder = _embedder(settings, embedder_path)
             with _open_view(settings, version, embedder) as view:
-                result = run_score(model, tokenizer, text, retriever=_retriever(view, embedder), k=k, exclude_doc_id=exclude, exclude_ngram=exclude_ngram)
+                result = run_score(model, tokenizer, text, retriever=_retriever(view, embedder), k=k, exclude_doc_id=exclude,
+                                   exclude_ngram=exclude_ngram, to_tokens=_to_tokens(view, tokenizer, store_tokenizer))
                 report["retrieval"] = {**asdict(result), "index_version": view.version}
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -232,7 +250,7 @@ def score(checkpoint, store, version, k, embedder_path, cache_dir, device, text,
 @click.option("--top-p", type=float)
 @click.option("--seed", type=int)
 @click.option("--json", "as_json", is_flag=True, help="print the whole result (neighbours included) as JSON.")
-def generate(checkpoint, store, version, k, embedder_path, cache_dir, device, prompt, max_new_tokens, temperature, top_k, top_p, seed, as_json) -> None:
+def generate(checkpoint, store, version, k, embedder_path, cache_dir, device, store_tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, as_json) -> None:
     """Continue a prompt, retrieving neighbours from the store at every completed chunk."""
     from model.generation import generate as run_generate
 
@@ -243,7 +261,7 @@ def generate(checkpoint, store, version, k, embedder_path, cache_dir, device, pr
         if settings.store:
             embedder = _embedder(settings, embedder_path)
             with _open_view(settings, version, embedder) as view:
-                result = run_generate(model, tokenizer, prompt, retriever=_retriever(view, embedder), **kwargs)
+                result = run_generate(model, tokenizer, prompt, retriever=_retriever(view, embedder), to_tokens=_to_tokens(view, tokenizer, store_tokenizer), **kwargs)
                 index_version = view.version
         else:
             result, index_version = run_generate(model, tokenizer, prompt, retriever=None, **kwargs), None

@@ -144,3 +144,21 @@ def test_cli_train_score_generate(tmp_path, corpus_file):
     assert result.exit_code != 0 and "exactly one of --text and --file" in result.output
     result = runner.invoke(cli, ["train", "--store", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--steps", "1", "--quiet", *common])
     assert result.exit_code == 1 and "no CURRENT version" in result.output
+
+
+def test_a_model_with_another_tokenizer_gets_documents_and_neighbours_re_encoded(indexed_store, retro_tokenizer, query_embedder, corpus_file):
+    """RETRO-fitting: the store keeps its tokenizer; the model's sees re-encoded text."""
+    from model.tokenizer import train_tokenizer
+
+    texts = [text for _, text in read_documents([corpus_file])]
+    other = train_tokenizer(texts, vocab_size=600, name="other")
+    with indexed_store.open(embedder=query_embedder.spec) as view:
+        data = prepare_from_view(view, query_embedder, other, seq_len=128, k=2, chunk_tokens=64, neighbour_tokens=128,
+                                 eval_fraction=0.0, store_tokenizer=retro_tokenizer)
+    corpus = "".join(texts)
+    assert int(data.train.inputs.max()) < other.vocab_size
+    window = other.decode(data.train.inputs[0].tolist())
+    assert window[:200] in corpus
+    mask = data.train.neighbour_mask[0, 0, 0]
+    neighbour_text = other.decode(data.train.neighbours[0, 0, 0][mask].tolist())
+    assert neighbour_text[5:100] in corpus  # the store's chunk + continuation, spelled in the model's tokens
