@@ -9,7 +9,7 @@ import logging
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.retry import retry_if_transient
 from flows.summary import OUTCOMES, RefreshSummary
@@ -84,9 +84,8 @@ def record_refresh_artifacts(summary: RefreshSummary) -> None:
         key=REFRESH_DOCUMENTS,
         description=f"Document outcomes of the refresh that produced {summary.version}",
     )
+    # The Dataflow link was attached when the job was submitted (flows/ingest_job.py).
     create_markdown_artifact(summary_markdown(summary), key=REFRESH_SUMMARY, description="Refresh summary")
-    if summary.dataflow_url:
-        create_link_artifact(summary.dataflow_url, link_text=f"Dataflow job {summary.job_id}", key=DATAFLOW_JOB)
 
 
 def facts_markdown(title: str, facts: dict) -> str:

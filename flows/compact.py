@@ -44,19 +44,19 @@ def compact_index(
     inputs = resolve_inputs(store, servers=servers)
     lease = take_lease(inputs.store, "compact-index", lease_ttl_s)
     try:
-        current = read_current(inputs.store)
-        shards = count_shards(inputs.store, current) if current else 0
-        result = {"version": current, "parent": current, "compacted": False, "shards_before": shards, "shards_after": shards}
-        if current and shards >= min_shards:
-            with lease.heartbeat():
+        with lease.heartbeat():  # renewed every ttl/3 while this run is alive
+            current = read_current(inputs.store)
+            shards = count_shards(inputs.store, current) if current else 0
+            result = {"version": current, "parent": current, "compacted": False, "shards_before": shards, "shards_after": shards}
+            if current and shards >= min_shards:
                 candidate = compact_version(inputs.store, current)
-            validation = validate_version(inputs.store, candidate, parent=current, chunks_added=0, chunks_removed=0,
-                                          probe_queries=probe_queries, embedder_path=embedder_path)
-            publish_version(inputs.store, candidate, current, lease)
-            notified = notify_servers(inputs.servers, inputs.token)
-            result |= {"version": candidate, "compacted": True, "shards_after": count_shards(inputs.store, candidate),
-                       "live_chunks": validation["live_chunks"], "servers_ok": sum(n.ok for n in notified)}
-        record_summary(COMPACTION_SUMMARY, f"Compaction of {inputs.store}", result)
-        return result
+                validation = validate_version(inputs.store, candidate, parent=current, chunks_added=0, chunks_removed=0,
+                                              probe_queries=probe_queries, embedder_path=embedder_path)
+                publish_version(inputs.store, candidate, current, lease)
+                notified = notify_servers(inputs.servers, inputs.token)
+                result |= {"version": candidate, "compacted": True, "shards_after": count_shards(inputs.store, candidate),
+                           "live_chunks": validation["live_chunks"], "servers_ok": sum(n.ok for n in notified)}
+            record_summary(COMPACTION_SUMMARY, f"Compaction of {inputs.store}", result)
+            return result
     finally:
         release_lease(lease)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from prefect import get_run_logger, task
@@ -57,7 +56,7 @@ def run_ingest_job(
 
     Locally the job runs in this process (FnApiRunner). On Dataflow it is submitted with
     ``wait=False``; its console link becomes a link artifact at once, and the task polls the job's
-    state until it is done, renewing the lease on every poll.
+    state until it is done, renewing the lease on every poll (a lost lease stops the wait).
 
     Args:
         sources: sources file (YAML).
@@ -65,7 +64,7 @@ def run_ingest_job(
         runner: "local", "multiprocess" or "dataflow".
         pipeline_args: extra Beam flags (Dataflow needs --project, --region, --temp_location).
         embedder_path, tokenizer_path: as for :func:`beam_jobs.ingest.run_ingest`.
-        lease: renewed while the job runs (a heartbeat thread locally, each poll on Dataflow).
+        lease: renewed on each Dataflow poll (the flow's heartbeat renews it too).
         poll_interval_s, timeout_s: Dataflow polling.
         state_source: where Dataflow job states come from (default: the Dataflow REST API).
 
@@ -79,8 +78,7 @@ def run_ingest_job(
     started = time.monotonic()
     common = dict(pipeline_args=pipeline_args, runner=runner, embedder_path=embedder_path, tokenizer_path=tokenizer_path)
     if runner != "dataflow":
-        with lease.heartbeat() if lease is not None else nullcontext():
-            result = run_ingest(sources, store_uri, wait=True, **common)
+        result = run_ingest(sources, store_uri, wait=True, **common)
         return IngestOutcome(result.version, result.parent, dict(result.metrics), result.chunks_added,
                              result.chunks_removed, result.seconds, states=[str(result.state)])
 

@@ -62,21 +62,28 @@ def refresh_corpus(
     inputs = resolve_inputs(store, sources, servers, need_sources=True)
     lease = take_lease(inputs.store, "refresh-corpus", lease_ttl_s)
     try:
-        parent = read_current(inputs.store)
-        ingest = run_ingest_job(inputs.sources, inputs.store, runner=runner, pipeline_args=pipeline_args, lease=lease,
-                                poll_interval_s=poll_interval_s, embedder_path=embedder_path, tokenizer_path=tokenizer_path)
-        published = draft = validation = None
-        notified = []
-        if ingest.version is not None:
-            draft = ingest.version
-            candidate = compact_version(inputs.store, draft) if count_shards(inputs.store, draft) > compact_threshold else draft
-            validation = validate_version(inputs.store, candidate, parent=parent, chunks_added=ingest.chunks_added,
-                                          chunks_removed=ingest.chunks_removed, probe_queries=probe_queries, embedder_path=embedder_path)
-            published = (candidate, publish_version(inputs.store, candidate, parent, lease))
-            notified = notify_servers(inputs.servers, inputs.token)
-        summary = summarize_refresh(inputs.store, ingest, parent, published, draft, validation, notified, started, time.monotonic() - clock)
-        record_refresh_artifacts(summary)
-        return summary.to_dict()
+        with lease.heartbeat():  # renewed every ttl/3 while this run is alive
+            parent = read_current(inputs.store)
+            ingest = run_ingest_job(
+                inputs.sources, inputs.store, runner=runner, pipeline_args=pipeline_args, lease=lease,
+                poll_interval_s=poll_interval_s, embedder_path=embedder_path, tokenizer_path=tokenizer_path,
+            )
+            published = draft = validation = None
+            notified = []
+            if ingest.version is not None:
+                draft = ingest.version
+                too_many = count_shards(inputs.store, draft) > compact_threshold
+                candidate = compact_version(inputs.store, draft) if too_many else draft
+                validation = validate_version(
+                    inputs.store, candidate, parent=parent, chunks_added=ingest.chunks_added,
+                    chunks_removed=ingest.chunks_removed, probe_queries=probe_queries, embedder_path=embedder_path,
+                )
+                published = (candidate, publish_version(inputs.store, candidate, parent, lease))
+                notified = notify_servers(inputs.servers, inputs.token)
+            seconds = time.monotonic() - clock
+            summary = summarize_refresh(inputs.store, ingest, parent, published, draft, validation, notified, started, seconds)
+            record_refresh_artifacts(summary)
+            return summary.to_dict()
     finally:
         release_lease(lease)
 
