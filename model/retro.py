@@ -247,7 +247,8 @@ class ChunkedCrossAttention(nn.Module):
         attending = F.pad(attending, (0, 0, 0, L * m - n))  # (B, L·m, D)
         q = rearrange(attending, "b (l m) d -> (b l) m d", m=m)
         y = self.attn.attend(q, k, v, q_cos, q_sin, enc.attn_mask)  # (B·L, m, D)
-        y = y * rearrange(enc.chunk_valid, "n -> n 1 1").to(y.dtype)  # no neighbours: exactly zero
+        if enc.attn_mask is not None:  # some chunk may have no neighbours: its output is exactly zero
+            y = y * rearrange(enc.chunk_valid, "n -> n 1 1").to(y.dtype)
         y = rearrange(y, "(b l) m d -> b (l m) d", b=B)[:, :n]
         return F.pad(y, (0, 0, m - 1, 0))  # (B, T, D): the first m-1 tokens get nothing
 
@@ -262,6 +263,8 @@ class ChunkedCrossAttention(nn.Module):
     ) -> torch.Tensor:
         """One new token per sequence, x (B, 1, D), against one chunk's cached k, v (B, H, k·r, d)."""
         y = self.attn.attend(x, k, v, q_cos, q_sin, enc.attn_mask)  # (B, 1, D)
+        if enc.attn_mask is None:
+            return y
         return y * enc.chunk_valid[:, None, None].to(y.dtype)  # (B, 1, D)
 
 
