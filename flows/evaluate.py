@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import httpx
+
 from prefect import flow, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import record_summary
 from flows.inputs import resolve_inputs
 from flows.retry import retry_if_transient
 from flows.temporal import (
@@ -34,6 +37,7 @@ LOG = logging.getLogger(__name__)
 FRESHNESS_VERSIONS = "freshness-versions"
 FRESHNESS_FACTS = "freshness-facts"
 FRESHNESS_PLOT = "freshness-plot"
+FRESHNESS_SUMMARY = "freshness-summary"
 
 
 @flow(name="evaluate-freshness", description="Does each index version retrieve the sample world's changed facts as they are now?")
@@ -52,9 +56,14 @@ def evaluate_freshness(
 ) -> dict:
     """Evaluate retrieval freshness over the newest versions of a store.
 
+    The evaluation exists only for the sample world. Its truth is ``edition``, else the edition a
+    sample site serves: ``site_url``, else the first site of the store's sources whose sitemap
+    dates an edition of the world. Sources without a sample site: the run records that there is
+    nothing to evaluate and succeeds.
+
     Args:
         store: the index store (default ``RETROFRESH_STORE``).
-        edition: the sample-world edition that is the truth; None: read it from ``site_url``.
+        edition: the sample-world edition that is the truth.
         site_url: a running sample site (its sitemap dates the edition it serves).
         seed, size: the sample world (as ``retrofresh site serve`` was given).
         k: neighbours read per fact.
@@ -68,7 +77,10 @@ def evaluate_freshness(
         Rows per version and the newest version's freshness.
     """
     inputs = resolve_inputs(store)
-    probes = changed_facts(seed, size, edition, site_url)
+    probes = changed_facts(seed, size, edition, site_url, inputs.sources)
+    if probes is None:
+        record_summary(FRESHNESS_SUMMARY, "Freshness evaluation", {"skipped": f"no sample site among the sources {inputs.sources}"})
+        return {"facts": 0, "versions": [], "freshness": None, "skipped": True}
     scores = score_versions(inputs.store, probes, k=k, last_versions=last_versions, embedder_path=embedder_path)
     preferences = score_preferences(inputs.store, probes, server, checkpoint, embedder_path) if (server or checkpoint) else None
     plot = plot_path(output_dir)
@@ -88,16 +100,41 @@ def plot_path(output_dir: str | None) -> Path:
 
 
 @task(name="list-changed-facts", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def changed_facts(seed: int, size: int, edition: int | None, site_url: str | None) -> list[FactProbe]:
-    """The probes: every fact the world changed up to the edition (given, or read from the site)."""
+def changed_facts(seed: int, size: int, edition: int | None, site_url: str | None, sources: str | None) -> list[FactProbe] | None:
+    """The probes: every fact the world changed up to the edition that is the truth.
+
+    Returns:
+        The probes, or None when the sources hold no sample site (nothing to evaluate).
+
+    Raises:
+        ValueError: no edition, no site and no sources to look for one in.
+    """
     from beam_jobs.sample.world import SampleWorld
 
     world = SampleWorld(seed, size)
-    if edition is None:
-        if not site_url:
-            raise ValueError("pass edition=N (the sample-world edition that is the truth) or site_url= of a running sample site")
+    if edition is None and site_url:
         edition = edition_from_sitemap(site_url, world)
+    if edition is None:
+        if not sources:
+            raise ValueError("pass edition=N (the sample-world edition that is the truth), site_url= of a running "
+                             "sample site, or sources= (RETROFRESH_SOURCES) that crawl one")
+        edition = edition_from_sources(sources, world)
+        if edition is None:
+            return None
     return fact_probes(world, edition)
+
+
+def edition_from_sources(sources: str, world) -> int | None:
+    """The edition served by the first site source that is this sample world (None: no such site)."""
+    from beam_jobs.sources import load_sources
+
+    for source in load_sources(sources).sources:
+        for url in getattr(source, "start_urls", None) or []:
+            try:
+                return edition_from_sitemap(url, world)
+            except (ValueError, OSError, httpx.HTTPError) as error:  # not the sample world, or not up
+                LOG.info("%s is not a sample site of seed %d: %s", url, world.seed, error)
+    return None
 
 
 @task(name="score-versions", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)

@@ -196,7 +196,9 @@ def edition_from_sitemap(site_url: str, world, *, timeout_s: float = 10.0) -> in
     """
     import httpx
 
-    response = httpx.get(site_url.rstrip("/") + "/sitemap.xml", timeout=timeout_s)
+    from urllib.parse import urljoin
+
+    response = httpx.get(urljoin(site_url, "/sitemap.xml"), timeout=timeout_s)
     response.raise_for_status()
     dates = [date.fromisoformat(d[:10]) for d in re.findall(r"<lastmod>([^<]+)</lastmod>", response.text)]
     if not dates:

@@ -126,9 +126,24 @@ def test_evaluate_freshness_tells_the_versions_apart_and_draws_the_plot(refreshe
     assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode() in artifacts["freshness-plot"].data
 
 
-def test_evaluate_needs_an_edition_or_a_site(refreshed, tmp_path):
+def test_evaluate_needs_an_edition_a_site_or_sources(refreshed, tmp_path, monkeypatch):
+    monkeypatch.delenv("RETROFRESH_SOURCES", raising=False)
     state = evaluate_freshness(store=str(refreshed.store), return_state=True)
     assert state.is_failed() and "pass edition=N" in state.message
+
+
+def test_evaluate_finds_the_sample_site_in_the_sources_or_skips(refreshed, tmp_path, monkeypatch):
+    from tests.flows.support import dead_url, write_sources
+
+    refreshed.site.set_edition(1)
+    monkeypatch.setenv("RETROFRESH_SOURCES", str(refreshed.sources))
+    result = evaluate_freshness(store=str(refreshed.store), last_versions=1, output_dir=str(tmp_path))
+    assert result["facts"] == len(refreshed.site.world.changed_facts(1)) and result["freshness"] > 0.5
+
+    monkeypatch.setenv("RETROFRESH_SOURCES", str(write_sources(tmp_path / "other.yaml", dead_url())))
+    state = evaluate_freshness(store=str(refreshed.store), return_state=True)
+    assert state.is_completed() and state.result()["skipped"]
+    assert "no sample site" in artifacts_of(flow_run_id(state))["freshness-summary"].data
 
 
 def test_evaluate_freshness_with_a_local_checkpoint(refreshed, tmp_path, tiny_checkpoint):
