@@ -212,8 +212,8 @@ class IndexView:
             for j, qi in enumerate(pending):
                 top = order[j, :k]
                 top = top[scores[j, top] > -np.inf]
-                top_ids = cids[j, top]
-                if excluded[qi] == -1 and len(np.unique(top_ids)) == len(top_ids):
+                top_ids = cids[j, top].tolist()
+                if excluded[qi] == -1 and len(set(top_ids)) == len(top_ids):
                     # The common case: nothing to skip, the best k are the answer.
                     picked = [(float(scores[j, c]), int(shard_no[j, c]), int(rows[j, c])) for c in top]
                 else:
