@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -166,7 +167,8 @@ def test_crash_before_current_leaves_readers_on_old_version(store, store_uri, co
     queries = corpus.queries(10)
     with store.open() as view:
         before = [[n.chunk_id for n in hits] for hits in view.search(queries, 3)]
-    script = CRASH.format(root=os.getcwd(), uri=store_uri, cache=str(tmp_path / "crash-cache"))
+    root = Path(__file__).resolve().parents[3]  # the repository, so the child imports this tree
+    script = CRASH.format(root=str(root), uri=store_uri, cache=str(tmp_path / "crash-cache"))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy(), timeout=120)
     assert proc.returncode == 9, proc.stderr
     draft = proc.stdout.split()[-1]
