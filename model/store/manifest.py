@@ -124,6 +124,16 @@ class Manifest(BaseModel):
     def chunks(self) -> int:
         return self.stats.chunks
 
+    @property
+    def lineage(self) -> str | None:
+        """The lineage holding most of this version's IVF chunks: pass it to ``write_shard`` so
+        large delta shards share its quantizer (and compact into one shard); None if no IVF."""
+        sizes: dict[str, int] = {}
+        for s in self.shards:
+            if s.lineage and s.factory.startswith("IVF"):
+                sizes[s.lineage] = sizes.get(s.lineage, 0) + s.count
+        return max(sizes, key=sizes.get) if sizes else None
+
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=1).encode("utf-8")
 

@@ -17,8 +17,9 @@ def build_history(store, corpus):
     c0, v0 = corpus.docs(range(0, 120))
     base = store.write_shard(c0, v0, embedder=SPEC)  # 480 chunks: IVF, new lineage
     m = store.publish(next_manifest(store, None, [base], search={"nprobe": 8}), expected_current=None)
+    assert m.lineage == base.lineage
     c1, v1 = corpus.docs(range(200, 320))
-    big = store.write_shard(c1, v1, embedder=SPEC, lineage=base.lineage)
+    big = store.write_shard(c1, v1, embedder=SPEC, lineage=m.lineage)
     m = store.publish(next_manifest(store, m, [big], [c.chunk_id for c in c0[:40]]), expected_current=m.version)
     previous = []
     for start in (400, 420, 440):
