@@ -171,6 +171,7 @@ def test_training_reports_eval_with_and_without_retrieval_and_rejects_bad_data()
         train(small_model(), data, None, TrainConfig(steps=1, progress=False), resume=True)
 
 
+@pytest.mark.slow
 def test_copy_task_retrieval_lowers_loss():
     """Random tokens are unpredictable without retrieval (the floor is ln V); each chunk's first
     neighbour holds the chunk that follows, so a model that learns to copy through CCA beats it."""
