@@ -320,7 +320,7 @@ class IndexHolder:
             for hit in hits:
                 if not math.isfinite(hit.score):
                     raise VersionRefused("warmup", f"chunk {hit.chunk_id} scored {hit.score}")
-        chunks = _as_dict(view.manifest.stats).get("chunks", 0) - len(getattr(view.manifest, "tombstones", []) or [])
+        chunks = view.count  # live chunks: tombstoned ones are already left out
         if chunks > 0 and not any(results):
             raise VersionRefused("warmup", f"the version lists {chunks} live chunks but no probe found any")
 
