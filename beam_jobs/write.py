@@ -97,7 +97,10 @@ class WriteDeltaDoFn(beam.DoFn):
         if embedded:
             chunks = [chunk for chunk, _ in embedded]
             vectors = np.stack([np.asarray(vector, dtype=np.float32) for _, vector in embedded])
-            shards.append(store.write_shard(chunks, vectors, embedder=spec.embedder))
+            # The parent's lineage lets a large delta reuse its trained quantizer, so the shards
+            # of one store compact into one with IVF merge_from instead of a rebuild.
+            lineage = parent.lineage if parent is not None else None
+            shards.append(store.write_shard(chunks, vectors, embedder=spec.embedder, lineage=lineage))
             count("shard_chunks", len(chunks))
         ledger = store.write_ledger(spec.version, ledger_rows_to_table(rows))
         fetched = [r.fetched_at for r in rows if r.fetched_at is not None]
