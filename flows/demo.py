@@ -101,7 +101,8 @@ def _table(title: str, rows: list[dict]) -> Table:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"), show_default=True,
               help="where the store, checkpoint and logs go (emptied first)")
 @click.option("--size", type=click.IntRange(min=1), default=2, show_default=True, help="sample world size (entities scale with it)")
-@click.option("--train-steps", type=click.IntRange(min=1), default=300, show_default=True, help="training steps of the tiny RETRO model")
+@click.option("--train-steps", type=click.IntRange(min=1), default=120, show_default=True,
+              help="training steps of the tiny RETRO model (~1 s each on 2 cores; the point is the index, not the weights)")
 @click.option("--keep-running", is_flag=True, help="leave the site and server up at the end (Ctrl-C stops them)")
 def demo(workdir: Path, size: int, train_steps: int, keep_running: bool) -> None:
     """Run the whole pipeline on the bundled sample world and show the index update a served model.
