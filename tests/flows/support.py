@@ -15,9 +15,9 @@ import yaml
 FAST_FETCH = {"crawl_delay_s": 0, "timeout_s": 2, "deadline_s": 10, "retries": 1, "backoff_s": 0.01, "max_backoff_s": 0.05}
 
 
-def write_sources(path: Path, base_url: str) -> Path:
-    """A sources file with one site source over a sample server (fast fetch settings)."""
-    config = {"fetch": FAST_FETCH, "sources": [{"kind": "site", "name": "sample", "start_urls": [base_url + "/"], "allow_private": True}]}
+def write_sources(path: Path, base_url: str, **fetch) -> Path:
+    """A sources file with one site source over a sample server (fast fetch settings, or ``fetch`` overrides)."""
+    config = {"fetch": {**FAST_FETCH, **fetch}, "sources": [{"kind": "site", "name": "sample", "start_urls": [base_url + "/"], "allow_private": True}]}
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -11,7 +11,7 @@ import pytest
 from flows.lease import RefreshLease
 from flows.refresh import refresh_corpus
 from model.store import open_store
-from tests.flows.support import artifacts_of, copy_store, flow_run_id, task_run_names
+from tests.flows.support import artifacts_of, copy_store, flow_run_id, task_run_names, write_sources
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -112,9 +112,12 @@ def test_two_concurrent_refreshes_one_publishes_the_other_fails_fast_naming_the_
     before = open_store(store).current()
     lease = RefreshLease(open_store(store).backend, holder="test")
     results = {}
+    # The first refresh crawls with a crawl delay, so it surely still holds the lease when the
+    # second one starts (on loopback a whole crawl otherwise ends in about a second).
+    slow_sources = write_sources(tmp_path / "slow.yaml", refreshed.site.base_url, crawl_delay_s=0.25)
 
     def first():
-        results["first"] = refresh_corpus(sources=str(refreshed.sources), store=store, return_state=True)
+        results["first"] = refresh_corpus(sources=str(slow_sources), store=store, return_state=True)
 
     thread = threading.Thread(target=first)
     thread.start()
