@@ -171,6 +171,9 @@ def demo(workdir: Path, size: int, train_steps: int, keep_running: bool) -> None
         _step("Done")
         console.print(f"{report['picked_up']}/{report['facts_changed']} changed facts are retrieved in their new form after one refresh, "
                       f"with no retraining ({report['seconds']} s in all). Report: {workdir / 'demo.json'}")
+        console.print("bpb_old / bpb_new: how surprised the model is by each sentence after context about the entity. "
+                      "A model trained for a few CPU minutes barely reads its neighbours yet; train longer "
+                      "(retrofresh train --preset small, ideally on a GPU) to see it prefer what the index says.")
         if keep_running:
             console.print(f"site {site.base_url}, server {url} (admin token in RETROFRESH_ADMIN_TOKEN={token}); Ctrl-C to stop")
             while True:
