@@ -56,7 +56,8 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
         min_batch_size: smallest batch Beam hands over (small batches waste the matrix units).
         max_batch_size: largest batch Beam hands over.
         encode_batch_size: texts per forward pass; a batch is sorted by length and cut into
-            passes of this size, so texts of similar length are padded together.
+            passes of this size, so texts of similar length are padded together (large Beam
+            batches therefore pad less: 256-1024 ran ~10% faster than 64-256 here).
         share_across_processes: one model per machine instead of one per process: saves memory
             on many-process workers, but serialises inference, so off by default on CPUs.
         torch_threads: intra-op threads per model; None leaves torch's default.
@@ -67,8 +68,8 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
         path: str | None = None,
         *,
         max_length: int = 128,
-        min_batch_size: int = 64,
-        max_batch_size: int = 256,
+        min_batch_size: int = 256,
+        max_batch_size: int = 1024,
         encode_batch_size: int = 64,
         share_across_processes: bool = False,
         torch_threads: int | None = None,

@@ -210,8 +210,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
             plan.embedder_path,
             max_length=plan.embedder.max_length,
             encode_batch_size=plan.embed_batch_size,
-            min_batch_size=plan.embed_batch_size,
-            max_batch_size=4 * plan.embed_batch_size,
+            min_batch_size=4 * plan.embed_batch_size,
+            max_batch_size=16 * plan.embed_batch_size,
             torch_threads=plan.torch_threads,
         )
     )
@@ -268,7 +268,8 @@ def run_ingest(
         tokenizer_path: tokenizer.json or checkpoint dir; None: the bundled default, which
             must be the store's.
         wait: wait for the job to finish (always true locally).
-        embed_batch_size: texts per encoder forward pass (Beam batches hold up to 4 of them).
+        embed_batch_size: texts per encoder forward pass (Beam batches hold 4 to 16 of them,
+            sorted by length so each pass pads little).
         torch_threads: torch threads per embedding model (None: torch's default).
 
     Returns:

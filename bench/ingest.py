@@ -83,7 +83,7 @@ def embed_in_beam(texts: list[str]) -> tuple[float, float]:
     # A first pipeline in a fresh process pays one-time imports (runner, gRPC): keep them out.
     with beam.Pipeline(options=PipelineOptions([], runner="FnApiRunner")) as warm:
         _ = warm | beam.Create([0]) | beam.Map(lambda x: x)
-    handler = ChunkEmbeddingHandler(None, encode_batch_size=EMBED_BATCH, min_batch_size=EMBED_BATCH, max_batch_size=4 * EMBED_BATCH)
+    handler = ChunkEmbeddingHandler(None, encode_batch_size=EMBED_BATCH, min_batch_size=4 * EMBED_BATCH, max_batch_size=16 * EMBED_BATCH)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions([], runner="FnApiRunner"))
     _ = pipeline | beam.Create(chunks, reshuffle=False) | RunInference(handler) | beam.combiners.Count.Globally()

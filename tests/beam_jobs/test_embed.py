@@ -27,5 +27,5 @@ def test_spec_without_loading_equals_the_loaded_encoders(tmp_path):
     vectors = np.stack([v for _, v in pairs])
     np.testing.assert_allclose(vectors, model.encode([c.text for c in chunks]), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 64, "max_batch_size": 256}
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 256, "max_batch_size": 1024}
     assert handler.get_num_bytes(chunks) == sum(len(c.text) for c in chunks)
