@@ -1,6 +1,6 @@
 """Benchmark the RETRO network against retro-pytorch (lucidrains) at the same size, in one run.
 
-    python -m bench.model [--quick] [--json] [--gpu]
+    python -m bench.model [--quick] [--json] [--gpu] [--[no-]compile]
 
 Both networks get the same vocabulary, width, decoder depth and CCA layers, encoder depth, heads,
 chunk size (64), neighbour length (128), k and sequence length, and the same random token data.
@@ -9,14 +9,20 @@ chunk size (64), neighbour length (128), k and sequence length, and the same ran
   chunk; each library's own optimizer set-up (ours: ``model.training.loop.make_optimizer``;
   theirs: ``retro_pytorch.optimizer.get_optimizer``). Tokens per second, median of ROUNDS
   rounds, the two sides interleaved so a busy machine slows both alike.
-- generation: 256 new tokens (128 with --quick) after a 64-token prompt, one intra-op thread on CPU, neighbours retrieved at every completed
-  chunk from the same in-memory random "retriever". Ours: ``model.generation.generate`` (KV
-  cache, neighbours encoded once per chunk). Theirs: the loop of ``TrainingWrapper.generate``
-  (a whole forward pass over the sequence per token).
+- generation: 256 new tokens (128 with --quick) after a 64-token prompt, one intra-op thread on
+  CPU, neighbours retrieved at every completed chunk from the same in-memory random "retriever".
+  Ours: ``model.generation.generate`` (KV cache, neighbours encoded once per chunk). Theirs: the
+  loop of ``TrainingWrapper.generate`` (a whole forward pass over the sequence per token).
 
-``--gpu`` runs the paper-like 185M configuration on CUDA with bf16 autocast. retro-pytorch is
-installed by ``make bench-deps`` (pip --no-deps, see ../shared/NOTES.md). Writes
-bench/results/model.json and prints it.
+``--gpu`` runs the paper-like 185M configuration on CUDA with bf16 autocast, and times our side
+as users run it on a GPU: training both eager and through ``torch.compile`` (``retrofresh train
+--compile``; the faster is the headline, both are reported), and decoding with the one-token
+steps replayed as CUDA graphs (``model.decoding``, what ``generate`` does on CUDA; eager beside,
+and the largest logit difference between the two on the same tokens). ``--compile`` adds the
+compiled training step on CPU too. retro-pytorch runs as it ships.
+
+retro-pytorch is installed by ``make bench-deps`` (pip --no-deps, see ../shared/NOTES.md). Writes
+bench/results/model.json (model-gpu.json with --gpu) and prints it.
 """
 
 from __future__ import annotations
@@ -53,7 +59,10 @@ GENERATE_THREADS = 1
 LR = 3e-4
 SEED = 0
 TARGETS = {"train_ratio_vs_retro_pytorch": 1.5, "generate_ratio_vs_retro_pytorch": 10.0}
+GPU_TARGETS = {"train_ratio_vs_retro_pytorch": 3.0, "generate_ratio_vs_retro_pytorch": 10.0}
 RESULTS = Path(__file__).parent / "results" / "model.json"
+GPU_RESULTS = Path(__file__).parent / "results" / "model-gpu.json"
+CHECK_TOKENS = 96  # tokens fed to both decoders when comparing static (graphed) steps with eager ones
 
 LOG = logging.getLogger("bench.model")
 
@@ -110,8 +119,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def train_steppers(ours, theirs, cfg: dict, device: torch.device):
-    """Two closures, each running one training step on the same data."""
+def train_steppers(ours, theirs, cfg: dict, device: torch.device, *, compile_ours: bool):
+    """Closures that each run one training step on the same data: ours (eager, and compiled when
+    asked, sharing the weights and optimizer) and retro-pytorch's."""
     from retro_pytorch.optimizer import get_optimizer
 
     from model.training.loop import TrainConfig, make_optimizer
@@ -125,13 +135,16 @@ def train_steppers(ours, theirs, cfg: dict, device: torch.device):
     ours.train()
     theirs.train()
 
-    def step_ours():
-        with autocast(device):
-            _, loss = ours(seq[:, :-1], neighbours, targets=seq[:, 1:])
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
-        opt_ours.step()
+    def stepper(forward):
+        def step():
+            with autocast(device):
+                _, loss = forward(seq[:, :-1], neighbours, targets=seq[:, 1:])
+            opt_ours.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+            opt_ours.step()
+
+        return step
 
     def step_theirs():
         with autocast(device):
@@ -141,7 +154,11 @@ def train_steppers(ours, theirs, cfg: dict, device: torch.device):
         torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
         opt_theirs.step()
 
-    return step_ours, step_theirs, B * T
+    steppers = {"ours_eager": stepper(ours)}
+    if compile_ours:  # what `retrofresh train --compile` runs (TrainConfig.compile)
+        steppers["ours_compiled"] = stepper(torch.compile(ours))
+    steppers["retro_pytorch"] = step_theirs
+    return steppers, B * T
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -173,60 +190,127 @@ def generate_theirs(theirs, prompt: torch.Tensor, retriever: RandomRetriever, k:
     return new_tokens
 
 
-def generate_ours(ours, tokenizer, prompt_text: str, retriever: RandomRetriever, k: int, device: torch.device, new_tokens: int) -> int:
+def generate_ours(ours, tokenizer, prompt_text: str, retriever: RandomRetriever, k: int, device: torch.device, new_tokens: int, *, static_steps: bool | None = None) -> int:
     from model.generation import generate
 
     with autocast(device):
-        result = generate(ours, tokenizer, prompt_text, retriever=retriever, k=k, max_new_tokens=new_tokens, temperature=1.0, top_k=50, seed=SEED, stop_at_eos=False)
+        result = generate(ours, tokenizer, prompt_text, retriever=retriever, k=k, max_new_tokens=new_tokens, temperature=1.0, top_k=50, seed=SEED,
+                          stop_at_eos=False, static_steps=static_steps)
     return len(result.token_ids)
 
 
-def run(quick: bool, gpu: bool) -> dict:
+@torch.inference_mode()
+def static_vs_eager(ours, cfg: dict, device: torch.device) -> dict:
+    """Feed the same tokens to cached eager steps and to static (on CUDA: graphed) steps, in fp32,
+    across chunk boundaries with fresh neighbours; the largest logit difference between them."""
+    from model.decoding import StaticDecoder
+
+    ours.eval()
+    g = torch.Generator().manual_seed(SEED + 2)
+    V, k = cfg["vocab_size"], cfg["k"]
+    prompt = torch.randint(1, V, (1, PROMPT_TOKENS + 10), generator=g).to(device)  # one complete chunk
+    tokens = torch.randint(1, V, (CHECK_TOKENS, 1, 1), generator=g).to(device)
+    eager, static = (ours.new_cache(1, prompt.shape[1] + CHECK_TOKENS) for _ in range(2))
+    first_nb = torch.randint(1, V, (1, 1, k, NEIGHBOUR_TOKENS), generator=g).to(device)
+    reference = ours(prompt, first_nb, cache=eager)
+    ours(prompt, first_nb, cache=static)
+    decoder = StaticDecoder(ours, static)
+    worst, steps = 0.0, 0
+    for token in tokens:
+        if (eager.pos + 1) % CHUNK_TOKENS == 0:
+            nb = torch.randint(1, V, (1, 1, k, NEIGHBOUR_TOKENS), generator=g).to(device)
+            ours(token, nb, cache=eager)
+            ours(token, nb, cache=static)
+            continue
+        a, b = ours(token, cache=eager)[:, -1], decoder(token)
+        worst = max(worst, float((a - b).abs().max()))
+        steps += 1
+    return {"graphs": decoder.use_graphs, "steps_compared": steps, "max_abs_logit_diff": worst, "logit_scale": float(reference.abs().max())}
+
+
+def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
     from model.tokenizer import RetroTokenizer
 
     device = torch.device("cuda" if gpu else "cpu")
     if gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu needs CUDA; this machine has none")
     cfg = GPU_CONFIG if gpu else CPU_CONFIG
+    targets = GPU_TARGETS if gpu else TARGETS
     steps = QUICK_TRAIN_STEPS if quick else TRAIN_STEPS
     rounds = QUICK_ROUNDS if quick else ROUNDS
+    notes: dict = {}
     torch.manual_seed(SEED)
     ours, theirs = build_ours(cfg, device), build_theirs(cfg, device)
-    step_ours, step_theirs, tokens_per_step = train_steppers(ours, theirs, cfg, device)
-    step_ours(), step_theirs()  # warm-up: allocator, kernels, optimizer state
-    train = {"ours": [], "retro_pytorch": []}
+    steppers, tokens_per_step = train_steppers(ours, theirs, cfg, device, compile_ours=compile_ours)
+    for name, fn in list(steppers.items()):  # warm-up: allocator, kernels, optimizer state, compilation
+        start = time.perf_counter()
+        try:
+            fn()
+            sync(device)
+        except Exception as exc:  # a compiler failure must not cost the run: report it, time eager only
+            if name != "ours_compiled":
+                raise
+            LOG.exception("torch.compile failed; timing eager only")
+            notes["compile_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            del steppers[name]
+            continue
+        if name == "ours_compiled":
+            notes["compile_s"] = round(time.perf_counter() - start, 1)
+    train = {name: [] for name in steppers}
     for r in range(rounds):
-        for name, fn in (("ours", step_ours), ("retro_pytorch", step_theirs)):
+        for name, fn in steppers.items():
             seconds = timed(fn, steps, device)
             train[name].append(tokens_per_step * steps / seconds)
             LOG.info("round %d train %s: %.0f tokens/s", r, name, train[name][-1])
-    del step_ours, step_theirs
+    del steppers
 
     tokenizer = RetroTokenizer.load()
     g = torch.Generator().manual_seed(SEED + 1)
     prompt_text = tokenizer.decode(torch.randint(1, min(tokenizer.vocab_size, cfg["vocab_size"]), (PROMPT_TOKENS,), generator=g).tolist())
     prompt_ids = torch.tensor([tokenizer.encode(prompt_text)])  # exactly the tokens our side starts from
-    gen = {"ours": [], "retro_pytorch": []}
+    # On CUDA, generate() replays one-token steps as CUDA graphs; its eager path is timed beside.
+    ours_sides = {"ours": None, "ours_eager": False} if gpu else {"ours": None}
+    if gpu:
+        try:
+            notes["static_vs_eager"] = static_vs_eager(ours, cfg, device)
+        except Exception as exc:
+            LOG.exception("static decoding check failed")
+            notes["static_vs_eager"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    gen = {name: [] for name in [*ours_sides, "retro_pytorch"]}
     new_tokens = QUICK_NEW_TOKENS if quick else NEW_TOKENS
     threads = torch.get_num_threads()
     if GENERATE_THREADS and not gpu:
         torch.set_num_threads(GENERATE_THREADS)
     try:
         for r in range(rounds):
-            start = time.perf_counter()
-            n = generate_ours(ours.eval(), tokenizer, prompt_text, RandomRetriever(cfg["vocab_size"], SEED), cfg["k"], device, new_tokens)
-            sync(device)
-            gen["ours"].append(n / (time.perf_counter() - start))
+            for name, static_steps in list(ours_sides.items()):
+                start = time.perf_counter()
+                try:
+                    n = generate_ours(ours.eval(), tokenizer, prompt_text, RandomRetriever(cfg["vocab_size"], SEED), cfg["k"], device, new_tokens,
+                                      static_steps=static_steps)
+                except Exception as exc:  # graphed decoding failed on this machine: report it, keep eager
+                    if static_steps is not None:
+                        raise
+                    LOG.exception("generation with static steps failed; timing eager only")
+                    notes["static_steps_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    del ours_sides[name], gen[name]
+                    continue
+                sync(device)
+                gen[name].append(n / (time.perf_counter() - start))
             start = time.perf_counter()
             n = generate_theirs(theirs, prompt_ids, RandomRetriever(cfg["vocab_size"], SEED), cfg["k"], device, new_tokens)
             sync(device)
             gen["retro_pytorch"].append(n / (time.perf_counter() - start))
-            LOG.info("round %d generate: ours %.1f, retro_pytorch %.1f tokens/s", r, gen["ours"][-1], gen["retro_pytorch"][-1])
+            LOG.info("round %d generate (tokens/s): %s", r, ", ".join(f"{k} {v[-1]:.1f}" for k, v in gen.items()))
     finally:
         torch.set_num_threads(threads)
 
     train_med = {k: statistics.median(v) for k, v in train.items()}
     gen_med = {k: statistics.median(v) for k, v in gen.items()}
+    # Compiled and eager are both how users train (`retrofresh train [--compile]`): the faster counts.
+    ours_train = max((name for name in train_med if name.startswith("ours")), key=train_med.get)
+    train_ours = train_med[ours_train]
+    gen_ours = gen_med.get("ours", gen_med.get("ours_eager"))
     result = {
         "benchmark": "model",
         "quick": quick,
@@ -234,17 +318,24 @@ def run(quick: bool, gpu: bool) -> dict:
         "config": {**cfg, "cca_layers": list(cfg["cca_layers"]), "chunk_tokens": CHUNK_TOKENS, "neighbour_tokens": NEIGHBOUR_TOKENS,
                    "train_steps_per_round": steps, "rounds": rounds, "new_tokens": new_tokens, "prompt_tokens": PROMPT_TOKENS,
                    "generate_threads": None if gpu else (GENERATE_THREADS or threads), "train_threads": None if gpu else threads,
-                   "precision": "bf16 autocast" if gpu else "fp32"},
+                   "precision": "bf16 autocast" if gpu else "fp32", "ours_train": ours_train,
+                   "ours_generate": "static steps as CUDA graphs" if gpu and "ours" in gen_med else "eager KV cache"},
         "params": {"ours": sum(p.numel() for p in ours.parameters()), "retro_pytorch": sum(p.numel() for p in theirs.parameters())},
         "train_tokens_per_s": train_med,
         "generate_tokens_per_s": gen_med,
-        "train_ratio_vs_retro_pytorch": train_med["ours"] / train_med["retro_pytorch"],
-        "generate_ratio_vs_retro_pytorch": gen_med["ours"] / gen_med["retro_pytorch"],
-        "targets": TARGETS,
+        "train_ratio_vs_retro_pytorch": train_ours / train_med["retro_pytorch"],
+        "generate_ratio_vs_retro_pytorch": gen_ours / gen_med["retro_pytorch"],
+        "train_ratio_eager_vs_retro_pytorch": train_med["ours_eager"] / train_med["retro_pytorch"],
+        "targets": targets,
         "rounds": {"train": train, "generate": gen},
+        "notes": notes,
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
     }
-    result["targets_met"] = {key: result[key] >= target for key, target in TARGETS.items()}
+    if "ours_eager" in gen_med:
+        result["generate_ratio_eager_vs_retro_pytorch"] = gen_med["ours_eager"] / gen_med["retro_pytorch"]
+    if gpu:
+        result["gpu_memory_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    result["targets_met"] = {key: result[key] >= target for key, target in targets.items()}
     return result
 
 
@@ -253,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer timed steps and one round")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     parser.add_argument("--gpu", action="store_true", help="the paper-like 185M config on CUDA, bf16")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time our training step through torch.compile (default: with --gpu)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -260,9 +353,10 @@ def main(argv: list[str] | None = None) -> None:
         import retro_pytorch  # noqa: F401
     except ImportError as exc:
         sys.exit(f"retro-pytorch is not importable ({exc}); run `make bench-deps` first")
-    result = run(args.quick, args.gpu)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    result = run(args.quick, args.gpu, args.gpu if args.compile is None else args.compile)
+    out = GPU_RESULTS if args.gpu else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

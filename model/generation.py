@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from model.retrieval import Neighbour, Retriever
+from model.decoding import StaticDecoder
 from model.retro import Retro, pack_neighbours
 from model.tokenizer import RetroTokenizer
 
@@ -108,6 +109,7 @@ def generate(
     seed: int | None = None,
     stop_at_eos: bool = True,
     to_tokens: Callable[[Neighbour], list[int]] | None = None,
+    static_steps: bool | None = None,
 ) -> GenerationResult:
     """Continue a prompt.
 
@@ -129,6 +131,8 @@ def generate(
         stop_at_eos: stop when the end-of-text token is sampled.
         to_tokens: a neighbour's token ids for this model; default its ``retrieved_tokens`` (set it
             when the store was chunked with another tokenizer, e.g. a RETRO-fitted model).
+        static_steps: run tokens that complete no chunk through :class:`model.decoding.StaticDecoder`
+            (replayed as CUDA graphs on a GPU); default: on for a RETRO model on CUDA. Same tokens.
 
     Returns:
         The new text and tokens, and the neighbours used.
@@ -172,6 +176,9 @@ def generate(
         prompt_chunks = [ids[u * m : (u + 1) * m] for u in range(len(ids) // m)]
         nb, mask = neighbours_for(prompt_chunks)
         logits = model(torch.tensor([ids], device=device), nb, mask, cache=cache)[:, -1]
+        if static_steps is None:
+            static_steps = device.type == "cuda" and isinstance(model, Retro)
+        decoder = StaticDecoder(model, cache) if static_steps else None
         sequence = list(ids)
         while True:
             token = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)[0])
@@ -182,10 +189,14 @@ def generate(
                 break
             if len(result.token_ids) >= max_new_tokens:
                 break
-            nb = mask = None
+            next_ids = torch.tensor([[token]], device=device)
             if len(sequence) % m == 0:  # this token completes a chunk: retrieve for it now
                 nb, mask = neighbours_for([sequence[-m:]])
-            logits = model(torch.tensor([[token]], device=device), nb, mask, cache=cache)[:, -1]
+                logits = model(next_ids, nb, mask, cache=cache)[:, -1]
+            elif decoder is not None:
+                logits = decoder(next_ids)
+            else:
+                logits = model(next_ids, cache=cache)[:, -1]
     finally:
         model.train(was_training)
     new = result.token_ids[:-1] if result.finish_reason == "eos" else result.token_ids

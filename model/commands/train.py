@@ -98,9 +98,10 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="shard and neighbour cache [RETROFRESH_CACHE_DIR].")
 @click.option("--device", help="torch device [RETROFRESH_DEVICE].")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step (faster on GPU; compiling takes a minute or two).")
 @click.option("--quiet", is_flag=True, help="no progress bars.")
 def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, batch_size, lr, warmup_steps, eval_every, eval_fraction,
-          checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, seed, quiet) -> None:
+          checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, seed, compile_model, quiet) -> None:
     """Train a RETRO model on a store version (or on files, indexed into a new store first).
 
     Every training chunk's k neighbours are searched once through the store, excluding its own
@@ -167,7 +168,7 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
     cfg.extra = {"data": data.info}
     train_cfg = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=warmup_steps, eval_every=eval_every,
-        checkpoint_every=checkpoint_every, out_dir=str(out), device=settings.device, seed=seed, progress=not quiet,
+        checkpoint_every=checkpoint_every, out_dir=str(out), device=settings.device, seed=seed, compile=compile_model, progress=not quiet,
     )
     click.echo(f"model: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
                f"data: {data.info['train_sequences']} train / {data.info['eval_sequences']} eval windows of {seq_len}", err=True)

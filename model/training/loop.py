@@ -33,6 +33,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end (when out_dir is set)
     out_dir: str | None = None
     device: str = "cpu"
+    compile: bool = False  # torch.compile the training forward (fuses norms, rotary, GELU; pays off on GPU)
     seed: int = 0
     progress: bool = True
 
@@ -179,6 +180,8 @@ def train(
 
         bar = tqdm(steps, desc="train", unit="step", initial=start, total=cfg.steps)
         steps = bar
+    # The compiled wrapper shares the model's parameters; eval and checkpoints use the model itself.
+    forward = torch.compile(model) if cfg.compile else model
     recent: list[float] = []
     tokens = 0
     t0 = time.perf_counter()
@@ -190,7 +193,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         with _autocast(device):
-            _, loss = model(**batch)
+            _, loss = forward(**batch)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)

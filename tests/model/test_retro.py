@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.config import RetroConfig
-from model.retro import IGNORE_INDEX, Retro, pack_neighbours
+from model.retro import IGNORE_INDEX, Retro, Rotary, _apply_rotary_real, apply_rotary, pack_neighbours
 from model.retrieval import Neighbour
 from model.tokenizer import RetroTokenizer
 
@@ -142,6 +142,14 @@ def test_bad_inputs_are_clear_errors(model):
     model(ids[:1, :10], cache=cache)
     with pytest.raises(ValueError, match="one token"):
         model(ids[:1, 10:12], cache=cache)
+
+
+def test_rotary_in_real_arithmetic_equals_the_complex_form():
+    """torch.compile runs the real-arithmetic rotation; eager runs the complex one: they must agree."""
+    cos, sin = Rotary(16, 64, 10000.0)(5, 25)
+    x = torch.randn(2, 3, 20, 16)
+    torch.testing.assert_close(_apply_rotary_real(x, cos, sin), apply_rotary(x, cos, sin))
+    torch.testing.assert_close(apply_rotary(x, cos * 0 + 1, sin * 0), x)  # angle 0: unchanged
 
 
 def test_config_validation():

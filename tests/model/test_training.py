@@ -191,3 +191,15 @@ def test_copy_task_retrieval_lowers_loss():
     floor = math.log(V)
     assert final.loss_retrieval < floor - 0.4, final
     assert final.loss_retrieval < final.loss_no_retrieval - 0.4, final
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager():
+    """--compile changes how the step runs, not what it computes (the wrapper shares the weights)."""
+    data = random_set()
+    eager, compiled = small_model(), small_model()
+    train(eager, data, None, TrainConfig(steps=3, batch_size=4, warmup_steps=1, progress=False))
+    result = train(compiled, data, None, TrainConfig(steps=3, batch_size=4, warmup_steps=1, progress=False, compile=True))
+    assert result.steps == 3
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
