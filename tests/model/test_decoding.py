@@ -2,22 +2,20 @@
 
 import pytest
 import torch
-from pydoc_data.topics import topics
 
 from model.decoding import StaticDecoder
 from model.generation import generate
 from model.retro import pack_neighbours
-from tests.fixtures.retro import OverlapRetriever
+from tests.fixtures.retro import PYDOC_PROMPT
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-CORPUS = {f"https://docs.example/{name}": topics[name] for name in ("assert", "for", "while", "if", "with", "try")}
-PROMPT = topics["import"][:500]
+PROMPT = PYDOC_PROMPT
 
 
 @pytest.fixture()
-def retriever(retro_tokenizer):
-    return OverlapRetriever(retro_tokenizer, CORPUS)
+def retriever(pydoc_retriever):
+    return pydoc_retriever
 
 
 def neighbours_of(retriever, tokenizer, model, chunk_ids, k, *, drop_second=False):
