@@ -55,7 +55,7 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
         max_length: the encoder's token limit per text.
         min_batch_size: smallest batch Beam hands over (small batches waste the matrix units).
         max_batch_size: largest batch Beam hands over.
-        encode_batch_size: texts per forward pass; a batch is sorted by length and cut into
+        encode_batch_size: texts per forward pass; a batch is sorted by token count and cut into
             passes of this size, so texts of similar length are padded together (large Beam
             batches therefore pad less: 256-1024 ran ~10% faster than 64-256 here).
         share_across_processes: one model per machine instead of one per process: saves memory
@@ -94,8 +94,16 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
         return Embedder(self.path, max_length=self.max_length)
 
     def run_inference(self, batch: Sequence[Chunk], model, inference_args: dict | None = None) -> Iterable[tuple[Chunk, np.ndarray]]:
-        order = sorted(range(len(batch)), key=lambda i: len(batch[i].text))  # less padding per pass
-        vectors = model.encode([batch[i].text for i in order], batch_size=self.encode_batch_size)
+        texts = [chunk.text for chunk in batch]
+        # Each pass pads to its longest text, so sort by token count. Character counts (what
+        # sentence-transformers sorts by) track it loosely: on the sample world, 256-chunk batches
+        # sorted by characters pass ~14% more tokens (padding included) than sorted by tokens
+        # and embed ~11% slower; counting the tokens costs ~0.5% of the forward passes.
+        lengths = model.tokenizer(
+            texts, truncation=True, max_length=model.spec.max_length, return_attention_mask=False, return_token_type_ids=False, return_length=True
+        )["length"]
+        order = sorted(range(len(batch)), key=lengths.__getitem__)
+        vectors = model.encode([texts[i] for i in order], batch_size=self.encode_batch_size)
         out: list = [None] * len(batch)
         for rank, i in enumerate(order):
             out[i] = (batch[i], vectors[rank])

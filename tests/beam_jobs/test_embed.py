@@ -29,3 +29,32 @@ def test_spec_without_loading_equals_the_loaded_encoders(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 256, "max_batch_size": 1024}
     assert handler.get_num_bytes(chunks) == sum(len(c.text) for c in chunks)
+
+
+def test_a_batch_is_encoded_in_token_count_order_and_returned_in_input_order():
+    handler = ChunkEmbeddingHandler(None)
+    model = handler.load_model()
+    # Character and token counts disagree: long digit strings and rare words cut into many
+    # pieces, common words into one each.
+    texts = [
+        "the cat and the dog and the bird and the fish",
+        "9f3a7c21e4b8d05 x7q2z9",
+        "Prices rose.",
+        "antidisestablishmentarianism pneumonoultramicroscopic",
+        "a b c d e f g h i j k l m n o p",
+    ]
+    chunks = [Chunk(i, "d", i, [], [], text, "u") for i, text in enumerate(texts)]
+    seen: list[list[str]] = []
+    encode = model.encode
+
+    def spy(batch_texts, **kwargs):
+        seen.append(list(batch_texts))
+        return encode(batch_texts, **kwargs)
+
+    model.encode = spy
+    pairs = handler.run_inference(chunks, model)
+    tokens = [len(model.tokenizer(text, truncation=True, max_length=model.spec.max_length)["input_ids"]) for text in seen[0]]
+    assert tokens == sorted(tokens)
+    assert sorted(seen[0]) == sorted(texts)
+    assert [c for c, _ in pairs] == chunks
+    np.testing.assert_allclose(np.stack([v for _, v in pairs]), encode(texts), atol=1e-5)
