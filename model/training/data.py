@@ -193,23 +193,18 @@ class SequenceSet:
         return out
 
 
-def split_by_document(plan: ChunkPlan, eval_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Window indices for training and evaluation; a held-out window shares no document with training.
+def split_documents(docs: Sequence[Document], eval_fraction: float, seed: int = 0) -> tuple[list[Document], list[Document]]:
+    """Hold out a seeded share of documents (at least one when eval_fraction > 0 and there are two).
 
-    Windows that straddle a held-out and a training document are dropped from both.
+    The caller packs each side into its own windows, so every held-out token is evaluated and no
+    window mixes the two sides, however short the documents (splitting packed windows instead
+    would drop every window that straddles both, most of them when documents are a few chunks).
     """
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    docs = sorted(set().union(*plan.seq_doc_ids))
-    rng = np.random.default_rng(seed)
-    n_eval = int(round(len(docs) * eval_fraction))
-    if eval_fraction > 0 and n_eval == 0 and len(docs) > 1:
+    ids = sorted({doc.doc_id for doc in docs})
+    n_eval = int(round(len(ids) * eval_fraction))
+    if eval_fraction > 0 and n_eval == 0 and len(ids) > 1:
         n_eval = 1
-    held = set(rng.permutation(docs)[:n_eval].tolist()) if n_eval else set()
-    train, evaluation = [], []
-    for s, seq_docs in enumerate(plan.seq_doc_ids):
-        if not seq_docs or seq_docs.isdisjoint(held):
-            train.append(s)
-        elif seq_docs <= held:
-            evaluation.append(s)
-    return train, evaluation
+    held = set(np.random.default_rng(seed).permutation(ids)[:n_eval].tolist()) if n_eval else set()
+    return [doc for doc in docs if doc.doc_id not in held], [doc for doc in docs if doc.doc_id in held]

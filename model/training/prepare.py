@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from model.tokenizer import RetroTokenizer
-from model.training.data import SequenceSet, documents_from_view, plan_sequences, split_by_document
+from model.training.data import Document, SequenceSet, documents_from_view, plan_sequences, split_documents
 from model.training.neighbours import neighbours_from_store, retokenizer
 
 LOG = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def prepare_from_view(
         k: neighbours per chunk.
         chunk_tokens: m; must equal the version's chunk size.
         neighbour_tokens: r.
-        eval_fraction: share of documents held out for evaluation.
+        eval_fraction: share of documents held out for evaluation, packed into windows of their own.
         cache_dir: neighbour cache directory (None: no cache).
         store_tokenizer: the store's tokenizer when it differs from the model's (RETRO-fitting).
         pad_id: padding token id.
@@ -73,23 +73,32 @@ def prepare_from_view(
     docs = documents_from_view(view, tokenizer, store_tokenizer=store_tokenizer)
     if not docs:
         raise ValueError(f"version {view.version} has no live chunks to train on")
-    plan = plan_sequences(docs, tokenizer, seq_len=seq_len, chunk_tokens=chunk_tokens, pad_id=pad_id)
-    ids, mask = neighbours_from_store(
-        view, embedder, plan, k=k, r=neighbour_tokens, tokenizer_sha256=tokenizer.sha256, cache_dir=cache_dir,
-        to_tokens=retokenizer(store_tokenizer, tokenizer), pad_id=pad_id, progress=progress,
-    )
-    data = SequenceSet.from_plan(plan, ids, mask)
-    train_idx, eval_idx = split_by_document(plan, eval_fraction, seed=seed)
+    train_docs, eval_docs = split_documents(docs, eval_fraction, seed=seed)
+
+    def windows(side: list[Document]) -> tuple[SequenceSet, dict]:
+        """Pack one side's documents and search every chunk's neighbours in the whole version."""
+        plan = plan_sequences(side, tokenizer, seq_len=seq_len, chunk_tokens=chunk_tokens, pad_id=pad_id)
+        ids, mask = neighbours_from_store(
+            view, embedder, plan, k=k, r=neighbour_tokens, tokenizer_sha256=tokenizer.sha256, cache_dir=cache_dir,
+            to_tokens=retokenizer(store_tokenizer, tokenizer), pad_id=pad_id, progress=progress,
+        )
+        counts = {"data_hash": plan.data_hash(), "documents": len(side), "chunks": len(plan.chunk_texts),
+                  "sequences": plan.num_sequences, "chunks_with_neighbours": int(mask.any(axis=(1, 2)).sum())}
+        return SequenceSet.from_plan(plan, ids, mask), counts
+
+    train, train_counts = windows(train_docs)
+    if eval_docs:
+        evaluation, eval_counts = windows(eval_docs)
+    else:
+        evaluation, eval_counts = train.subset(torch.arange(0)), {"documents": 0, "sequences": 0}
     info = {
         "store": getattr(view, "store_uri", ""),
         "version": view.version,
-        "data_hash": plan.data_hash(),
         "documents": len(docs),
-        "chunks": len(plan.chunk_texts),
-        "sequences": plan.num_sequences,
-        "train_sequences": len(train_idx),
-        "eval_sequences": len(eval_idx),
-        "chunks_with_neighbours": int(mask.any(axis=(1, 2)).sum()),
+        "train_sequences": train_counts["sequences"],
+        "eval_sequences": eval_counts["sequences"],
+        "train": train_counts,
+        "eval": eval_counts,
     }
     LOG.info("training data: %s", info)
-    return PreparedData(data.subset(torch.tensor(train_idx, dtype=torch.long)), data.subset(torch.tensor(eval_idx, dtype=torch.long)), info)
+    return PreparedData(train, evaluation, info)

@@ -12,7 +12,7 @@ from model.chunking import chunk_document
 from model.config import RetroConfig
 from model.retrieval import Neighbour
 from model.retro import IGNORE_INDEX, Retro
-from model.training.data import Document, SequenceSet, documents_from_texts, plan_sequences, split_by_document
+from model.training.data import Document, SequenceSet, documents_from_texts, plan_sequences, split_documents
 from model.training.loop import TrainConfig, lr_at, train
 from model.training.neighbours import NeighbourCache, cache_key, precompute_neighbours
 
@@ -46,15 +46,17 @@ def test_plan_aligns_windows_with_store_chunks(retro_tokenizer):
         plan_sequences([], retro_tokenizer, seq_len=128)
 
 
-def test_split_by_document_holds_out_whole_documents(retro_tokenizer):
-    plan = plan_sequences(documents_from_texts(DOCS.items(), retro_tokenizer), retro_tokenizer, seq_len=128)
-    train_idx, eval_idx = split_by_document(plan, 0.25)
-    assert train_idx and eval_idx and not set(train_idx) & set(eval_idx)
-    train_docs = set().union(*(plan.seq_doc_ids[i] for i in train_idx))
-    eval_docs = set().union(*(plan.seq_doc_ids[i] for i in eval_idx))
-    assert not train_docs & eval_docs
+def test_split_holds_out_whole_documents():
+    docs = [Document(f"d{i}", [1, 2, 3]) for i in range(20)]
+    train, evaluation = split_documents(docs, 0.25, seed=3)
+    assert len(evaluation) == 5 and len(train) == 15
+    assert {d.doc_id for d in train}.isdisjoint({d.doc_id for d in evaluation})
+    assert train == [d for d in docs if d not in evaluation]  # each side keeps the corpus order
+    assert split_documents(docs, 0.25, seed=3) == (train, evaluation)  # seeded
+    assert split_documents(docs[:2], 0.01)[1] != []  # a positive fraction holds out at least one
+    assert split_documents(docs, 0.0) == (docs, [])
     with pytest.raises(ValueError):
-        split_by_document(plan, 1.0)
+        split_documents(docs, 1.0)
 
 
 class ExactSearch:

@@ -51,6 +51,10 @@ def test_neighbours_come_from_other_documents_and_are_cached(indexed_store, retr
         data = prepare_from_view(view, query_embedder, retro_tokenizer, **kwargs)
         assert view.searches > 0 and data.info["documents"] == len(NAMES)
         assert len(data.train) and len(data.eval)
+        # Held-out documents are packed on their own: every one of them is in the eval windows.
+        assert data.info["eval"]["documents"] == round(0.25 * len(NAMES))
+        assert data.info["train"]["documents"] + data.info["eval"]["documents"] == len(NAMES)
+        assert (data.eval.targets != -100).sum() > 0 and data.info["eval_sequences"] == len(data.eval)
         # Map every stored chunk's retrieved tokens to its document, then check exclusion.
         by_tokens = {}
         for batch in real_view.iter_chunks():
