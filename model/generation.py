@@ -154,12 +154,16 @@ def generate(
         )
     m, r = cfg.chunk_tokens, cfg.neighbour_tokens
     device = next(model.parameters()).device
+    if static_steps is None:
+        static_steps = device.type == "cuda" and isinstance(model, Retro)
+    elif static_steps and not isinstance(model, Retro):
+        raise ValueError(f"static_steps needs a Retro model, not {type(model).__name__}")
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    was_training = model.training
-    model.eval()
     result = GenerationResult(text="", token_ids=[], prompt_tokens=len(ids))
     if max_new_tokens == 0:
         return result
+    was_training = model.training
+    model.eval()
 
     def neighbours_for(chunks: list[list[int]]):
         if retriever is None or not chunks:
@@ -176,8 +180,6 @@ def generate(
         prompt_chunks = [ids[u * m : (u + 1) * m] for u in range(len(ids) // m)]
         nb, mask = neighbours_for(prompt_chunks)
         logits = model(torch.tensor([ids], device=device), nb, mask, cache=cache)[:, -1]
-        if static_steps is None:
-            static_steps = device.type == "cuda" and isinstance(model, Retro)
         decoder = StaticDecoder(model, cache) if static_steps else None
         sequence = list(ids)
         while True:

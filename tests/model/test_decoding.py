@@ -92,3 +92,22 @@ def test_static_decoder_refuses_misuse(tiny_retro):
         StaticDecoder(tiny_retro, cache)(torch.tensor([[1]]))
     with pytest.raises(ValueError, match="CUDA"):
         StaticDecoder(tiny_retro, cache, use_graphs=True)
+
+
+def test_static_steps_are_for_retro_models_only(tiny_retro, retro_tokenizer):
+    class Wrapped(torch.nn.Module):  # any other network with Retro's calling convention
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_retro
+            self.config = tiny_retro.config
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+        def new_cache(self, *args, **kwargs):
+            return self.inner.new_cache(*args, **kwargs)
+
+    wrapped = Wrapped().eval()  # generate restores the mode it found, on the shared tiny_retro too
+    with pytest.raises(ValueError, match="static_steps needs a Retro"):
+        generate(wrapped, retro_tokenizer, PROMPT, retriever=None, max_new_tokens=3, static_steps=True)
+    assert len(generate(wrapped, retro_tokenizer, PROMPT, retriever=None, max_new_tokens=3, temperature=0).token_ids) == 3
