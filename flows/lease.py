@@ -236,11 +236,14 @@ class RefreshLease:
 
     def check(self) -> None:
         """Raise :class:`LeaseLost` if the lease is no longer ours (before an irreversible step)."""
-        if self.record is None:
-            raise self.lost or LeaseLost("the refresh lease is not held")
-        other = self.read()
-        if other != self.record:
-            raise LeaseLost(f"the refresh lease on {self.backend.uri} is now held by {other.holder if other else 'nobody'}")
+        # Under the lock: a heartbeat renewal between its write and its record update would
+        # otherwise look like someone else's lease.
+        with self._lock:
+            if self.record is None:
+                raise self.lost or LeaseLost("the refresh lease is not held")
+            other = self.read()
+            if other != self.record:
+                raise LeaseLost(f"the refresh lease on {self.backend.uri} is now held by {other.holder if other else 'nobody'}")
 
     @contextmanager
     def heartbeat(self, interval_s: float | None = None) -> Iterator["RefreshLease"]:
