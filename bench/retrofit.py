@@ -257,7 +257,7 @@ def run_train(args, say) -> dict:
     from transformers import AutoModelForCausalLM
 
     from model.retrofit import RetroFit
-    from model.training.loop import TrainConfig, evaluate, lr_at, make_optimizer
+    from model.training.loop import TrainConfig, evaluate, lr_at, make_optimizer, train_step
 
     started = time.perf_counter()
     meta = json.loads((args.data / "meta.json").read_text())
@@ -310,29 +310,15 @@ def run_train(args, say) -> dict:
     model.train()
     optimizer = make_optimizer(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     budget = args.minutes * 60 if args.minutes else math.inf
     recent: list[float] = []
     step, tokens, t_first, eval_s = 0, 0, None, 0.0
     curve = []
     t0 = time.perf_counter()
     while step < cfg.steps and time.perf_counter() - t0 < budget:
-        # The batch depends only on (seed, step), as in model.training.loop.train.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        batch = train_set.batch(torch.randint(0, len(train_set), (bs,), generator=gen), device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with autocast:
-            _, loss = model(**batch)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {step}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        value, batch_tokens = train_step(model, params, optimizer, train_set, cfg, step)
         step += 1
-        tokens += batch["input_ids"].numel()
+        tokens += batch_tokens
         recent = (recent + [value])[-20:]
         now = time.perf_counter() - t0
         if step == 1:

@@ -81,7 +81,7 @@ class StaticDecoder:
         mask = cache.enc.attn_mask
         if mask is None:  # every slot valid: an all-True mask gives the same attention
             mask = torch.ones_like(cache.enc.token_mask)[:, None, None, :]
-        fresh = {layer: kv for layer, kv in cache.cca.items()}
+        fresh = cache.cca
         shapes_match = (
             self.cca_mask is not None
             and self.cca_mask.shape == mask.shape

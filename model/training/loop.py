@@ -93,6 +93,39 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def train_step(forward, params: list[torch.nn.Parameter], optimizer, train_set: SequenceSet, cfg: TrainConfig, step: int) -> tuple[float, int]:
+    """One optimizer step on the batch of (seed, step), at the schedule's learning rate for step.
+
+    Args:
+        forward: the model, or its compiled wrapper.
+        params: the trainable parameters (clipped together).
+        optimizer: from :func:`make_optimizer`.
+        train_set: training windows.
+        cfg: the run's knobs (batch size, seed, schedule, clipping, device).
+        step: 0-based step number.
+
+    Returns:
+        The step's loss and the tokens its batch held.
+    """
+    device = torch.device(cfg.device)
+    # The batch depends only on (seed, step): a resumed run sees exactly the batches it would have.
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    batch = train_set.batch(torch.randint(0, len(train_set), (cfg.batch_size,), generator=gen), device)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    with _autocast(device):
+        _, loss = forward(**batch)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    return value, batch["input_ids"].numel()
+
+
 @torch.no_grad()
 def evaluate(model, data: SequenceSet, cfg: TrainConfig, *, retrieval: bool) -> float:
     """Mean loss over the first eval_batches batches of data (the same ones every time)."""
@@ -185,27 +218,14 @@ def train(
     recent: list[float] = []
     tokens = 0
     t0 = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
     for step in steps:
-        # The batch depends only on (seed, step): a resumed run sees exactly the batches it would have.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        index = torch.randint(0, len(train_set), (cfg.batch_size,), generator=gen)
-        batch = train_set.batch(index, device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with _autocast(device):
-            _, loss = forward(**batch)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        optimizer.step()
-        recent = (recent + [loss.item()])[-20:]
-        tokens += batch["input_ids"].numel()
+        value, batch_tokens = train_step(forward, params, optimizer, train_set, cfg, step)
+        recent = (recent + [value])[-20:]
+        tokens += batch_tokens
         elapsed = time.perf_counter() - t0
         if bar is not None:
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / elapsed:.0f}")
+            bar.set_postfix(loss=f"{value:.3f}", tok_s=f"{tokens / elapsed:.0f}")
         done = step + 1
         if eval_set is not None and len(eval_set) and cfg.eval_every and done % cfg.eval_every == 0:
             result.evals.append(_eval_point(model, eval_set, cfg, done))
