@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "flows": ("flows.commands:flows_group", "Serve the Prefect deployments with their schedules."),
     "index": ("model.commands.index:index", "Inspect and manage an index store: status, search, rollback, gc."),
     "train": ("model.commands.train:train", "Train a RETRO model on a store version."),
+    "eval": ("model.commands.eval:eval_group", "Evaluate a frozen model against index versions (temporal bits-per-byte)."),
     "score": ("model.commands.train:score", "Loss and bits-per-byte of a text, retrieval on and off."),
     "generate": ("model.commands.train:generate", "Generate text from a checkpoint, retrieving from a store."),
     "serve": ("model.commands.serve:serve", "Serve a checkpoint over HTTP, hot-swapping index versions."),

@@ -1,4 +1,4 @@
-"""Loss and bits-per-byte of a text under a RETRO model, with retrieval on or off and leakage control."""
+"""Loss and bits-per-byte of a text under a RETRO model, with retrieval on or off and leakage control (per token, per chunk overlap)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,26 @@ def ngrams(tokens: list[int], n: int) -> set[tuple[int, ...]]:
     return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
+def longest_common_run(a: list[int], b: list[int]) -> int:
+    """Length of the longest run of tokens that ``a`` and ``b`` share contiguously (RETRO's chunk overlap).
+
+    Computed along the diagonals of the equality matrix, one row of ``a`` at a time (vectorised
+    over ``b``): O(len(a) * len(b)) comparisons, no Python loop over ``b``.
+    """
+    if not a or not b:
+        return 0
+    import numpy as np
+
+    right = np.asarray(b)
+    run = np.zeros(len(right) + 1, dtype=np.int32)  # run[j + 1]: common run ending at a[i], b[j]
+    best = 0
+    for token in a:
+        equal = right == token
+        run[1:] = np.where(equal, run[:-1] + 1, 0)
+        best = max(best, int(run.max()))
+    return best
+
+
 def filter_leaks(
     neighbours: list[Neighbour],
     target: list[int],
@@ -63,7 +83,122 @@ def filter_leaks(
     return kept[:k], len(neighbours) - len(kept)
 
 
+def chunk_neighbours(
+    retriever: Retriever,
+    tokenizer: RetroTokenizer,
+    ids: list[int],
+    *,
+    chunk_tokens: int,
+    fetch: int,
+    exclude_doc_id: str | None = None,
+    is_excluded: Callable[[Neighbour], bool] | None = None,
+) -> list[list[Neighbour]]:
+    """Candidates for every complete chunk of a token list, best first, leaks by document removed.
+
+    Args:
+        retriever: the neighbour source.
+        tokenizer: decodes each chunk into its query text.
+        ids: the text's tokens.
+        chunk_tokens: m.
+        fetch: candidates asked for per chunk (ask for more than k when a filter follows).
+        exclude_doc_id: the retriever never returns this document.
+        is_excluded: drops more candidates afterwards (another id or URL of the same document).
+
+    Returns:
+        One list per complete chunk.
+    """
+    n_chunks = len(ids) // chunk_tokens
+    if not n_chunks:
+        return []
+    chunks = [ids[u * chunk_tokens : (u + 1) * chunk_tokens] for u in range(n_chunks)]
+    found = retrieve_chunks(retriever, tokenizer, chunks, fetch, exclude_doc_ids=[exclude_doc_id] * n_chunks if exclude_doc_id else None)
+    if is_excluded is not None:
+        found = [[nb for nb in nbs if not is_excluded(nb)] for nbs in found]
+    return found
+
+
 @torch.inference_mode()
+def token_losses(
+    model: Retro,
+    ids: list[int],
+    found: list[list[Neighbour]] | None,
+    *,
+    k: int,
+    to_tokens: Callable[[Neighbour], list[int]] | None = None,
+) -> torch.Tensor:
+    """Nats of every predicted token of ``ids`` (all but the first), chunk ``u`` reading ``found[u]``.
+
+    Texts longer than the model's context are scored in consecutive chunk-aligned windows (each
+    window's last token predicts the next window's first), so every token but the first counts.
+
+    Args:
+        model: the RETRO model.
+        ids: the tokens (at least two).
+        found: per complete chunk, its neighbours (the first k are used); None: retrieval off.
+        k: neighbours per chunk.
+        to_tokens: a neighbour's token ids for this model (default its ``retrieved_tokens``).
+
+    Returns:
+        float tensor (len(ids) - 1,) on the CPU: entry j is the loss of predicting ``ids[j + 1]``.
+    """
+    cfg = model.config
+    m, r = cfg.chunk_tokens, cfg.neighbour_tokens
+    device = next(model.parameters()).device
+    neighbours = mask = None
+    if found is not None and len(ids) // m:
+        rows = [nbs[:k] for nbs in found] if to_tokens is None else [[to_tokens(nb) for nb in nbs[:k]] for nbs in found]
+        neighbours, mask = pack_neighbours(rows, k=k, r=r, pad_id=cfg.pad_token_id)
+        neighbours, mask = neighbours.to(device), mask.to(device)
+    window = cfg.max_seq_len - cfg.max_seq_len % m  # chunk-aligned so neighbours line up
+    targets_all = torch.tensor(ids[1:] + [IGNORE_INDEX], device=device)
+    tokens_all = torch.tensor(ids, device=device)
+    losses = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(ids), window):
+            x = tokens_all[None, start : start + window]
+            y = targets_all[None, start : start + window]
+            nb = mk = None
+            if neighbours is not None:
+                lo, hi = start // m, (start + x.shape[1]) // m
+                nb, mk = neighbours[None, lo:hi], mask[None, lo:hi]
+            logits = model(x, nb, mk)
+            valid = y != IGNORE_INDEX
+            losses.append(torch.nn.functional.cross_entropy(logits[valid].float(), y[valid], reduction="none").cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(losses)
+
+
+def drop_leaking(
+    found: list[list[Neighbour]],
+    ids: list[int],
+    *,
+    chunk_tokens: int,
+    n: int,
+    k: int,
+    to_tokens: Callable[[Neighbour], list[int]] | None = None,
+) -> tuple[list[list[Neighbour]], int]:
+    """Per chunk, the first k candidates that share no n-gram with the chunk they help predict (the next one).
+
+    Returns:
+        The kept neighbours per chunk and how many candidates were dropped in all.
+    """
+    kept, excluded = [], 0
+    for u, nbs in enumerate(found):
+        survivors, dropped = filter_leaks(nbs, ids[(u + 1) * chunk_tokens : (u + 2) * chunk_tokens], n, k, to_tokens)
+        kept.append(survivors)
+        excluded += dropped
+    return kept, excluded
+
+
+def predicted_bytes(tokenizer: RetroTokenizer, ids: list[int], text: str | None = None) -> int:
+    """UTF-8 bytes of the predicted tokens (all but the first): the bits-per-byte denominator."""
+    whole = text if text is not None else tokenizer.decode(ids)
+    return len(whole.encode("utf-8")) - len(tokenizer.decode(ids[:1]).encode("utf-8"))
+
+
 def score(
     model: Retro,
     tokenizer: RetroTokenizer,
@@ -105,56 +240,24 @@ def score(
     ids = tokenizer.encode(text)
     if len(ids) < 2:
         raise ValueError(f"text has {len(ids)} token(s); scoring needs at least 2")
-    m, r = cfg.chunk_tokens, cfg.neighbour_tokens
-    device = next(model.parameters()).device
-    n_chunks = len(ids) // m
+    m = cfg.chunk_tokens
     excluded = used = 0
-    neighbours = mask = None
-    if retriever is not None and n_chunks:
-        chunks = [ids[u * m : (u + 1) * m] for u in range(n_chunks)]
+    found = None
+    if retriever is not None and len(ids) // m:
         fetch = k * OVERFETCH if exclude_ngram else k
-        found = retrieve_chunks(
-            retriever, tokenizer, chunks, fetch, exclude_doc_ids=[exclude_doc_id] * n_chunks if exclude_doc_id else None
-        )
+        found = chunk_neighbours(retriever, tokenizer, ids, chunk_tokens=m, fetch=fetch, exclude_doc_id=exclude_doc_id)
         if exclude_ngram:
-            kept = []
-            for u, nbs in enumerate(found):
-                survivors, dropped = filter_leaks(nbs, ids[(u + 1) * m : (u + 2) * m], exclude_ngram, k, to_tokens)
-                kept.append(survivors)
-                excluded += dropped
-            found = kept
+            found, excluded = drop_leaking(found, ids, chunk_tokens=m, n=exclude_ngram, k=k, to_tokens=to_tokens)
         used = sum(min(len(nbs), k) for nbs in found)
-        rows = found if to_tokens is None else [[to_tokens(nb) for nb in nbs] for nbs in found]
-        neighbours, mask = pack_neighbours(rows, k=k, r=r, pad_id=cfg.pad_token_id)
-        neighbours, mask = neighbours.to(device), mask.to(device)
-
-    window = cfg.max_seq_len - cfg.max_seq_len % m  # chunk-aligned so neighbours line up
-    targets_all = torch.tensor(ids[1:] + [IGNORE_INDEX], device=device)
-    tokens_all = torch.tensor(ids, device=device)
-    total_nats = 0.0
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(ids), window):
-            x = tokens_all[None, start : start + window]
-            y = targets_all[None, start : start + window]
-            nb = mk = None
-            if neighbours is not None:
-                lo, hi = start // m, (start + x.shape[1]) // m
-                nb, mk = neighbours[None, lo:hi], mask[None, lo:hi]
-            logits = model(x, nb, mk)
-            valid = y != IGNORE_INDEX
-            total_nats += torch.nn.functional.cross_entropy(logits[valid].float(), y[valid], reduction="sum").item()
-    finally:
-        model.train(was_training)
+    total_nats = float(token_losses(model, ids, found, k=k, to_tokens=to_tokens).sum())
     tokens = len(ids) - 1
-    n_bytes = len(text.encode("utf-8")) - len(tokenizer.decode(ids[:1]).encode("utf-8"))
+    n_bytes = predicted_bytes(tokenizer, ids, text)
     return ScoreResult(
         loss=total_nats / tokens,
         bits_per_byte=total_nats / math.log(2) / max(n_bytes, 1),
         tokens=tokens,
         bytes=n_bytes,
-        retrieval=neighbours is not None,
+        retrieval=found is not None,
         neighbours_excluded=excluded,
         neighbours_used=used,
     )

@@ -1,0 +1,180 @@
+"""Open what a temporal evaluation compares (checkpoints, index versions) and check that they fit together.
+
+Every refusal says what does not match and how to fix it: a checkpoint whose tokenizer, embedder or
+chunk size differs from the store's, an unknown version, a control version without a control store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.evaluation.documents import read_dated_documents
+from model.evaluation.temporal import CachingEmbedder, Condition, TemporalEvaluation, evaluate
+
+LOG = logging.getLogger(__name__)
+
+
+class EvaluationSetupError(ValueError):
+    """The inputs of an evaluation do not fit together; the message says how to fix it."""
+
+
+@dataclass
+class TemporalRequest:
+    """Everything ``retrofresh eval temporal`` (and the ``evaluate_temporal`` flow) is given."""
+
+    checkpoint: Path
+    store: str
+    stale_version: str
+    docs: Path
+    fresh_version: str | None = None  # None: CURRENT
+    control_store: str | None = None
+    control_version: str | None = None  # None: the control store's CURRENT
+    retrained_checkpoint: Path | None = None
+    k: int | None = None  # None: the checkpoint's k
+    bootstrap: int = 1000
+    seed: int = 0
+    embedder_path: Path | None = None
+    store_tokenizer: Path | None = None  # the store's tokenizer.json, when the model's is another (RETRO-fitted)
+    cache_dir: Path | None = None
+    device: str = "cpu"
+
+
+def _load_checkpoint(path: Path, role: str, device: str):
+    from model.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path, device=device)
+    except FileNotFoundError as exc:
+        raise EvaluationSetupError(f"{role} {path}: {exc}; pass the directory `retrofresh train --out` wrote") from None
+    except ValueError as exc:
+        raise EvaluationSetupError(f"{role} {path}: {exc}") from None
+
+
+def check_fits(model, tokenizer, manifest, *, role: str, checkpoint: Path, store: str, store_tokenizer=None):
+    """Refuse an index version the checkpoint cannot read; return ``to_tokens`` (None: same tokenizer).
+
+    Raises:
+        EvaluationSetupError: another tokenizer (without the store's one to re-encode with), another
+            embedder than the checkpoint was trained with, or another chunk size.
+    """
+    from model.training.neighbours import retokenizer
+
+    cfg = model.config
+    where = f"version {manifest.version} of {store}"
+    trained_with = cfg.embedder
+    have = manifest.embedder.to_dict()
+    if trained_with and dict(trained_with) != have:
+        raise EvaluationSetupError(
+            f"{role} {checkpoint} was trained with neighbours embedded by {trained_with.get('name')} "
+            f"(weights {str(trained_with.get('sha256', ''))[:12]}), but {where} was embedded by {have['name']} "
+            f"(weights {have['sha256'][:12]}); evaluate against a store built with the checkpoint's embedder, "
+            "or a checkpoint trained on this store"
+        )
+    if manifest.chunk_tokens != cfg.chunk_tokens:
+        raise EvaluationSetupError(
+            f"{where} has {manifest.chunk_tokens}-token chunks, {role} {checkpoint} reads {cfg.chunk_tokens}-token chunks; "
+            "evaluate against a store chunked for this model"
+        )
+    if manifest.tokenizer.sha256 == tokenizer.sha256:
+        return None
+    if store_tokenizer is not None and store_tokenizer.sha256 == manifest.tokenizer.sha256:
+        return retokenizer(store_tokenizer, tokenizer)
+    raise EvaluationSetupError(
+        f"{where} was chunked with tokenizer {manifest.tokenizer.name} ({manifest.tokenizer.sha256[:12]}), but {role} "
+        f"{checkpoint} uses {tokenizer.name} ({tokenizer.sha256[:12]}); evaluate a checkpoint trained on this store "
+        "(`retrofresh train --store ...`), or, for a RETRO-fitted model, pass the store's tokenizer.json with --store-tokenizer"
+    )
+
+
+def _open_version(store_uri: str, version: str | None, embedder, cache_dir: Path | None, role: str):
+    from model.store import IncompatibleIndex, StoreError, open_store
+
+    try:
+        store = open_store(store_uri, cache_dir=cache_dir)
+        manifest = store.manifest(version)
+    except StoreError as exc:
+        raise EvaluationSetupError(f"{role}: {exc}") from None
+    try:
+        return store.open(manifest.version, embedder=embedder.spec)
+    except IncompatibleIndex as exc:
+        raise EvaluationSetupError(f"{role}: {exc} (pass --embedder with the encoder that made the store)") from None
+    except StoreError as exc:
+        raise EvaluationSetupError(f"{role}: {exc}") from None
+
+
+def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
+    """Read the documents, open the checkpoints and versions, check them, and run :func:`model.evaluation.temporal.evaluate`.
+
+    Returns:
+        The result dict, with ``checkpoint`` and ``docs_file`` added.
+
+    Raises:
+        EvaluationSetupError: inputs that do not fit (see :func:`check_fits`), an unknown version.
+        model.evaluation.documents.DocumentsError: an unusable documents file.
+    """
+    from model.embedder import Embedder
+    from model.retrieval import StoreRetriever
+    from model.tokenizer import RetroTokenizer
+
+    if request.control_version and not request.control_store:
+        raise EvaluationSetupError("--control-version names a version of --control-store; pass --control-store too")
+    if request.bootstrap < 0:
+        raise EvaluationSetupError(f"--bootstrap must be >= 0, got {request.bootstrap}")
+    documents = read_dated_documents(request.docs)
+    model, tokenizer = _load_checkpoint(Path(request.checkpoint), "--checkpoint", request.device)
+    k = request.k if request.k is not None else model.config.k
+    if k < 1:
+        raise EvaluationSetupError(f"--k must be >= 1, got {k}")
+    store_tokenizer = None
+    if request.store_tokenizer is not None:
+        try:
+            store_tokenizer = RetroTokenizer.load(request.store_tokenizer)
+        except FileNotFoundError as exc:
+            raise EvaluationSetupError(f"--store-tokenizer: {exc}") from None
+    try:
+        embedder = CachingEmbedder(Embedder(request.embedder_path, device=request.device))
+    except FileNotFoundError as exc:
+        raise EvaluationSetupError(f"--embedder: {exc}") from None
+    if model.config.embedder and model.config.embedder.get("max_length") not in (None, embedder.spec.max_length):
+        raise EvaluationSetupError(f"--checkpoint {request.checkpoint} was trained with embedder max_length "
+                                   f"{model.config.embedder['max_length']}, the evaluation embeds with {embedder.spec.max_length}")
+    wanted = [("stale", request.store, request.stale_version, "--stale-version"),
+              ("fresh", request.store, request.fresh_version, "--fresh-version")]
+    if request.control_store:
+        wanted.append(("control", request.control_store, request.control_version, "--control-store/--control-version"))
+    with contextlib.ExitStack() as stack:
+        conditions = [Condition("none", model, tokenizer)]
+        views = {}
+        for name, store_uri, version, role in wanted:
+            view = stack.enter_context(_open_version(store_uri, version, embedder, request.cache_dir, role))
+            to_tokens = check_fits(model, tokenizer, view.manifest, role="--checkpoint", checkpoint=request.checkpoint,
+                                   store=store_uri, store_tokenizer=store_tokenizer)
+            views[name] = view
+            conditions.append(Condition(name, model, tokenizer, StoreRetriever(view, embedder), view.version, store_uri, to_tokens))
+        if request.stale_version and views["stale"].version == views["fresh"].version:
+            LOG.warning("stale and fresh are the same version %s: the comparison shows no difference", views["fresh"].version)
+        if request.retrained_checkpoint is not None:
+            retrained, retrained_tokenizer = _load_checkpoint(Path(request.retrained_checkpoint), "--retrained-checkpoint", request.device)
+            if retrained.config.chunk_tokens != model.config.chunk_tokens:
+                raise EvaluationSetupError("--retrained-checkpoint reads chunks of another size than --checkpoint; compare like with like")
+            fresh = views["fresh"]
+            to_tokens = check_fits(retrained, retrained_tokenizer, fresh.manifest, role="--retrained-checkpoint",
+                                   checkpoint=request.retrained_checkpoint, store=request.store, store_tokenizer=store_tokenizer)
+            if retrained_tokenizer.sha256 != tokenizer.sha256:
+                raise EvaluationSetupError(f"--retrained-checkpoint uses tokenizer {retrained_tokenizer.name} ({retrained_tokenizer.sha256[:12]}), "
+                                           f"--checkpoint {tokenizer.name} ({tokenizer.sha256[:12]}); train the upper control with the same tokenizer")
+            conditions.append(Condition("retrained", retrained, retrained_tokenizer, StoreRetriever(fresh, embedder), fresh.version, request.store, to_tokens))
+        spec = TemporalEvaluation(documents.documents, k=k, bootstrap=request.bootstrap, seed=request.seed,
+                                  skipped=documents.skipped, skipped_lines=documents.skipped_lines)
+        try:
+            result = evaluate(conditions, spec, progress=progress)
+        except ValueError as exc:
+            raise EvaluationSetupError(f"--docs {request.docs}: {exc}") from None
+    result["checkpoint"] = str(request.checkpoint)
+    if request.retrained_checkpoint is not None:
+        result["retrained_checkpoint"] = str(request.retrained_checkpoint)
+    result["docs_file"] = str(request.docs)
+    return result
