@@ -61,7 +61,7 @@ class ChunkDoFn(beam.DoFn):
     def process(self, item: ToChunk) -> Iterator:
         obs = item.observation
         tokens = self._tokenizer.encode(obs.text or "")
-        chunks = chunk_document(tokens, doc_id=obs.doc_id, url=obs.url, content_hash=obs.content_hash or "", decode=self._tokenizer.decode)
+        chunks = chunk_document(tokens, doc_id=obs.doc_id, url=obs.url, content_hash=obs.content_hash or "", tokenizer=self._tokenizer)
         count("chunks", len(chunks))
         yield beam.pvalue.TaggedOutput(LEDGER, ledger_row(item, tuple(c.chunk_id for c in chunks)))
         yield from chunks

@@ -94,7 +94,7 @@ def prepare(root: Path, labels: list[str], knobs: dict):
         for i in range(knobs["REAL_DOCS_PER_VERSION"]):
             url = f"https://v-{label.lower()}.example.test/doc-{i}"
             text = f"Edition {label}, report {i}: {QUERIES[i % len(QUERIES)]} In edition {label} the answer is item {label}-{i}. " * 4
-            chunks += chunk_document(tokenizer.encode(text), doc_id=doc_id(url), url=url, content_hash=content_hash(text), decode=tokenizer.decode)
+            chunks += chunk_document(tokenizer.encode(text), doc_id=doc_id(url), url=url, content_hash=content_hash(text), tokenizer=tokenizer)
         base = embedder.encode([c.text for c in chunks])
         copies, vectors = [], [base]
         for j in range(len(chunks), knobs["CHUNKS_PER_VERSION"]):

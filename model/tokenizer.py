@@ -29,6 +29,7 @@ class RetroTokenizer:
         self.sha256 = hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
         self.eos_id = tokenizer.token_to_id(EOS)
         self.pad_id = tokenizer.token_to_id(PAD)
+        self._bytes: list[bytes] | None = None  # token id -> bytes, built on first use
 
     @property
     def vocab_size(self) -> int:
@@ -42,6 +43,17 @@ class RetroTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def token_bytes(self, ids: Iterable[int]) -> list[bytes]:
+        """The exact bytes each token stands for (special tokens: their literal text).
+
+        A byte-level BPE token may hold part of a multi-byte character, which ``decode`` of that
+        token alone renders as U+FFFD; joining these bytes and decoding once gives the text back.
+        """
+        if self._bytes is None:
+            self._bytes = _token_byte_table(self._tok)
+        table = self._bytes
+        return [table[i] for i in ids]
 
     def to_json(self) -> str:
         """The tokenizer as ``tokenizer.json`` text: exactly what ``sha256`` hashes."""
@@ -71,6 +83,31 @@ class RetroTokenizer:
         name_file = directory / "tokenizer_name.json"
         name = json.loads(name_file.read_text())["name"] if name_file.exists() else file.stem
         return cls(Tokenizer.from_file(str(file)), name=name)
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet inverted: the printable character standing for each byte -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+def _token_byte_table(tok: Tokenizer) -> list[bytes]:
+    alphabet = _byte_alphabet()
+    added = {token.content for token in tok.get_added_tokens_decoder().values()}
+    table = []
+    for i in range(tok.get_vocab_size()):
+        piece = tok.id_to_token(i) or ""
+        if piece in added or any(c not in alphabet for c in piece):
+            table.append(piece.encode("utf-8"))  # literal text (special tokens, a non-byte-level vocab)
+        else:
+            table.append(bytes(alphabet[c] for c in piece))
+    return table
 
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 8192, name: str) -> RetroTokenizer:

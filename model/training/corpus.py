@@ -90,7 +90,7 @@ def index_documents(store, documents: Sequence[tuple[str, str]], tokenizer: Retr
         if did in seen:
             raise ValueError(f"document {url} appears twice")
         seen.add(did)
-        chunks.extend(chunk_document(tokenizer.encode(text), doc_id=did, url=url, content_hash=content_hash(text), decode=tokenizer.decode))
+        chunks.extend(chunk_document(tokenizer.encode(text), doc_id=did, url=url, content_hash=content_hash(text), tokenizer=tokenizer))
     LOG.info("indexing %d documents (%d chunks) into %s", len(documents), len(chunks), store.uri)
     vectors = embedder.encode([c.text for c in chunks], progress=progress)
     shard = store.write_shard(chunks, vectors, embedder=embedder.spec)

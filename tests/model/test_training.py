@@ -28,7 +28,7 @@ def test_plan_aligns_windows_with_store_chunks(retro_tokenizer):
     flat_targets = plan.targets.reshape(-1)
     cursor = 0
     for doc in docs:
-        chunks = chunk_document(doc.tokens, doc_id=doc.doc_id, url="u", content_hash="h", decode=retro_tokenizer.decode)
+        chunks = chunk_document(doc.tokens, doc_id=doc.doc_id, url="u", content_hash="h", tokenizer=retro_tokenizer)
         n = len(doc.tokens)
         assert flat_inputs[cursor : cursor + n].tolist() == doc.tokens
         assert flat_targets[cursor : cursor + n - 1].tolist() == doc.tokens[1:]
@@ -88,7 +88,7 @@ def test_precompute_excludes_own_document_and_caches(retro_tokenizer, tmp_path):
     plan = plan_sequences(docs, retro_tokenizer, seq_len=256)
     stored = []
     for doc in docs:
-        for c in chunk_document(doc.tokens, doc_id=doc.doc_id, url="u", content_hash="h", decode=retro_tokenizer.decode):
+        for c in chunk_document(doc.tokens, doc_id=doc.doc_id, url="u", content_hash="h", tokenizer=retro_tokenizer):
             stored.append(Neighbour(c.chunk_id, c.doc_id, c.url, c.text, c.tokens, c.continuation, 0.0, c.position))
     search = ExactSearch(bag_of_tokens(retro_tokenizer, [n.text for n in stored]), stored)
     embed = lambda texts: bag_of_tokens(retro_tokenizer, texts)  # noqa: E731

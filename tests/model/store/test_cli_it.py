@@ -44,7 +44,7 @@ def facts_store(store, embedder):
     tok = RetroTokenizer.load()
     chunks = []
     for url, text in FACTS.items():
-        chunks += chunk_document(tok.encode(text), doc_id=doc_id(url), url=url, content_hash=content_hash(text), decode=tok.decode)
+        chunks += chunk_document(tok.encode(text), doc_id=doc_id(url), url=url, content_hash=content_hash(text), tokenizer=tok)
     shard = store.write_shard(chunks, embedder.encode([c.text for c in chunks]), embedder=embedder.spec)
     manifest = Manifest.next(
         None, version=store.new_version_id(), embedder=embedder.spec, tokenizer={"name": tok.name, "sha256": tok.sha256},
