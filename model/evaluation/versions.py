@@ -69,7 +69,7 @@ def publish_documents(
         if did in seen:
             raise ValueError(f"document {url} appears twice")
         seen.add(did)
-        chunks.extend(chunk_document(tokenizer.encode(text), doc_id=did, url=url, content_hash=content_hash(text), decode=tokenizer.decode))
+        chunks.extend(chunk_document(tokenizer.encode(text), doc_id=did, url=url, content_hash=content_hash(text), tokenizer=tokenizer))
     gone_docs = seen | {doc_id(u) for u in remove}
     new_ids = {c.chunk_id for c in chunks}
     tombstones = sorted(cid for cid, did in live.items() if did in gone_docs and cid not in new_ids)
