@@ -25,6 +25,7 @@ def test_the_schedules_the_issue_asks_for():
     assert crons["compact-nightly"] == ["30 2 * * *"]
     assert crons["evaluate-daily"] == ["0 6 * * *"]
     assert crons["rollback"] == []  # on demand
+    assert crons["evaluate-temporal"] == []  # on demand: each run names its documents and versions
 
 
 def test_every_deployment_loads_its_flow_with_its_schedules():
@@ -35,6 +36,8 @@ def test_every_deployment_loads_its_flow_with_its_schedules():
     assert by_name["gc-weekly"].parameters == {"keep": 10, "store": "/tmp/s"}  # gc takes no sources
     assert [s.schedule.cron for s in by_name["compact-nightly"].schedules] == ["30 2 * * *"]
     assert by_name["rollback"].schedules == []
+    assert by_name["evaluate-temporal"].flow_name == "evaluate-temporal" and by_name["evaluate-temporal"].parameters == {"store": "/tmp/s"}
+    assert by_name["evaluate-daily"].flow_name == "evaluate-freshness"  # the sample-world probe stays
 
 
 def test_environment_placeholders_are_filled_like_prefect_deploy_does(monkeypatch):
