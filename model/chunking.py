@@ -13,7 +13,7 @@ CONTINUATION_TOKENS = 64  # a neighbour is its chunk plus the next 64 tokens: r 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One retrieval unit, as stored in a shard's chunks.parquet."""
+    """One retrieval unit, as stored in a shard's chunk rows (chunks.arrow)."""
 
     chunk_id: int
     doc_id: str

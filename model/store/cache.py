@@ -42,7 +42,8 @@ class ShardCache:
             meta: the shard's (already verified) ``shard.json``.
 
         Returns:
-            ``{file name: local path}`` for ``index.faiss`` and ``chunks.parquet``.
+            ``{file name: local path}`` for ``index.faiss`` and the chunk file (``chunks.arrow``, or
+            ``chunks.parquet`` in older shards).
 
         Raises:
             ChecksumMismatch: a file's bytes differ from its recorded sha256 (the message names
@@ -50,10 +51,7 @@ class ShardCache:
             StoreError: a file is missing from the store.
         """
         out = {}
-        for name in layout.SHARD_DATA_FILES:
-            entry = meta.files.get(name)
-            if entry is None:
-                raise StoreError(f"shard {meta.id}: shard.json lists no {name}")
+        for name, entry in meta.files.items():
             key = layout.shard_key(meta.id, name)
             what = f"shard {meta.id} file {name}"
             local = backend.local_path(key)

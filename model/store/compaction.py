@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from model.store import faiss_index, layout, shards
+from model.store import faiss_index, layout, rows, shards
 from model.store.manifest import Manifest, ShardInfo, Stats
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class _Group:
     index: object = None  # IVF: the merge target
     vectors: list[np.ndarray] = field(default_factory=list)  # flat: live vectors
     dropped: int = 0  # tombstoned or duplicate chunks left out
-    rewrite: bool = False  # write a new shard even if the group is one unchanged shard
+    rewrite: bool = False  # write a new shard even if the group is one unchanged shard (e.g. an old layout)
 
     @property
     def rows(self) -> int:
@@ -63,7 +63,7 @@ def compact(store: "Store", manifest: Manifest) -> Manifest:
     for info in manifest.shards:
         meta = shards.read_meta(store.backend, info, embedder=manifest.embedder)
         files = store.cache.shard_files(store.backend, meta)
-        table = _read_table(files[layout.CHUNKS_FILE])
+        table = rows.read(files[meta.chunks_file])
         ids = table.column("chunk_id").to_numpy()
         live = ~np.isin(ids, tombstones[info.since :]) & ~np.isin(ids, seen)
         seen = np.union1d(seen, ids[live])
@@ -76,13 +76,14 @@ def compact(store: "Store", manifest: Manifest) -> Manifest:
         else:
             group = ivf_groups.setdefault(meta.lineage, _Group(lineage=meta.lineage))
             ivf = faiss.extract_index_ivf(index)
+            faiss_index.drop_direct_map(index)  # merge_from refuses direct maps (older shards have one)
             if not live.all():
-                ivf.remove_ids(faiss.IDSelectorArray(ids[~live]))  # fast with the hash-table direct map
-            ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # merge_from refuses direct maps
+                ivf.remove_ids(faiss.IDSelectorBatch(ids[~live]))  # one scan of the lists, hashed lookups
             if group.index is None:
                 group.index = index
             else:
                 faiss.extract_index_ivf(group.index).merge_from(ivf, 0)
+        group.rewrite |= meta.chunks_file != layout.CHUNKS_FILE  # an older layout is rewritten as chunks.arrow
         group.infos.append(info)
         group.tables.append(table.filter(pa.array(live)))
         group.dropped += int((~live).sum())
@@ -103,7 +104,6 @@ def compact(store: "Store", manifest: Manifest) -> Manifest:
         table = table.take(pa.array(order))
         if group.index is not None:
             index = group.index
-            faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
         else:
             vectors = np.concatenate(group.vectors)[order]
             index = faiss_index.build_flat(vectors, table.column("chunk_id").to_numpy())
@@ -145,14 +145,8 @@ def _fold_flat_into_ivf(store: "Store", manifest: Manifest, flat: _Group, ivf_gr
         lineage = store.train_lineage(vectors, embedder=manifest.embedder)
         target = ivf_groups.setdefault(lineage, _Group(lineage=lineage))
         target.index = faiss_index.build_ivf(store._trained_index(lineage), vectors, ids)
-        faiss.extract_index_ivf(target.index).set_direct_map_type(faiss.DirectMap.NoMap)
     target.infos.extend(flat.infos)
     target.tables.extend(flat.tables)
     target.dropped += flat.dropped
     target.rewrite = True
 
-
-def _read_table(path) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path)

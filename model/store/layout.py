@@ -5,7 +5,8 @@ Keys are relative, '/'-separated paths; backends map them onto a directory or a 
     CURRENT                            the published version id (one line)
     versions/<version>/manifest.json   a version; immutable once written
     shards/<shard_id>/index.faiss      FAISS index; ids are chunk ids
-    shards/<shard_id>/chunks.parquet   the chunks, sorted by chunk_id
+    shards/<shard_id>/chunks.arrow     the chunks, sorted by chunk_id (Arrow IPC, uncompressed;
+                                       older shards: chunks.parquet)
     shards/<shard_id>/shard.json       count, dim, factory, sha256 of each file
     ledgers/<version>.parquet          one row per live document (+ .sha256 beside it)
     trained/<lineage>.faiss            trained, empty IVF index shared by a lineage of shards
@@ -33,9 +34,11 @@ LEASES = "leases/"
 
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.faiss"
-CHUNKS_FILE = "chunks.parquet"
+CHUNKS_FILE = "chunks.arrow"  # what the shard writer writes (model.store.rows)
+PARQUET_CHUNKS_FILE = "chunks.parquet"  # shards written before chunks.arrow: read, never written
+CHUNK_FILES = (CHUNKS_FILE, PARQUET_CHUNKS_FILE)
 SHARD_META_FILE = "shard.json"
-SHARD_DATA_FILES = (INDEX_FILE, CHUNKS_FILE)  # what shard.json records a sha256 for
+SHARD_DATA_FILES = (INDEX_FILE, CHUNKS_FILE)  # what the writer puts and shard.json records a sha256 for
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^v(\d{6,})-([0-9a-f]+)$")

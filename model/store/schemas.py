@@ -1,4 +1,4 @@
-"""Arrow schemas of a shard's ``chunks.parquet`` and a version's ledger, and their validation."""
+"""Arrow schemas of a shard's chunk rows (``chunks.arrow``) and a version's ledger, and their validation."""
 
 from __future__ import annotations
 

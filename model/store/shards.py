@@ -1,7 +1,8 @@
 """Shard files: stage them locally, put them in the store create-only, read and check ``shard.json``.
 
-A shard is three files under ``shards/<id>/``: ``index.faiss``, ``chunks.parquet`` (sorted by
-chunk id) and ``shard.json``, which records the sha256 of the other two. A manifest records the
+A shard is three files under ``shards/<id>/``: ``index.faiss``, ``chunks.arrow`` (sorted by chunk
+id; see :mod:`model.store.rows`; older shards have ``chunks.parquet``) and ``shard.json``, which
+records the sha256 of the other two. A manifest records the
 sha256 of ``shard.json``, so one digest pins the whole shard. ``shard.json`` is put last: a shard
 without it was never finished and nothing references it.
 """
@@ -14,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from model.embedder import EmbedderSpec
-from model.store import faiss_index, layout
+from model.store import faiss_index, layout, rows
 from model.store.backends import Backend
 from model.store.checksums import sha256_bytes, sha256_file
 from model.store.errors import ChecksumMismatch, IncompatibleIndex, StoreError
@@ -49,6 +49,11 @@ class ShardMeta(BaseModel):
     embedder: EmbedderSpec
     created_at: datetime
     files: dict[str, FileEntry]
+
+    @property
+    def chunks_file(self) -> str:
+        """The name of the shard's chunk rows: ``chunks.arrow``, or ``chunks.parquet`` (older shards)."""
+        return rows.chunks_file(self.files)
 
 
 def sort_by_chunk_id(table: pa.Table, vectors: np.ndarray) -> tuple[pa.Table, np.ndarray]:
@@ -84,8 +89,7 @@ def stage(
     """
     if index.ntotal != table.num_rows:
         raise StoreError(f"index holds {index.ntotal} vectors for {table.num_rows} chunks")
-    # Small row groups keep random access cheap for readers that fetch few rows.
-    pq.write_table(table, directory / layout.CHUNKS_FILE, compression="zstd", row_group_size=65536)
+    rows.write(table, directory / layout.CHUNKS_FILE)
     faiss_index.write(index, directory / layout.INDEX_FILE)
     files = {
         name: FileEntry(sha256=sha256_file(directory / name), bytes=(directory / name).stat().st_size)
@@ -112,7 +116,7 @@ def put(backend: Backend, directory: Path, meta: ShardMeta, meta_bytes: bytes) -
     Returns:
         The manifest entry for the shard.
     """
-    for name in layout.SHARD_DATA_FILES:
+    for name in meta.files:
         backend.put_file(layout.shard_key(meta.id, name), directory / name)
     backend.put_bytes(layout.shard_key(meta.id, layout.SHARD_META_FILE), meta_bytes)
     total = sum(f.bytes for f in meta.files.values()) + len(meta_bytes)
@@ -149,6 +153,9 @@ def read_meta(backend: Backend, shard: ShardInfo, *, embedder: EmbedderSpec | No
             "the manifest's; it is refused. Restore the file, or roll back to a version that does not use it"
         )
     meta = ShardMeta.model_validate_json(data)
+    if layout.INDEX_FILE not in meta.files:
+        raise StoreError(f"shard {shard.id}: shard.json lists no {layout.INDEX_FILE}")
+    meta.chunks_file  # exactly one chunk file, or StoreError
     if meta.count != shard.count or meta.id != shard.id:
         raise ChecksumMismatch(f"shard {shard.id}: shard.json says id {meta.id}, {meta.count} chunks; the manifest {shard.count}")
     if embedder is not None and (meta.embedder != embedder or meta.dim != embedder.dim):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +25,8 @@ from model.store.lineage import Lineages
 from model.store.manifest import Manifest, ShardInfo
 from model.store.schemas import chunks_to_table, empty_ledger
 from model.store.uri import parse_store_uri
-from model.store.view import IndexView, load_shard
+from model.store.pool import ShardPool
+from model.store.view import IndexView, load_shard_data, version_shard
 
 LOG = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class Store:
         self.policy = policy or IndexPolicy()
         self.cache = ShardCache(Path(cache_dir) if cache_dir is not None else default_cache_dir(), Verifier())
         self.lineages = Lineages(backend, self.cache.root, self.policy)
+        self.pool = ShardPool()  # shards open versions hold, shared by every version listing them
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
@@ -149,7 +153,7 @@ class Store:
         lineage: str | None = None,
         embedder: EmbedderSpec,
     ) -> ShardInfo:
-        """Write one immutable shard: FAISS index + chunks.parquet + shard.json.
+        """Write one immutable shard: FAISS index + chunks.arrow + shard.json.
 
         Below ``policy.flat_max`` chunks the index is exact (``IDMap2,Flat``). Above it, the
         shard is IVF with its lineage's trained quantizer (trained here from these vectors if the
@@ -380,7 +384,11 @@ class Store:
     # reading
 
     def open(self, version: str | None = None, *, embedder: EmbedderSpec | None = None) -> IndexView:
-        """Load a version for searching: verify every file, memory-map the indexes.
+        """Load a version for searching: verify its new shards' files, memory-map them.
+
+        Shards that a version already open from this store holds are shared, not read or verified
+        again (they are immutable and pinned by sha256; see :mod:`model.store.pool`); only the
+        others are fetched, verified and mapped. Tombstone filters are built for this version.
 
         Args:
             version: a version id; None for CURRENT.
@@ -388,42 +396,50 @@ class Store:
                 the one that made the version's keys.
 
         Returns:
-            The view (close it when done).
+            The view (close it when done: that releases its shards).
 
         Raises:
             NoCurrentVersion: version is None and nothing was published.
             IncompatibleIndex: another embedder or dimension.
             ChecksumMismatch: a file does not match its sha256 (named in the message).
         """
+        start = time.perf_counter()
         manifest = self.manifest(version)
         if embedder is not None and embedder != manifest.embedder:
             raise IncompatibleIndex(
                 f"version {manifest.version} of {self.uri} was embedded with {_describe(manifest.embedder)}, "
                 f"but the queries come from {_describe(embedder)}; use the same embedder, or re-embed the corpus"
             )
-        doc_index: dict[str, int] = {}
-        loaded = []
+        held, loaded, shared = [], [], 0
         tombstones = np.asarray(manifest.tombstones, dtype=np.int64)
         try:
             for info in manifest.shards:
-                meta = shards.read_meta(self.backend, info, embedder=manifest.embedder)
-                files = self.cache.shard_files(self.backend, meta)
-                loaded.append(
-                    load_shard(
-                        info,
-                        meta,
-                        files,
-                        tombstones=tombstones[info.since :],
-                        nprobe=manifest.search.nprobe,
-                        doc_index=doc_index,
-                    )
-                )
+                data, reused = self.pool.acquire(info, functools.partial(self._load_shard, info, manifest.embedder))
+                held.append(data)
+                if reused and data.meta.embedder != manifest.embedder:
+                    raise IncompatibleIndex(f"shard {info.id} was embedded with {data.meta.embedder.name}, not the version's {manifest.embedder.name}")
+                shared += reused
+                loaded.append(version_shard(data, info, tombstones=tombstones[info.since :], nprobe=manifest.search.nprobe))
         except Exception:
-            loaded.clear()
+            for data in held:
+                self.pool.release(data)
             raise
-        view = IndexView(manifest, loaded, doc_index=doc_index, store_uri=self.uri)
-        LOG.info("opened %s version %s: %d shards, %d live chunks", self.uri, manifest.version, len(loaded), view.count)
+
+        def release() -> None:
+            for data in held:
+                self.pool.release(data)
+
+        view = IndexView(manifest, loaded, store_uri=self.uri, on_close=release, shared=shared)
+        LOG.info(
+            "opened %s version %s: %d shards (%d shared with open versions), %d live chunks, in %.2fs",
+            self.uri, manifest.version, len(loaded), shared, view.count, time.perf_counter() - start,
+        )
         return view
+
+    def _load_shard(self, info: ShardInfo, embedder: EmbedderSpec):
+        meta = shards.read_meta(self.backend, info, embedder=embedder)
+        files = self.cache.shard_files(self.backend, meta)
+        return load_shard_data(meta, info.sha256, files)
 
     # maintenance
 

@@ -1,4 +1,8 @@
-"""A loaded, searchable index version: memory-mapped shards, tombstones filtered, top-k merged."""
+"""A loaded, searchable index version: memory-mapped shards, tombstones filtered, top-k merged.
+
+The shards' data (index, chunk rows, ids) may be shared with other open versions
+(:mod:`model.store.pool`); what belongs to one version is its tombstone filter per shard.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,18 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from model.retrieval import Neighbour
-from model.store import faiss_index, layout
+from model.store import faiss_index, layout, rows
 from model.store.errors import StoreError
 from model.store.manifest import Manifest, ShardInfo
+from model.store.pool import ShardData, file_stamp
 from model.store.shards import ShardMeta
 
 LOG = logging.getLogger(__name__)
@@ -25,66 +29,94 @@ LOG = logging.getLogger(__name__)
 POST_FILTER_MAX = 4096  # flat shards with at most this many hidden ids filter after searching
 
 
+def load_shard_data(meta: ShardMeta, sha256: str, files: dict[str, Path]) -> ShardData:
+    """Map one verified shard: its index read-only, its chunk rows (see :mod:`model.store.rows`).
+
+    Args:
+        meta: its ``shard.json``.
+        sha256: the digest of ``shard.json`` (what manifests pin the shard by).
+        files: verified local paths of ``index.faiss`` and the chunk file.
+
+    Returns:
+        The shard's data, to be shared through :class:`model.store.pool.ShardPool`.
+    """
+    stamps = {name: file_stamp(path) for name, path in files.items()}  # before reading: a later rewrite shows
+    index = faiss_index.read_mapped(files[layout.INDEX_FILE], meta.factory)
+    table = rows.read(files[meta.chunks_file])
+    if index.ntotal != meta.count or table.num_rows != meta.count:
+        raise StoreError(f"shard {meta.id}: index holds {index.ntotal} and {meta.chunks_file} {table.num_rows} rows, shard.json says {meta.count}")
+    if index.d != meta.dim:
+        raise StoreError(f"shard {meta.id}: index dim {index.d} != shard.json dim {meta.dim}")
+    ids = table.column("chunk_id").to_numpy()
+    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
+        # Written by this module, the table is sorted; sort here rather than trust a foreign one.
+        order = np.argsort(ids, kind="stable")
+        table, ids = table.take(pa.array(order)), ids[order]
+    return ShardData(meta=meta, sha256=sha256, index=index, table=table, ids=ids, files=dict(files), stamps=stamps)
+
+
 @dataclass
 class LoadedShard:
-    """One shard of a view: its index (memory-mapped) and chunk table, plus lookups."""
+    """One shard as one version sees it: the shared data plus this version's tombstone filter."""
 
+    data: ShardData
     info: ShardInfo
-    meta: ShardMeta
-    index: Any  # faiss.Index
-    table: pa.Table  # chunks sorted by chunk_id
-    ids: np.ndarray  # the table's chunk_id column (sorted)
-    doc_codes: np.ndarray  # per row: the view-wide integer code of its doc_id
     hidden: np.ndarray  # sorted chunk ids of this shard that a tombstone hides
     params: Any = None  # faiss search parameters (nprobe, tombstone selector)
     keep_alive: list = field(default_factory=list)  # selector objects params point to
     post_filter: bool = False  # hidden ids are fetched and dropped after searching (no selector)
 
     @property
+    def meta(self) -> ShardMeta:
+        return self.data.meta
+
+    @property
+    def index(self):
+        return self.data.index
+
+    @property
+    def table(self) -> pa.Table:
+        return self.data.table
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.data.ids
+
+    @property
     def live(self) -> int:
         return len(self.ids) - len(self.hidden)
 
+    def is_live(self, ids: np.ndarray) -> np.ndarray:
+        """Per id: does this shard hold it, unhidden?"""
+        if not len(self.ids):
+            return np.zeros(len(ids), bool)
+        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        held = self.ids[rows] == ids
+        return held & ~np.isin(ids, self.hidden) if len(self.hidden) else held
 
-def load_shard(
-    info: ShardInfo,
-    meta: ShardMeta,
-    files: dict[str, Path],
-    *,
-    tombstones: np.ndarray,
-    nprobe: int,
-    doc_index: dict[str, int],
-) -> LoadedShard:
-    """Open one verified shard: mmap its index, read its chunks, work out which ids are hidden.
+
+def version_shard(data: ShardData, info: ShardInfo, *, tombstones: np.ndarray, nprobe: int) -> LoadedShard:
+    """A shard's filter for one version: which of its ids the version's tombstones hide.
 
     Args:
-        info: the manifest's entry.
-        meta: its ``shard.json``.
-        files: verified local paths of ``index.faiss`` and ``chunks.parquet``.
+        data: the shard (loaded now or shared with another open version).
+        info: this version's manifest entry for it (``since`` says which tombstones apply).
         tombstones: the tombstones that apply to this shard (any order).
-        nprobe: IVF lists to probe.
-        doc_index: doc_id -> integer code, shared by every shard of the view (extended here).
+        nprobe: IVF lists to probe (the version's ``search.nprobe``).
 
     Returns:
-        The loaded shard.
+        The shard as this version searches it.
     """
-    index = faiss_index.read_mapped(files[layout.INDEX_FILE], meta.factory)
-    table = pq.read_table(files[layout.CHUNKS_FILE], memory_map=True)
-    if index.ntotal != meta.count or table.num_rows != meta.count:
-        raise StoreError(f"shard {info.id}: index holds {index.ntotal} and chunks.parquet {table.num_rows} rows, shard.json says {meta.count}")
-    if index.d != meta.dim:
-        raise StoreError(f"shard {info.id}: index dim {index.d} != shard.json dim {meta.dim}")
-    ids = table.column("chunk_id").to_numpy()
-    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
-        # Written by this module, the table is sorted; sort here rather than trust a foreign one.
-        order = np.argsort(ids, kind="stable")
-        table, ids = table.take(pa.array(order)), ids[order]
-    hidden = np.intersect1d(ids, tombstones) if len(tombstones) else np.empty(0, np.int64)
-    encoded = pc.dictionary_encode(table.column("doc_id")).combine_chunks()
-    codes = np.fromiter((doc_index.setdefault(d, len(doc_index)) for d in encoded.dictionary.to_pylist()), np.int64)
-    doc_codes = codes[encoded.indices.to_numpy(zero_copy_only=False)] if len(codes) else np.empty(0, np.int64)
-    shard = LoadedShard(info, meta, index, table, ids, doc_codes, hidden)
+    ids = data.ids
+    hidden = np.empty(0, np.int64)
+    if len(tombstones) and len(ids):
+        # Binary search of the (few) tombstones in the sorted ids: never a pass over the shard.
+        wanted = np.unique(np.asarray(tombstones, np.int64))
+        rows = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+        hidden = wanted[ids[rows] == wanted]
+    shard = LoadedShard(data, info, hidden)
     selector = None
-    if faiss_index.is_flat(meta.factory) and len(hidden) <= POST_FILTER_MAX:
+    if faiss_index.is_flat(data.meta.factory) and len(hidden) <= POST_FILTER_MAX:
         # A selector pushes exact search off its BLAS path (~4x slower); fetching len(hidden)
         # more results costs almost nothing, so drop hidden ids afterwards instead.
         shard.post_filter = len(hidden) > 0
@@ -93,32 +125,55 @@ def load_shard(
         batch = faiss.IDSelectorBatch(hidden)
         selector = faiss.IDSelectorNot(batch)
         shard.keep_alive = [batch, selector]
-    shard.params = faiss_index.search_params(index, nprobe=nprobe, selector=selector)
+    shard.params = faiss_index.search_params(data.index, nprobe=nprobe, selector=selector)
     return shard
+
+
+def live_count(shards: Sequence[LoadedShard]) -> int:
+    """Distinct live chunk ids across shards, without concatenating the shards' ids.
+
+    A chunk id is normally live in one shard only; one live in m shards must count once. Shards
+    are taken largest first and each one's live ids are looked up (binary search) in the shards
+    before it, so the largest shard is never scanned and a delta costs its own size.
+    """
+    total = 0
+    ordered = sorted(shards, key=lambda s: len(s.ids), reverse=True)
+    for i, shard in enumerate(ordered):
+        if i == 0 or not shard.live:
+            total += shard.live
+            continue
+        ids = np.setdiff1d(shard.ids, shard.hidden, assume_unique=True) if len(shard.hidden) else shard.ids
+        seen = np.zeros(len(ids), bool)
+        for earlier in ordered[:i]:
+            seen |= earlier.is_live(ids)
+        total += int(len(ids) - seen.sum())
+    return total
 
 
 class IndexView:
     """One loaded version of the index, safe to search from many threads.
 
     Built by :meth:`model.store.Store.open`; searching never changes it. ``close()`` waits for
-    searches in flight, then releases the memory maps.
+    searches in flight, then releases its shards (``on_close``; a shard another open version
+    shares stays mapped).
 
     Attributes:
         version: the version id.
         manifest: its manifest.
     """
 
-    def __init__(self, manifest: Manifest, shards: list[LoadedShard], *, doc_index: dict[str, int], store_uri: str = ""):
+    def __init__(self, manifest: Manifest, shards: list[LoadedShard], *, store_uri: str = "",
+                 on_close: Callable[[], None] | None = None, shared: int = 0):
         self.manifest = manifest
         self.version = manifest.version
         self.store_uri = store_uri
+        self.shared = shared  # shards taken over from versions already open, not loaded
         self._shards = shards
-        self._doc_index = doc_index  # doc_id -> the code LoadedShard.doc_codes uses
+        self._on_close = on_close
         self._cond = threading.Condition()
         self._active = 0
         self._closed = False
-        live = [np.setdiff1d(s.ids, s.hidden, assume_unique=True) for s in shards]
-        self.count = int(len(np.unique(np.concatenate(live)))) if live else 0
+        self.count = live_count(shards)
 
     @property
     def dim(self) -> int:
@@ -175,11 +230,7 @@ class IndexView:
         try:
             if n == 0 or k == 0 or not self._shards:
                 return [[] for _ in range(n)]
-            excluded = np.full(n, -1, np.int64)
-            if exclude_doc_ids is not None:
-                for i, doc in enumerate(exclude_doc_ids):
-                    if doc is not None:
-                        excluded[i] = self._doc_index.get(doc, -1)  # a document no shard holds: nothing to skip
+            excluded = list(exclude_doc_ids) if exclude_doc_ids is not None else [None] * n
             picks = self._top_k(queries, k, excluded)
             return self._neighbours(picks)
         finally:
@@ -198,26 +249,27 @@ class IndexView:
             raise ValueError("queries contain NaN or infinite values")
         return queries
 
-    def _top_k(self, queries: np.ndarray, k: int, excluded: np.ndarray) -> list[list[tuple[float, int, int]]]:
+    def _top_k(self, queries: np.ndarray, k: int, excluded: list[str | None]) -> list[list[tuple[float, int, int]]]:
         """Per query, up to k (score, shard, row), best first, excluded docs and duplicates skipped."""
         n = len(queries)
         out: list[list[tuple[float, int, int]]] = [[] for _ in range(n)]
         # Excluding a document can remove some of the top k: fetch a margin, widen if needed.
-        fetch = k if (excluded < 0).all() else 2 * k + 8
+        fetch = k if all(doc is None for doc in excluded) else 2 * k + 8
         pending = np.arange(n)
         while len(pending):
             scores, shard_no, rows, cids, exhausted = self._search_shards(queries[pending], fetch)
+            skip = self._excluded_mask(shard_no, rows, [excluded[qi] for qi in pending])
             order = np.argsort(-scores, axis=1, kind="stable")
             retry = []
             for j, qi in enumerate(pending):
                 top = order[j, :k]
                 top = top[scores[j, top] > -np.inf]
                 top_ids = cids[j, top].tolist()
-                if excluded[qi] == -1 and len(set(top_ids)) == len(top_ids):
+                if excluded[qi] is None and len(set(top_ids)) == len(top_ids):
                     # The common case: nothing to skip, the best k are the answer.
                     picked = [(float(scores[j, c]), int(shard_no[j, c]), int(rows[j, c])) for c in top]
                 else:
-                    picked = self._pick(scores[j], shard_no[j], rows[j], cids[j], order[j], k, excluded[qi])
+                    picked = self._pick(scores[j], shard_no[j], rows[j], cids[j], order[j], k, skip[j])
                 if len(picked) < k and not exhausted[j]:
                     retry.append(qi)
                 else:
@@ -226,14 +278,29 @@ class IndexView:
             fetch *= 4
         return out
 
-    def _pick(self, scores, shard_no, rows, cids, order, k: int, excluded: int) -> list[tuple[float, int, int]]:
+    def _excluded_mask(self, shard_no: np.ndarray, rows: np.ndarray, excluded: list[str | None]) -> np.ndarray:
+        """Per candidate: is it a chunk of its query's excluded document? (Reads only those rows' doc_id.)"""
+        mask = np.zeros(shard_no.shape, bool)
+        wanted = np.array([doc is not None for doc in excluded])
+        if not wanted.any() or not shard_no.size:
+            return mask
+        for s, shard in enumerate(self._shards):
+            where = np.nonzero((shard_no == s) & wanted[:, None])
+            if not len(where[0]):
+                continue
+            docs = shard.table.column("doc_id").take(pa.array(rows[where], pa.int64()))
+            targets = pa.array([excluded[j] for j in where[0]], pa.string())
+            mask[where] = pc.equal(docs, targets).to_numpy(zero_copy_only=False)
+        return mask
+
+    def _pick(self, scores, shard_no, rows, cids, order, k: int, skip: np.ndarray) -> list[tuple[float, int, int]]:
         """One query's best k candidates, skipping duplicates and chunks of an excluded document."""
         picked, seen = [], set()
         for c in order:
             if scores[c] == -np.inf:
                 break
             cid = int(cids[c])
-            if cid in seen or (excluded != -1 and self._shards[shard_no[c]].doc_codes[rows[c]] == excluded):
+            if cid in seen or skip[c]:
                 continue
             seen.add(cid)
             picked.append((float(scores[c]), int(shard_no[c]), int(rows[c])))
@@ -328,7 +395,11 @@ class IndexView:
     def close(self) -> None:
         """Release the shards (after searches in flight finish). Idempotent."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
             self._cond.wait_for(lambda: self._active == 0)
             self._shards = []
+        if self._on_close is not None:
+            self._on_close()
         LOG.debug("closed index view %s", self.version)

@@ -9,6 +9,7 @@ import pytest
 from model.retrieval import StoreRetriever
 from model.server.runtime import LockedEmbedder
 from model.server.swap import Compatibility, IndexHolder
+from tests.fixtures.server import label_of
 
 
 @pytest.fixture
@@ -91,3 +92,51 @@ def test_a_store_that_cannot_be_read_is_reported(holder_for, labelled_store):
     result = holder.check()
     assert result.error.kind == "store" and "not a version id" in result.error.error
     assert holder.current is not None  # still serving what it had
+
+
+def test_a_swap_loads_only_the_new_shard(labelled_store, holder_for):
+    holder = holder_for(labelled_store)
+    a = labelled_store.publish("A")
+    holder.check()
+    b = labelled_store.publish("B")  # A's shard stays listed (all its chunks tombstoned)
+    assert holder.check().swapped
+    with holder.pin() as loaded:
+        assert loaded.version == b and loaded.view.shared == 1
+        hits = loaded.retriever.retrieve(["the mayor"], 2)[0]
+        assert len(hits) == 2 and {label_of(h.url) for h in hits} == {"B"}  # A's chunks: hidden by B's filter
+    assert labelled_store.store.pool.held_ids() == {s.id for s in labelled_store.store.manifest(b).shards}
+    assert labelled_store.store.manifest(b).shards[0] == labelled_store.store.manifest(a).shards[0]
+
+
+def test_a_shared_shard_damaged_between_swaps_is_refused_and_the_old_version_serves(labelled_store, holder_for):
+    holder = holder_for(labelled_store)
+    a = labelled_store.publish("A")
+    holder.check()
+    b = labelled_store.publish("B")
+    labelled_store.damage(b, "chunks.arrow", shard=0)  # A's shard, which the served version maps
+    result = holder.check()
+    assert (result.version, result.swapped, result.error.kind) == (a, False, "checksum")
+    assert "chunks.arrow" in result.error.error and holder.last_error == result.error
+    with holder.pin() as loaded:
+        assert loaded.version == a
+        assert len(loaded.retriever.retrieve(["the mayor"], 2)[0]) == 2  # still serving
+
+
+def test_a_parquet_layout_version_is_served(labelled_store, holder_for):
+    from model.store import Manifest
+
+    from tests.model.store.legacy import as_parquet_shard
+
+    a = labelled_store.publish("A")
+    store = labelled_store.store
+    manifest = store.manifest(a)
+    old = as_parquet_shard(store, manifest.shards[0])
+    legacy = Manifest.next(None, version=store.new_version_id(), embedder=manifest.embedder, tokenizer=manifest.tokenizer,
+                           add_shards=[old], tombstones=[], ledger=None, documents=manifest.stats.documents,
+                           watermark=manifest.watermark, sources=manifest.sources)
+    store.publish(legacy, expected_current=a, check_parent=False)
+    holder = holder_for(labelled_store)
+    assert holder.check().version == legacy.version
+    with holder.pin() as loaded:
+        hits = loaded.retriever.retrieve(["the mayor"], 2)[0]
+        assert len(hits) == 2 and hits[0].tokens and hits[0].version == legacy.version

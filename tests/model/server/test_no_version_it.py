@@ -37,7 +37,7 @@ def test_retrieval_is_off_until_a_version_is_published(labelled_store: LabelledS
 
 def test_a_store_whose_current_version_is_damaged_is_not_ready(labelled_store: LabelledStore, server_settings, run_server):
     version = labelled_store.publish("A")
-    labelled_store.damage(version, "chunks.parquet")
+    labelled_store.damage(version, "chunks.arrow")
     server = run_server(server_settings(labelled_store.uri, reload_interval_s=0.2))
     client = RetroClient(server.url)
     wait_for(lambda: client.index().last_error is not None, timeout=30, what="the first check")

@@ -19,7 +19,7 @@ def test_gc_keeps_newest_and_current(store, corpus):
     assert f"versions/{second.manifest.version}/manifest.json" in deleted
     assert f"versions/{third.version}/manifest.json" in deleted
     old_delta = second.manifest.shards[1].id  # only versions 2 (and the compacted 3 replaced it) used it
-    assert {f"shards/{old_delta}/{n}" for n in ("index.faiss", "chunks.parquet", "shard.json")} <= set(deleted)
+    assert {f"shards/{old_delta}/{n}" for n in ("index.faiss", "chunks.arrow", "shard.json")} <= set(deleted)
     for shard in first.manifest.shards + fourth.manifest.shards:  # CURRENT's and the newest's
         assert store.backend.exists(f"shards/{shard.id}/shard.json")
         assert not any(key.startswith(f"shards/{shard.id}/") for key in deleted)
@@ -36,7 +36,7 @@ def test_gc_spares_young_unreferenced_files(store, corpus):
     orphan = store.write_shard(chunks, vectors, embedder=SPEC)  # an ingest that has not published yet
     assert store.gc(keep=1) == []
     deleted = store.gc(keep=1, min_age_s=0)
-    assert sorted(deleted) == sorted(f"shards/{orphan.id}/{n}" for n in ("chunks.parquet", "index.faiss", "shard.json"))
+    assert sorted(deleted) == sorted(f"shards/{orphan.id}/{n}" for n in ("chunks.arrow", "index.faiss", "shard.json"))
 
 
 def test_gc_keeps_ledgers_that_kept_versions_reference(store, corpus):

@@ -22,7 +22,7 @@ def corrupt(store, key: str) -> None:
         store.backend.bucket.blob(store.backend._name(key)).upload_from_string(bytes(data))
 
 
-@pytest.mark.parametrize("name", ["index.faiss", "chunks.parquet", "shard.json"])
+@pytest.mark.parametrize("name", ["index.faiss", "chunks.arrow", "shard.json"])
 def test_corrupt_shard_file_is_refused_naming_it(store, store_uri, corpus, tmp_path, name):
     first = publish(store, corpus, range(4))
     second = publish(store, corpus, range(4, 8), parent=first.manifest)
@@ -84,7 +84,7 @@ def test_a_version_cannot_mix_embedders(store, corpus):
 def test_missing_shard_is_a_clear_error(store, corpus):
     first = publish(store, corpus, range(3))
     shard = first.manifest.shards[0].id
-    for name in ("shard.json", "index.faiss", "chunks.parquet"):
+    for name in ("shard.json", "index.faiss", "chunks.arrow"):
         store.backend.delete(f"shards/{shard}/{name}")
     with pytest.raises(StoreError, match=f"shard {shard} is missing"):
         store.open()

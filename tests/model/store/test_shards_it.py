@@ -21,7 +21,7 @@ def test_shard_files_and_checksums(store, corpus):
     meta_bytes = store.backend.read_bytes(f"shards/{info.id}/shard.json")
     assert sha256_bytes(meta_bytes) == info.sha256
     meta = json.loads(meta_bytes)
-    assert set(meta["files"]) == {"index.faiss", "chunks.parquet"}
+    assert set(meta["files"]) == {"index.faiss", "chunks.arrow"}
     for name, entry in meta["files"].items():
         assert sha256_bytes(store.backend.read_bytes(f"shards/{info.id}/{name}")) == entry["sha256"]
     assert meta["dim"] == SPEC.dim and meta["embedder"]["name"] == SPEC.name

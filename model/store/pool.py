@@ -1,0 +1,148 @@
+"""Shards loaded once per process and shared by every open version that lists them.
+
+Shards are immutable and pinned by the sha256 of their ``shard.json`` (which pins the sha256 of
+their other files), so a version that lists a shard an open version already holds gets the same
+loaded shard: its index and chunk rows stay mapped once, and its files are neither re-read nor
+re-hashed. Opening a version after a refresh therefore costs the delta, not the store. Each
+loaded shard counts the open versions that use it and is closed when the last one closes.
+
+A shared shard is not trusted blindly: each reuse compares its files' inode, size and mtime with
+those seen when they were verified (two ``stat`` calls), and a file that changed on disk is
+verified again from scratch (re-fetched, for a remote store), never silently reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from model.store.manifest import ShardInfo
+from model.store.shards import ShardMeta
+
+LOG = logging.getLogger(__name__)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime) of a file, None if it is gone: what changes when it is rewritten."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(eq=False)
+class ShardData:
+    """One shard's verified, memory-mapped contents; shared by every version listing it.
+
+    Attributes:
+        meta: its ``shard.json``.
+        sha256: the digest of ``shard.json`` that manifests pin it by.
+        index: the FAISS index, memory-mapped read-only.
+        table: the chunk rows, sorted by chunk id (memory-mapped for ``chunks.arrow``).
+        ids: the table's chunk ids as a sorted int64 array (the one copy a shard keeps in memory).
+        files: the verified local paths it was loaded from.
+        stamps: each file's :func:`file_stamp` when it was verified.
+        refs: open versions using it (changed only by :class:`ShardPool`).
+    """
+
+    meta: ShardMeta
+    sha256: str
+    index: Any
+    table: pa.Table
+    ids: np.ndarray
+    files: dict[str, Path]
+    stamps: dict[str, tuple | None] = field(default_factory=dict)
+    refs: int = 0
+    closed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.meta.id, self.sha256)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(entry.bytes for entry in self.meta.files.values())
+
+    def changed_files(self) -> list[str]:
+        """Names of the files that were rewritten, replaced or removed since they were verified."""
+        return [name for name, path in self.files.items() if file_stamp(path) != self.stamps.get(name)]
+
+    def close(self) -> None:
+        """Drop the index and the rows; the mappings go when nothing refers to them any more."""
+        self.closed = True
+        self.index = None
+        self.table = None
+
+
+class ShardPool:
+    """The loaded shards of one :class:`model.store.Store`, keyed by (shard id, shard.json sha256)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._shards: dict[tuple[str, str], ShardData] = {}
+
+    def acquire(self, info: ShardInfo, load: Callable[[], ShardData]) -> tuple[ShardData, bool]:
+        """The loaded shard for a manifest entry, loading it only if no open version holds it.
+
+        Args:
+            info: the manifest's entry (its ``sha256`` pins ``shard.json``).
+            load: reads, verifies and maps the shard (called without the pool's lock).
+
+        Returns:
+            (the shard, with one more reference; True if it was shared rather than loaded).
+
+        Raises:
+            Whatever ``load`` raises (ChecksumMismatch, StoreError): nothing is referenced then.
+        """
+        key = (info.id, info.sha256)
+        with self._lock:
+            held = self._shards.get(key)
+            changed = held.changed_files() if held is not None else []
+            if held is not None and not changed:
+                held.refs += 1
+                return held, True
+        if changed:
+            LOG.warning("shard %s: %s changed on disk since it was verified; verifying it again", info.id, ", ".join(changed))
+        fresh = load()
+        with self._lock:
+            held = self._shards.get(key)
+            if held is not None and held is not fresh and not held.changed_files():
+                held.refs += 1  # another open loaded it meanwhile: share theirs
+                fresh.close()
+                return held, True
+            fresh.refs = 1
+            # A stale entry stays open for the versions that hold it and closes with the last of them.
+            self._shards[key] = fresh
+            return fresh, False
+
+    def release(self, shard: ShardData) -> None:
+        """One version no longer uses ``shard``; the last one out closes it."""
+        with self._lock:
+            shard.refs -= 1
+            last = shard.refs <= 0
+            if last and self._shards.get(shard.key) is shard:
+                del self._shards[shard.key]
+        if last:
+            shard.close()
+            LOG.debug("released shard %s", shard.id)
+
+    def held_ids(self) -> set[str]:
+        """Ids of the shards some open version uses now (the cache must not evict them)."""
+        with self._lock:
+            return {shard_id for shard_id, _ in self._shards}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._shards)

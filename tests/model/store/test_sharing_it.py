@@ -1,0 +1,135 @@
+"""Versions open at once share the shards they both list; only new shards are read and verified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.store import ChecksumMismatch, layout, open_store
+from model.store.checksums import Verifier
+
+from .conftest import SPEC, next_manifest, publish
+from .legacy import as_parquet_shard
+from .test_integrity_it import corrupt
+
+
+class CountingVerifier(Verifier):
+    """Counts the files it is asked to check (a shared shard must not be among them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.checked: list[str] = []
+
+    def verify(self, path, expected, *, what):
+        self.checked.append(what)
+        super().verify(path, expected, what=what)
+
+
+def ids_of(hits) -> list[list[int]]:
+    return [[n.chunk_id for n in h] for h in hits]
+
+
+def test_a_delta_version_shares_the_shards_already_open(store, corpus):
+    first = publish(store, corpus, range(20))
+    store.cache.verifier = verifier = CountingVerifier()
+    old_shard = first.manifest.shards[0].id
+    gone = first.chunks[0]
+    second = publish(store, corpus, range(20, 30), parent=first.manifest, tombstones=[gone.chunk_id])
+    verifier.checked.clear()  # publishing verifies every file; opening must not
+    with store.open(first.manifest.version) as old:
+        verifier.checked.clear()
+        with store.open(second.manifest.version) as new:
+            assert new.shared == 1 and len(store.pool) == 2
+            assert old._shards[0].data is new._shards[0].data  # one copy, mapped once
+            assert not any(old_shard in what for what in verifier.checked)  # not re-verified
+            assert any(second.manifest.shards[1].id in what for what in verifier.checked)  # the delta is
+            # The tombstone filter is the version's own: the old version still returns the chunk.
+            query = first.vectors[:1]
+            assert ids_of(old.search(query, 1)) == [[gone.chunk_id]]
+            assert gone.chunk_id not in ids_of(new.search(query, 5))[0]
+            assert new.count == 30 * 4 - 1 and old.count == 20 * 4
+        # The old version keeps its shard when the new one closes, and searches as before.
+        assert len(store.pool) == 1 and ids_of(old.search(query, 1)) == [[gone.chunk_id]]
+    assert len(store.pool) == 0  # the last version out releases the shard
+
+
+def test_a_closed_version_releases_only_what_no_other_uses(store, corpus):
+    first = publish(store, corpus, range(10))
+    second = publish(store, corpus, range(10, 20), parent=first.manifest)
+    old = store.open(first.manifest.version)
+    new = store.open(second.manifest.version)
+    want = ids_of(new.search(corpus.queries(8), 3))
+    old.close()
+    old.close()  # idempotent: releases once
+    assert len(store.pool) == 2
+    assert ids_of(new.search(corpus.queries(8), 3)) == want
+    new.close()
+    assert len(store.pool) == 0
+
+
+def replace_damaged(path) -> None:
+    """Rewrite a file with one byte flipped as a new file renamed over it (as copy and sync tools do)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(bytes(data))
+    tmp.replace(path)
+
+
+@pytest.mark.parametrize("how", ["replaced", "in place"])
+def test_a_shared_shard_damaged_on_disk_is_verified_again(store_uri, tmp_path, corpus, how):
+    store = open_store(store_uri, cache_dir=tmp_path / "cache")
+    first = publish(store, corpus, range(10))
+    second = publish(store, corpus, range(10, 20), parent=first.manifest)
+    shared = first.manifest.shards[0].id
+    with store.open(first.manifest.version) as old:
+        want = ids_of(old.search(corpus.queries(4), 2))
+        local = store.backend.local_path(layout.shard_key(shared, layout.INDEX_FILE))
+        if local is not None:
+            # The store's own file: verified again, refused, and the refused version holds nothing.
+            replace_damaged(local) if how == "replaced" else corrupt(store, layout.shard_key(shared, layout.INDEX_FILE))
+            with pytest.raises(ChecksumMismatch, match=f"shard {shared} file index.faiss"):
+                store.open(second.manifest.version)
+            assert len(store.pool) == 1
+        else:
+            # A remote store's damaged cached copy is fetched again and the new version opens on it.
+            cached = layout.cache_shard_dir(tmp_path / "cache", shared) / layout.INDEX_FILE
+            replace_damaged(cached) if how == "replaced" else cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")
+            with store.open(second.manifest.version) as new:
+                assert new.shared == 0 and new.count == 80
+                assert ids_of(new.search(first.vectors[:4], 1)) == [[c.chunk_id] for c in first.chunks[:4]]
+        # The open version keeps serving. A replaced file leaves its mapping as verified; bytes
+        # changed in place reach every mapping of the file (why shard files are create-only).
+        got = ids_of(old.search(corpus.queries(4), 2))
+        assert got == want if how == "replaced" else all(len(hits) == 2 for hits in got)
+
+
+def test_parquet_layout_shards_open_search_and_compact_into_arrow(store, corpus):
+    chunks, vectors = corpus.docs(range(30))
+    new_layout = store.write_shard(chunks, vectors, embedder=SPEC)
+    old_layout = as_parquet_shard(store, new_layout)
+    manifest = store.publish(next_manifest(store, None, [old_layout], search={"nprobe": 4096}), expected_current=None)
+    queries = corpus.queries(12)
+    with store.open() as view:
+        assert view.count == len(chunks)
+        got = view.search(queries, 3)
+        hit = got[0][0]
+        want_row = next(c for c in chunks if c.chunk_id == hit.chunk_id)
+        assert (hit.text, hit.tokens, hit.continuation, hit.url) == (want_row.text, want_row.tokens, want_row.continuation, want_row.url)
+    compacted = store.compact(manifest.version)
+    assert [s.id for s in compacted.shards] != [old_layout.id]  # rewritten even with nothing to drop
+    meta = store.backend.read_bytes(layout.shard_key(compacted.shards[0].id, layout.SHARD_META_FILE))
+    assert b"chunks.arrow" in meta and b"chunks.parquet" not in meta
+    store.publish(compacted, expected_current=manifest.version)
+    with store.open() as view:
+        assert ids_of(view.search(queries, 3)) == ids_of(got)
+
+
+def test_arrow_rows_are_memory_mapped_not_read(store, corpus):
+    publish(store, corpus, range(30))
+    with store.open() as view:
+        table = view._shards[0].table
+        column = table.column("text").chunk(0)
+        # Zero-copy: the column's buffer lies inside the file's mapping, not in freshly allocated memory.
+        assert column.buffers()[2].is_cpu and not column.buffers()[2].is_mutable
+        assert np.array_equal(view._shards[0].ids, np.sort(view._shards[0].ids))
