@@ -6,6 +6,7 @@ already start with it) followed by the main text, NFC-normalised with whitespace
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
@@ -81,17 +82,49 @@ def decode(body: bytes, charset: str | None, *, html: bool) -> str:
             return body.decode(candidate)
         except (LookupError, UnicodeDecodeError):
             continue
+    return body.decode(detect_encoding(body), errors="replace")
+
+
+def detect_encoding(body: bytes) -> str:
+    """The most likely encoding of undeclared, non-UTF-8 bytes (charset_normalizer; cp1252 if none fits)."""
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(body))
-    if matches:
-        # Short texts often fit several single-byte code pages equally well; among the least
-        # chaotic guesses prefer windows-1252, the web's default for unlabelled Western text.
-        least = min(m.chaos for m in matches)
-        tied = [m for m in matches if m.chaos <= least + 1e-9]
-        best = next((m for m in tied if m.encoding in _WESTERN), tied[0])
-        return str(best)
-    return body.decode("cp1252", errors="replace")
+    if not matches:
+        return "cp1252"
+    # Short texts often fit several single-byte code pages equally well; among the least
+    # chaotic guesses prefer windows-1252, the web's default for unlabelled Western text.
+    least = min(m.chaos for m in matches)
+    tied = [m for m in matches if m.chaos <= least + 1e-9]
+    return next((m for m in tied if m.encoding in _WESTERN), tied[0]).encoding
+
+
+def jsonl_encoding(body: bytes, charset: str | None) -> str:
+    """The one encoding a .jsonl file's lines are decoded with, each line on its own.
+
+    The declared charset if there is a known one; else UTF-8 (what JSON Lines are) whenever any
+    non-ASCII line is valid UTF-8, so a few bad bytes fail their own lines and nothing else;
+    only a file none of whose non-ASCII lines is UTF-8 is taken to be in a legacy encoding
+    (detected once, from the whole file).
+    """
+    if charset:
+        try:
+            return codecs.lookup(charset).name
+        except LookupError:
+            pass
+    try:
+        body.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    for line in body.split(b"\n"):
+        if not line.isascii():
+            try:
+                line.decode("utf-8")
+                return "utf-8"
+            except UnicodeDecodeError:
+                continue
+    return detect_encoding(body)
 
 
 @dataclass(frozen=True)
@@ -201,8 +234,17 @@ def _observe_jsonl(result: FetchResult, base: Observation, errors: list[Extracti
     if looks_binary(body):
         bad(ExtractionError("binary", f"{result.url}: not a text file"))
         return
-    for number, line in enumerate(decode(body, result.charset, html=False).splitlines(), start=1):
-        if not line.strip():
+    encoding = jsonl_encoding(body, result.charset)
+    # Line by line, on the bytes: one bad byte fails its own line, never its neighbours' text.
+    for number, raw in enumerate(body.split(b"\n"), start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8) and encoding == "utf-8":
+            raw = raw[len(codecs.BOM_UTF8) :]
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            bad(ExtractionError("bad_encoding", f"{result.url}:{number}: not {encoding} at byte {exc.start} ({raw[exc.start : exc.start + 1]!r}); JSON Lines are UTF-8"))
             continue
         try:
             record = json.loads(line)

@@ -92,3 +92,30 @@ def test_jsonl_yields_one_document_per_record_and_reports_bad_lines():
     assert [e.reason for e in errors] == ["bad_record"] * 3
     with pytest.raises(ExtractionError):
         list(observe(fetched(b"{not json", kind="jsonl")))
+
+
+def test_one_bad_byte_fails_its_own_jsonl_line_and_leaves_the_neighbours_alone():
+    body = b"\n".join([
+        json.dumps({"id": "a", "text": "Café Müller öffnet um acht."}, ensure_ascii=False).encode("utf-8"),
+        b'{"id": "b", "text": "stray \xff byte"}',
+        json.dumps({"id": "c", "text": "Ελληνικά και 日本語."}, ensure_ascii=False).encode("utf-8"),
+    ])  # fmt: skip
+    errors = []
+    docs = list(observe(fetched(body, kind="jsonl", url="/data/x.jsonl"), errors))
+    assert [d.text for d in docs] == ["Café Müller öffnet um acht.", "Ελληνικά και 日本語."]
+    assert [e.reason for e in errors] == ["bad_encoding"]
+    assert "/data/x.jsonl:2:" in str(errors[0]) and "UTF-8" in str(errors[0])
+
+
+def test_a_jsonl_file_in_a_declared_legacy_encoding_is_read_line_by_line():
+    lines = [json.dumps({"id": i, "text": t}, ensure_ascii=False) for i, t in enumerate(["Le café crème brûlée, déjà vu à Noël."] * 2)]
+    docs = list(observe(fetched("\n".join(lines).encode("cp1252"), kind="jsonl", charset="windows-1252"), []))
+    assert [d.text for d in docs] == ["Le café crème brûlée, déjà vu à Noël."] * 2
+
+
+def test_jsonl_lines_split_on_newlines_only_and_a_bom_is_dropped():
+    # U+2028 is legal unescaped inside a JSON string; str.splitlines() would cut the record there.
+    body = "\ufeff".encode() + json.dumps({"id": "a", "text": "one\u2028two"}, ensure_ascii=False).encode() + b"\r\n"
+    errors = []
+    (doc,) = observe(fetched(body, kind="jsonl"), errors)
+    assert errors == [] and doc.text == "one two"  # one record (normalise makes U+2028 a space)
