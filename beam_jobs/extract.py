@@ -13,13 +13,14 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator
+from typing import Callable, Iterator
 
 import apache_beam as beam
 
 from beam_jobs.discover import parse_datetime
 from beam_jobs.metrics import count, count_failure
 from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, FetchResult, Observation
+from model.chunking import CHUNK_TOKENS
 from model.ids import content_hash, doc_id
 
 LOG = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]
 _SPACES = re.compile(r"[^\S\n]+")
 _WESTERN = ("cp1252", "latin_1", "iso8859_15")
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+JSONL_ESCAPE_FACTOR = 6  # JSON spells one UTF-8 byte in at most 6 ("\u00e9" for the 2 bytes of é)
 
 
 class ExtractionError(ValueError):
@@ -178,13 +180,41 @@ def document_text(extracted: Extracted) -> str:
     return extracted.text
 
 
-def observe(result: FetchResult, errors: list[ExtractionError] | None = None) -> Iterator[Observation]:
+@dataclass(frozen=True)
+class SizeLimit:
+    """Refuses a document's text over ``max_bytes`` UTF-8 bytes or ``max_chunks`` chunks.
+
+    Args:
+        max_bytes: see :class:`beam_jobs.sources.DocumentLimits`.
+        max_chunks: see there.
+        count_tokens: the model tokenizer's token count of a text; None checks bytes only.
+    """
+
+    max_bytes: int
+    max_chunks: int
+    count_tokens: Callable[[str], int] | None = None
+
+    def refusal(self, text: str) -> str | None:
+        """Why the text is too large, or None."""
+        size = len(text.encode("utf-8"))
+        if size > self.max_bytes:
+            return f"{size} bytes of text, over documents.max_bytes={self.max_bytes}"
+        # Every token stands for at least one byte: a text this short cannot have too many chunks.
+        if self.count_tokens is not None and size > self.max_chunks * CHUNK_TOKENS:
+            chunks = -(-self.count_tokens(text) // CHUNK_TOKENS)
+            if chunks > self.max_chunks:
+                return f"{chunks} chunks, over documents.max_chunks={self.max_chunks}"
+        return None
+
+
+def observe(result: FetchResult, errors: list[ExtractionError] | None = None, limit: SizeLimit | None = None) -> Iterator[Observation]:
     """The observations one FetchResult yields: one per document (a .jsonl file yields many).
 
     Args:
         result: a crawl or file-read outcome.
         errors: where .jsonl records that name no document are reported (and skipped);
             None raises on the first one.
+        limit: documents over it become FAILED ``too_large`` observations (kept, not chunked).
 
     Yields:
         Observations; a failed extraction becomes a FAILED observation with its reason.
@@ -202,7 +232,8 @@ def observe(result: FetchResult, errors: list[ExtractionError] | None = None) ->
         yield base
         return
     if result.kind == "jsonl":
-        yield from _observe_jsonl(result, base, errors)
+        for observation in _observe_jsonl(result, base, errors, limit):
+            yield _within(observation, limit)
         return
     try:
         if result.kind == "html":
@@ -213,16 +244,27 @@ def observe(result: FetchResult, errors: list[ExtractionError] | None = None) ->
         yield Observation(**{**base.__dict__, "outcome": FAILED, "reason": exc.reason})
         return
     text = document_text(extracted)
-    yield Observation(**{
+    yield _within(Observation(**{
         **base.__dict__,
         "title": extracted.title or result.title,
         "text": text,
         "content_hash": content_hash(text),
         "published_at": result.published_at or extracted.published_at,
-    })  # fmt: skip
+    }), limit)  # fmt: skip
 
 
-def _observe_jsonl(result: FetchResult, base: Observation, errors: list[ExtractionError] | None) -> Iterator[Observation]:
+def _within(observation: Observation, limit: SizeLimit | None) -> Observation:
+    """The observation, or a FAILED ``too_large`` one without its text when it breaks the limit."""
+    if limit is None or observation.outcome != FETCHED or observation.text is None:
+        return observation
+    why = limit.refusal(observation.text)
+    if why is None:
+        return observation
+    LOG.warning("document %s is too large (%s); keeping the stored version", observation.url, why)
+    return Observation(**{**observation.__dict__, "outcome": FAILED, "reason": "too_large", "text": None, "content_hash": None})
+
+
+def _observe_jsonl(result: FetchResult, base: Observation, errors: list[ExtractionError] | None, limit: SizeLimit | None) -> Iterator[Observation]:
     """One document per line: {"id" or "url", "text", optional "title", "published_at"}."""
 
     def bad(error: ExtractionError) -> None:
@@ -240,6 +282,10 @@ def _observe_jsonl(result: FetchResult, base: Observation, errors: list[Extracti
         if number == 1 and raw.startswith(codecs.BOM_UTF8) and encoding == "utf-8":
             raw = raw[len(codecs.BOM_UTF8) :]
         if not raw.strip():
+            continue
+        if limit is not None and len(raw) > JSONL_ESCAPE_FACTOR * limit.max_bytes:
+            # Not even parsed: no escaping makes this many bytes a text under the limit.
+            bad(ExtractionError("too_large", f"{result.url}:{number}: a {len(raw)}-byte record, over documents.max_bytes={limit.max_bytes}"))
             continue
         try:
             line = raw.decode(encoding)
@@ -279,12 +325,36 @@ def _observe_jsonl(result: FetchResult, base: Observation, errors: list[Extracti
 
 
 class ExtractDoFn(beam.DoFn):
-    """FetchResult -> Observations; bad .jsonl records are counted and mark their source incomplete."""
+    """FetchResult -> Observations; bad .jsonl records are counted and mark their source incomplete.
+
+    Args:
+        max_bytes: per-document text limit (``documents.max_bytes``); None: no limit.
+        max_chunks: per-document chunk limit (``documents.max_chunks``).
+        tokenizer_json: the model tokenizer's ``tokenizer.json`` text, to count chunks exactly;
+            None checks bytes only.
+    """
+
+    def __init__(self, max_bytes: int | None = None, max_chunks: int | None = None, tokenizer_json: str | None = None):
+        self.max_bytes = max_bytes
+        self.max_chunks = max_chunks
+        self.tokenizer_json = tokenizer_json
+        self._limit: SizeLimit | None = None
+
+    def setup(self) -> None:
+        if self.max_bytes is None:
+            return
+        count_tokens = None
+        if self.tokenizer_json is not None:
+            from model.tokenizer import RetroTokenizer
+
+            tokenizer = RetroTokenizer.from_json(self.tokenizer_json, name="size-limit")
+            count_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
+        self._limit = SizeLimit(self.max_bytes, self.max_chunks or self.max_bytes, count_tokens)
 
     def process(self, result: FetchResult) -> Iterator:
         errors: list[ExtractionError] = []
         try:
-            produced = list(observe(result, errors))
+            produced = list(observe(result, errors, self._limit))
         except Exception:  # a parser bug on hostile input must not stop the job
             LOG.exception("extraction crashed on %s", result.url)
             if result.kind == "jsonl":  # its records are unknown: count once, mark the source

@@ -182,7 +182,10 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
     extracted = (
         (crawled, read.results)
         | "AllFetched" >> beam.Flatten()
-        | "Extract" >> beam.ParDo(ExtractDoFn()).with_outputs(INCOMPLETE, main="observations")
+        | "Extract"
+        >> beam.ParDo(ExtractDoFn(config.documents.max_bytes, config.documents.max_chunks, plan.tokenizer_json)).with_outputs(
+            INCOMPLETE, main="observations"
+        )
     )
     incomplete = (
         (listed[INCOMPLETE], read[INCOMPLETE], extracted[INCOMPLETE])

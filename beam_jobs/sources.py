@@ -4,6 +4,9 @@ Example::
 
     fetch:                       # optional; defaults shown in FetchSettings
       crawl_delay_s: 1.0
+    documents:                   # optional; per-document size limits (DocumentLimits)
+      max_bytes: 1000000
+      max_chunks: 4000
     sources:
       - kind: site
         name: sample
@@ -71,6 +74,17 @@ class FetchSettings(_Strict):
         return tuple(v.strip().lower() for v in value)
 
 
+class DocumentLimits(_Strict):
+    """How large one document may be (a page's extracted text, a file, one .jsonl record).
+
+    A larger document is counted ``failed_too_large`` before it is tokenised any further,
+    chunked or embedded, and the version the store has of it is kept.
+    """
+
+    max_bytes: int = Field(1_000_000, gt=0, description="UTF-8 bytes of a document's text")
+    max_chunks: int = Field(4_000, gt=0, description="64-token chunks of one document")
+
+
 class SiteSource(_Strict):
     """A website: start URLs, sitemaps with lastmod, and links followed within limits."""
 
@@ -134,6 +148,7 @@ class SourcesConfig(_Strict):
 
     sources: list[Source] = Field(min_length=1)
     fetch: FetchSettings = FetchSettings()
+    documents: DocumentLimits = DocumentLimits()
 
     @model_validator(mode="after")
     def _unique_names(self) -> "SourcesConfig":

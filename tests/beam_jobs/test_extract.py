@@ -119,3 +119,33 @@ def test_jsonl_lines_split_on_newlines_only_and_a_bom_is_dropped():
     errors = []
     (doc,) = observe(fetched(body, kind="jsonl"), errors)
     assert errors == [] and doc.text == "one two"  # one record (normalise makes U+2028 a space)
+
+
+def test_a_record_over_the_size_limit_is_a_counted_failure_that_keeps_its_identity():
+    from beam_jobs.extract import SizeLimit
+
+    limit = SizeLimit(max_bytes=200, max_chunks=1000)
+    lines = [
+        json.dumps({"id": "small", "text": "A short record."}),
+        json.dumps({"id": "big", "text": "word " * 100}),  # 500 bytes of text
+        json.dumps({"id": "huge", "text": "x" * 1300}),  # > 6 x 200 bytes: not even parsed
+    ]
+    errors = []
+    docs = list(observe(fetched("\n".join(lines).encode(), kind="jsonl", url="/d/x.jsonl"), errors, limit))
+    assert [(d.doc_id, d.outcome, d.reason) for d in docs] == [(doc_id("s:small"), FETCHED, None), (doc_id("s:big"), FAILED, "too_large")]
+    assert docs[1].text is None and docs[1].content_hash is None
+    assert [e.reason for e in errors] == ["too_large"] and "/d/x.jsonl:3:" in str(errors[0])
+    (page,) = observe(fetched(("word " * 100).encode(), kind="text"), [], limit)
+    assert (page.outcome, page.reason) == (FAILED, "too_large")
+
+
+def test_the_chunk_limit_counts_the_model_tokenizer_tokens():
+    from beam_jobs.extract import SizeLimit
+    from model.tokenizer import RetroTokenizer
+
+    tokenizer = RetroTokenizer.load()
+    text = "東京 😀 " * 200  # few bytes per token: over 2 chunks long well before 10 kB
+    tokens = len(tokenizer.encode(text))
+    assert tokens > 2 * 64 and len(text.encode()) < 10_000
+    assert SizeLimit(10_000, 2, lambda t: len(tokenizer.encode(t))).refusal(text) == f"{-(-tokens // 64)} chunks, over documents.max_chunks=2"
+    assert SizeLimit(10_000, -(-tokens // 64), lambda t: len(tokenizer.encode(t))).refusal(text) is None
