@@ -60,6 +60,9 @@ def summary_markdown(summary: RefreshSummary) -> str:
     ]
     if summary.compacted_from:
         rows.append(("compacted from draft", summary.compacted_from))
+    if summary.nprobe is not None:
+        recall = f", recall@{summary.validation.get('recall_k', 2)} {summary.recall_at_k} vs exact" if summary.recall_at_k is not None else ""
+        rows.append(("search", f"nprobe {summary.nprobe}{recall}"))
     if summary.job_id:
         rows.append(("Dataflow job", f"[{summary.job_id}]({summary.dataflow_url})" if summary.dataflow_url else summary.job_id))
     lines = [f"# Refresh of {summary.store}", "", headline, "", "| | |", "| --- | --- |"]

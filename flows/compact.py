@@ -52,6 +52,7 @@ def compact_index(
                 candidate = compact_version(inputs.store, current)
                 validation = validate_version(inputs.store, candidate, parent=current, chunks_added=0, chunks_removed=0,
                                               probe_queries=probe_queries, embedder_path=embedder_path)
+                candidate = validation["publish"]  # its copy with the tuned nprobe, if that changed
                 publish_version(inputs.store, candidate, current, lease)
                 notified = notify_servers(inputs.servers, inputs.token)
                 result |= {"version": candidate, "compacted": True, "shards_after": count_shards(inputs.store, candidate),

@@ -36,6 +36,7 @@ def refresh_corpus(
     servers: list[str] | None = None,
     compact_threshold: int = 8,
     probe_queries: int = 16,
+    recall_target: float = 0.95,
     lease_ttl_s: float = 600.0,
     poll_interval_s: float = 30.0,
     embedder_path: str | None = None,
@@ -51,6 +52,8 @@ def refresh_corpus(
         servers: server URLs to tell about the new version (default ``RETROFRESH_SERVERS``).
         compact_threshold: compact the new version when it lists more shards than this.
         probe_queries: chunks the validation probes the index with.
+        recall_target: recall@2 against exact search the published version's nprobe must give
+            (validation tunes it; see model.store.tuning).
         lease_ttl_s: how long the lease outlives a crashed holder (it is renewed while alive).
         poll_interval_s: seconds between Dataflow job state polls.
         embedder_path, tokenizer_path: the encoder and tokenizer (default: the bundled ones).
@@ -69,6 +72,7 @@ def refresh_corpus(
                 poll_interval_s=poll_interval_s, embedder_path=embedder_path, tokenizer_path=tokenizer_path,
             )
             published = draft = validation = None
+            too_many = False
             notified = []
             if ingest.version is not None:
                 draft = ingest.version
@@ -77,11 +81,14 @@ def refresh_corpus(
                 validation = validate_version(
                     inputs.store, candidate, parent=parent, chunks_added=ingest.chunks_added,
                     chunks_removed=ingest.chunks_removed, probe_queries=probe_queries, embedder_path=embedder_path,
+                    recall_target=recall_target,
                 )
+                candidate = validation["publish"]  # the candidate, or its copy with the tuned nprobe
                 published = (candidate, publish_version(inputs.store, candidate, parent, lease))
                 notified = notify_servers(inputs.servers, inputs.token)
             seconds = time.monotonic() - clock
-            summary = summarize_refresh(inputs.store, ingest, parent, published, draft, validation, notified, started, seconds)
+            compacted_from = draft if draft is not None and too_many else None
+            summary = summarize_refresh(inputs.store, ingest, parent, published, compacted_from, validation, notified, started, seconds)
             record_refresh_artifacts(summary)
             return summary.to_dict()
     finally:
@@ -94,7 +101,7 @@ def summarize_refresh(
     ingest: IngestOutcome,
     parent: str | None,
     published: tuple[str, str] | None,
-    draft: str | None,
+    compacted_from: str | None,
     validation: dict | None,
     notified: list,
     started: datetime,
@@ -122,7 +129,9 @@ def summarize_refresh(
     if published:
         version, published_at = published
         summary.published_at = published_at
-        summary.compacted_from = draft if draft != version else None
+        summary.compacted_from = compacted_from
+        summary.nprobe = (validation or {}).get("nprobe")
+        summary.recall_at_k = (validation or {}).get("recall_at_k")
         newest, basis = newest_source_change(open_store(store_uri), version, parent)
         if newest is not None:
             summary.newest_source_change = f"{newest.isoformat()} ({basis})"

@@ -38,6 +38,8 @@ class RefreshSummary:
     newest_source_change: str | None = None
     freshness_lag_s: float | None = None
     compacted_from: str | None = None  # the ingest draft that compaction replaced
+    nprobe: int | None = None  # search.nprobe of the published version (tuned by validation)
+    recall_at_k: float | None = None  # recall@2 vs exact search at that nprobe
     job_id: str | None = None
     dataflow_url: str | None = None
     validation: dict = field(default_factory=dict)

@@ -1,10 +1,15 @@
-"""Check a new index version before it is published: checksums, counts, and a probe search.
+"""Check a new index version before it is published: checksums, counts, recall tuning, a probe search.
 
 The probe embeds the text of a sample of the version's own chunks, exactly as the ingest job
 embedded them into keys, and searches the version. Exact search has a known answer for such a
 query: the chunk itself, at inner product ~1 (its own key). So the probe measures how often the
 real index (IVF, several shards, tombstones) finds what exact search would find, without
 re-embedding the whole corpus.
+
+Before the probe, the version's ``nprobe`` is tuned (:mod:`model.store.tuning`): the smallest
+value whose recall@k against exact search, on a sample of the version's own keys, meets the
+target. When it differs from the draft's, a copy of the draft with the tuned ``search`` is written
+under a new id (manifests are immutable) and that copy is the one to publish.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ class ValidationReport:
     probe_recall: float | None = None  # share of probes that found themselves in the top k
     probe_self_score: float | None = None  # mean score of a probe's own chunk (about 1.0)
     tombstones_returned: int = 0
+    nprobe: int | None = None  # the search.nprobe the published version will carry
+    recall_at_k: float | None = None  # recall@k vs exact search at that nprobe (tuning's measurement)
+    recall_k: int | None = None
+    recall_target: float | None = None
+    publish: str | None = None  # the version to publish: this one, or its copy with the tuned nprobe
     failures: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -46,6 +56,8 @@ class ValidationReport:
             out["probe_recall"] = round(self.probe_recall, 4)
         if self.probe_self_score is not None:
             out["probe_self_score"] = round(self.probe_self_score, 4)
+        if self.recall_at_k is not None:
+            out["recall_at_k"] = round(self.recall_at_k, 4)
         return out
 
 
@@ -68,7 +80,7 @@ def sample_chunks(view, n: int, *, seed: str) -> list[tuple[int, str]]:
     return sample
 
 
-def probe(view, embedder, sample: list[tuple[int, str]], *, k: int) -> tuple[float, float, int]:
+def probe(view, embedder, sample: list[tuple[int, str]], *, k: int, nprobe: int | None = None) -> tuple[float, float, int]:
     """Search the view with each sampled chunk's text.
 
     Returns:
@@ -76,7 +88,7 @@ def probe(view, embedder, sample: list[tuple[int, str]], *, k: int) -> tuple[flo
         mean score of the probe's own chunk where found; number of tombstoned ids returned).
     """
     vectors = embedder.encode([text for _, text in sample])
-    results = view.search(np.asarray(vectors, dtype=np.float32), k)
+    results = view.search(np.asarray(vectors, dtype=np.float32), k, nprobe=nprobe)
     tombstones = set(view.manifest.tombstones)
     found, scores, dead = 0, [], 0
     for (cid, text), hits in zip(sample, results):
@@ -100,6 +112,9 @@ def validate(
     min_recall: float = 0.9,
     min_self_score: float = 0.98,
     embedder_path: str | None = None,
+    recall_target: float | None = 0.95,
+    recall_k: int = 2,
+    recall_queries: int = 200,
 ) -> ValidationReport:
     """Check a version and raise if it is unfit.
 
@@ -115,9 +130,12 @@ def validate(
         min_self_score: least mean score of a probe's own chunk (the keys were made by the same
             embedder from the same text, so this is about 1.0; less means other keys).
         embedder_path: the encoder that made the keys; None for the bundled one.
+        recall_target: tune ``search.nprobe`` to the smallest value with recall@``recall_k`` at
+            least this against exact search (None: keep the draft's nprobe).
+        recall_k, recall_queries: neighbours per query and sampled keys for the tuning.
 
     Returns:
-        The report.
+        The report; ``publish`` names the version to publish (a tuned copy when nprobe changed).
 
     Raises:
         ValidationFailed: any check failed (all failures are listed).
@@ -128,6 +146,13 @@ def validate(
     report.checksums = f"ok ({len(manifest.shards)} shards{', ledger' if manifest.ledger else ''})"
     parent_manifest = store.manifest(parent) if parent else None
     with store.open(version) as view:
+        report.nprobe = manifest.search.nprobe
+        if recall_target is not None:
+            tuning = store.tune(view=view, target=recall_target, k=recall_k, queries=recall_queries)
+            report.nprobe, report.recall_at_k = tuning.nprobe, tuning.recall
+            report.recall_k, report.recall_target = tuning.k, tuning.target
+            if not tuning.met:
+                report.failures.append(f"recall@{tuning.k} {tuning.recall:.3f} < {recall_target} even at nprobe {tuning.nprobe}")
         report.live_chunks = view.count
         report.documents = manifest.stats.documents
         if view.count != manifest.stats.chunks:
@@ -152,7 +177,7 @@ def validate(
                 raise ValidationFailed(f"cannot probe {version}: its keys come from {manifest.embedder}, the probe embedder is {embedder.spec}")
             sample = sample_chunks(view, probe_queries, seed=version)
             report.probes = len(sample)
-            report.probe_recall, report.probe_self_score, report.tombstones_returned = probe(view, embedder, sample, k=min(k, view.count))
+            report.probe_recall, report.probe_self_score, report.tombstones_returned = probe(view, embedder, sample, k=min(k, view.count), nprobe=report.nprobe)
             if report.probe_recall < min_recall:
                 report.failures.append(f"probe recall {report.probe_recall:.2f} < {min_recall}: the index does not find chunks exact search finds")
             if report.probe_self_score < min_self_score:
@@ -161,6 +186,14 @@ def validate(
                 report.failures.append(f"{report.tombstones_returned} deleted chunks came back from search")
     if report.failures:
         raise ValidationFailed(f"version {version} failed validation: " + "; ".join(report.failures))
+    report.publish = version
+    if report.nprobe != manifest.search.nprobe:
+        # The draft stays as written; its copy with the tuned search is what gets published.
+        tuned = manifest.retuned(version=store.new_version_id(), nprobe=report.nprobe, parent=manifest.parent)
+        store.write_manifest(tuned)
+        report.publish = tuned.version
+        LOG.info("%s: nprobe %d -> %d (recall@%d %.3f) written as %s", version, manifest.search.nprobe, report.nprobe,
+                 report.recall_k, report.recall_at_k, tuned.version)
     LOG.info("validated %s: %s", version, report.summary())
     return report
 

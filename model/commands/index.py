@@ -1,4 +1,4 @@
-"""``retrofresh index``: inspect and manage an index store (status, versions, search, rollback, compact, gc)."""
+"""``retrofresh index``: inspect and manage an index store (status, versions, search, tune, rollback, compact, gc)."""
 
 from __future__ import annotations
 
@@ -41,12 +41,13 @@ def _store_options(func):
 
 @click.group()
 def index() -> None:
-    """Inspect and manage an index store: what is published, search it, roll back, compact, collect garbage.
+    """Inspect and manage an index store: what is published, search it, tune recall, roll back, compact, collect garbage.
 
     \b
     Examples:
       retrofresh index status --store ./store
       retrofresh index search --store gs://bucket/index "who founded the city?" -k 5
+      retrofresh index tune --store ./store --target 0.95
       retrofresh index rollback v000003-1a2b3c4d --store ./store
     """
 
@@ -98,7 +99,7 @@ def status(store, as_json: bool) -> None:
     table.add_row("size", _size(manifest.stats.bytes))
     table.add_row("embedder", f"{manifest.embedder.name} (dim {manifest.embedder.dim})")
     table.add_row("tokenizer", manifest.tokenizer.name)
-    table.add_row("search", f"nprobe {manifest.search.nprobe}")
+    table.add_row("search", f"nprobe {manifest.search.nprobe} (`retrofresh index tune` measures recall)")
     table.add_row("sources", ", ".join(manifest.sources) or "-")
     console.print(table)
     shards = Table("chunks", "index", "lineage", "size", title="shards")
@@ -172,6 +173,55 @@ def search(store, as_json: bool, text: str, k: int, version: str | None, embedde
     for rank, h in enumerate(hits, 1):
         table.add_row(str(rank), f"{h.score:.3f}", h.url, _one_line(h.text))
     Console().print(table)
+
+
+# recall
+
+
+@index.command()
+@click.option("--version", "version", metavar="VERSION", help="tune this version instead of CURRENT.")
+@click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="least recall@k against exact search.")
+@click.option("-k", "k", type=click.IntRange(min=1, max=100), default=2, show_default=True, help="neighbours per query.")
+@click.option("--queries", type=click.IntRange(min=10), default=200, show_default=True,
+              help="the version's own keys sampled as queries.")
+@click.option("--publish/--no-publish", default=True, show_default=True,
+              help="publish the tuned version when the measured one is CURRENT (else it is written as a draft).")
+@_store_options
+def tune(store, as_json: bool, version: str | None, target: float, k: int, queries: int, publish: bool) -> None:
+    """Measure a version's recall@k against exact search and record the smallest nprobe meeting TARGET.
+
+    Queries are a seeded sample of the version's own keys; exact search probes every IVF list. A
+    different nprobe is written as a new version (same shards and tombstones, tuned `search`,
+    parent = the measured version), published when the measured version is CURRENT. Refreshes
+    tune every version they publish; this is for versions published before, or another target.
+    """
+    manifest = store.manifest(version)
+    result = store.tune(manifest.version, target=target, k=k, queries=queries)
+    tuned, published = None, False
+    if result.nprobe != manifest.search.nprobe:
+        tuned = manifest.retuned(version=store.new_version_id(), nprobe=result.nprobe, parent=manifest.version)
+        current = store.current()
+        if publish and current == manifest.version:
+            store.publish(tuned, expected_current=current)
+            published = True
+        else:
+            store.write_manifest(tuned)
+    info = {"version": manifest.version, "nprobe_before": manifest.search.nprobe, "tuned_version": tuned.version if tuned else None,
+            "published": published} | result.summary()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    verdict = "meets" if result.met else "misses"
+    click.echo(f"{manifest.version}: nprobe {result.nprobe} gives recall@{k} {result.recall:.3f} vs exact ({verdict} {target}; "
+               f"{result.queries} queries, {result.seconds:.1f}s)")
+    for nprobe, recall in result.curve:
+        click.echo(f"  nprobe {nprobe:>5}: recall@{k} {recall:.3f}")
+    if tuned is None:
+        click.echo(f"nprobe {manifest.search.nprobe} is already the smallest that meets it; nothing written")
+    else:
+        state = "published" if published else "written as a draft (publish it with `retrofresh index rollback`)"
+        click.echo(f"nprobe {manifest.search.nprobe} -> {result.nprobe}: {tuned.version} {state}")
 
 
 # changing what is served

@@ -134,6 +134,22 @@ class Manifest(BaseModel):
                 sizes[s.lineage] = sizes.get(s.lineage, 0) + s.count
         return max(sizes, key=sizes.get) if sizes else None
 
+    def retuned(self, *, version: str, nprobe: int, parent: str | None) -> "Manifest":
+        """The same version with another ``search.nprobe``, under a new id (manifests are immutable).
+
+        Args:
+            version: the new id (:meth:`Store.new_version_id`).
+            nprobe: the tuned value.
+            parent: the new manifest's parent: this version's own parent when it replaces an
+                unpublished draft, this version when it follows a published one.
+        """
+        return self.model_copy(update={
+            "version": version,
+            "parent": parent,
+            "created_at": datetime.now(timezone.utc),
+            "search": self.search.model_copy(update={"nprobe": int(nprobe)}),
+        })
+
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=1).encode("utf-8")
 

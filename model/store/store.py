@@ -441,6 +441,31 @@ class Store:
         files = self.cache.shard_files(self.backend, meta)
         return load_shard_data(meta, info.sha256, files)
 
+    def tune(self, version: str | None = None, *, target: float | None = None, k: int | None = None,
+             queries: int | None = None, view: IndexView | None = None):
+        """Measure a version's recall@k against exact search and find the smallest nprobe meeting ``target``.
+
+        Nothing is written; :meth:`Manifest.retuned` makes the manifest that records the result.
+        See :mod:`model.store.tuning`.
+
+        Args:
+            version: the version (None: CURRENT); ignored when ``view`` is given.
+            target: least recall@k (default 0.95).
+            k: neighbours per query (default 2).
+            queries: keys sampled as queries (default 200).
+            view: an open view of the version to measure (else it is opened and closed here).
+
+        Returns:
+            The :class:`model.store.tuning.Tuning`.
+        """
+        from model.store import tuning
+
+        options = {"target": target or tuning.DEFAULT_TARGET, "k": k or tuning.DEFAULT_K, "queries": queries or tuning.DEFAULT_QUERIES}
+        if view is not None:
+            return tuning.tune_nprobe(view, **options, seed=layout.version_seq(view.version))
+        with self.open(version) as opened:
+            return tuning.tune_nprobe(opened, **options, seed=layout.version_seq(opened.version))
+
     # maintenance
 
     def compact(self, version: str | None = None) -> Manifest:

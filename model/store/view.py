@@ -63,6 +63,7 @@ class LoadedShard:
     info: ShardInfo
     hidden: np.ndarray  # sorted chunk ids of this shard that a tombstone hides
     params: Any = None  # faiss search parameters (nprobe, tombstone selector)
+    selector: Any = None  # the tombstone filter inside FAISS (IVF), or None
     keep_alive: list = field(default_factory=list)  # selector objects params point to
     post_filter: bool = False  # hidden ids are fetched and dropped after searching (no selector)
 
@@ -125,8 +126,30 @@ def version_shard(data: ShardData, info: ShardInfo, *, tombstones: np.ndarray, n
         batch = faiss.IDSelectorBatch(hidden)
         selector = faiss.IDSelectorNot(batch)
         shard.keep_alive = [batch, selector]
+    shard.selector = selector
     shard.params = faiss_index.search_params(data.index, nprobe=nprobe, selector=selector)
     return shard
+
+
+def _keys_at(shard: LoadedShard, positions: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
+    """(chunk ids, decoded keys) at storage positions of a shard (flat: rows; IVF: list by list)."""
+    index = faiss.downcast_index(shard.index)
+    if faiss_index.is_flat(shard.meta.factory):
+        inner = faiss.downcast_index(index.index)
+        id_map = faiss.vector_to_array(index.id_map)
+        return [int(id_map[p]) for p in positions], [inner.reconstruct(int(p)) for p in positions]
+    ivf = faiss.extract_index_ivf(index)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.int64)
+    starts = np.cumsum(sizes) - sizes
+    lists = np.searchsorted(starts, positions, side="right") - 1
+    ids, keys = [], []
+    for list_no, position in zip(lists, positions):
+        offset = int(position - starts[list_no])
+        key = np.empty(ivf.d, np.float32)
+        ivf.reconstruct_from_offset(int(list_no), offset, faiss.swig_ptr(key))
+        ids.append(int(ivf.invlists.get_single_id(int(list_no), offset)))
+        keys.append(key)
+    return ids, keys
 
 
 def live_count(shards: Sequence[LoadedShard]) -> int:
@@ -200,6 +223,7 @@ class IndexView:
         k: int,
         *,
         exclude_doc_ids: Sequence[str | None] | None = None,
+        nprobe: int | None = None,
     ) -> list[list[Neighbour]]:
         """Nearest live chunks to each query, across all shards, best first.
 
@@ -208,6 +232,7 @@ class IndexView:
             k: neighbours per query (0 returns empty lists).
             exclude_doc_ids: per query, a doc id whose chunks must not be returned (None: none);
                 RETRO excludes a training chunk's own document.
+            nprobe: IVF lists to probe instead of the manifest's ``search.nprobe``.
 
         Returns:
             Per query, up to k neighbours (fewer only if fewer live chunks are reachable), each
@@ -231,12 +256,80 @@ class IndexView:
             if n == 0 or k == 0 or not self._shards:
                 return [[] for _ in range(n)]
             excluded = list(exclude_doc_ids) if exclude_doc_ids is not None else [None] * n
-            picks = self._top_k(queries, k, excluded)
+            picks = self._top_k(queries, k, excluded, nprobe)
             return self._neighbours(picks)
         finally:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
+
+    def search_ids(self, queries: np.ndarray, k: int, *, nprobe: int | None = None) -> np.ndarray:
+        """Chunk ids of the nearest live chunks, without reading their rows (recall measurements).
+
+        Args:
+            queries: float32 (n, dim), L2-normalised.
+            k: neighbours per query.
+            nprobe: IVF lists to probe instead of the manifest's (at least the largest ``nlist``:
+                every list, i.e. exact search over the stored codes).
+
+        Returns:
+            int64 (n, k), best first; -1 where fewer than k live chunks exist.
+        """
+        queries = self._check_queries(queries)
+        with self._cond:
+            if self._closed:
+                raise StoreError(f"index view {self.version} is closed")
+            self._active += 1
+        try:
+            out = np.full((len(queries), k), -1, np.int64)
+            if len(queries) and k and self._shards:
+                for i, picked in enumerate(self._top_k(queries, k, [None] * len(queries), nprobe)):
+                    out[i, : len(picked)] = [self._shards[s].ids[row] for _, s, row in picked]
+            return out
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @property
+    def max_nlist(self) -> int:
+        """The most IVF lists any shard has (0 when every shard is exact)."""
+        return max((faiss.extract_index_ivf(s.index).nlist for s in self._shards if not faiss_index.is_flat(s.meta.factory)), default=0)
+
+    def sample_keys(self, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """A reproducible uniform sample of live chunks' keys, read back from the indexes.
+
+        IVF keys come back as their codes decode (SQ8: about 1e-2 from the original), which is what
+        searching them compares against. Tombstoned chunks are never drawn.
+
+        Args:
+            n: keys wanted (fewer if the version has fewer live chunks).
+            seed: the sample's seed.
+
+        Returns:
+            (chunk ids int64 (m,), keys float32 (m, dim)), m <= n.
+        """
+        rng = np.random.default_rng(seed)
+        sizes = np.array([len(s.ids) for s in self._shards], np.int64)
+        total = int(sizes.sum())
+        ids, keys, seen = [], [], set()
+        for _ in range(8):  # redraw what landed on tombstoned or repeated chunks
+            want = min(n, self.count) - len(ids)
+            if want <= 0 or not total:
+                break
+            draws = np.sort(rng.choice(total, size=min(total, 2 * want + 8), replace=False))
+            starts = np.concatenate([[0], np.cumsum(sizes)])
+            for shard_no in range(len(self._shards)):
+                local = draws[(draws >= starts[shard_no]) & (draws < starts[shard_no + 1])] - starts[shard_no]
+                for cid, key in zip(*_keys_at(self._shards[shard_no], local)):
+                    if len(ids) < min(n, self.count) and cid not in seen and not np.isin(cid, self._shards[shard_no].hidden):
+                        seen.add(cid)
+                        ids.append(cid)
+                        keys.append(key)
+        if not ids:
+            return np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
+        order = rng.permutation(len(ids))
+        return np.asarray(ids, np.int64)[order], np.stack(keys).astype(np.float32)[order]
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         queries = np.asarray(queries)
@@ -249,7 +342,7 @@ class IndexView:
             raise ValueError("queries contain NaN or infinite values")
         return queries
 
-    def _top_k(self, queries: np.ndarray, k: int, excluded: list[str | None]) -> list[list[tuple[float, int, int]]]:
+    def _top_k(self, queries: np.ndarray, k: int, excluded: list[str | None], nprobe: int | None = None) -> list[list[tuple[float, int, int]]]:
         """Per query, up to k (score, shard, row), best first, excluded docs and duplicates skipped."""
         n = len(queries)
         out: list[list[tuple[float, int, int]]] = [[] for _ in range(n)]
@@ -257,7 +350,7 @@ class IndexView:
         fetch = k if all(doc is None for doc in excluded) else 2 * k + 8
         pending = np.arange(n)
         while len(pending):
-            scores, shard_no, rows, cids, exhausted = self._search_shards(queries[pending], fetch)
+            scores, shard_no, rows, cids, exhausted = self._search_shards(queries[pending], fetch, nprobe)
             skip = self._excluded_mask(shard_no, rows, [excluded[qi] for qi in pending])
             order = np.argsort(-scores, axis=1, kind="stable")
             retry = []
@@ -308,7 +401,7 @@ class IndexView:
                 break
         return picked
 
-    def _search_shards(self, queries: np.ndarray, fetch: int):
+    def _search_shards(self, queries: np.ndarray, fetch: int, nprobe: int | None = None):
         """Search every shard for ``fetch`` candidates.
 
         Returns:
@@ -324,7 +417,8 @@ class IndexView:
             kk = min(fetch + (len(shard.hidden) if shard.post_filter else 0), reachable)
             if shard.live <= 0 or kk <= 0:
                 continue
-            scores, ids = shard.index.search(queries, kk, params=shard.params)
+            params = shard.params if nprobe is None else faiss_index.search_params(shard.index, nprobe=nprobe, selector=shard.selector)
+            scores, ids = shard.index.search(queries, kk, params=params)
             valid = ids >= 0
             # A shard that filled all kk slots may hold more: the query is not exhausted.
             exhausted &= ~(valid.all(axis=1) & (kk < reachable))

@@ -1,0 +1,94 @@
+"""Recall tuned per version: the smallest nprobe whose recall@k against exact search meets the target."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from model.commands.index import index as index_cli
+from model.store import IndexPolicy, open_store
+from model.store.tuning import _others, recall_at_k
+
+from .conftest import SPEC, Corpus, next_manifest, publish
+
+
+@pytest.fixture
+def ivf_store(tmp_path, corpus):
+    """A version of three IVF shards (one lineage, 64 lists) probed with nprobe 1."""
+    store = open_store(tmp_path / "store", cache_dir=tmp_path / "cache", policy=IndexPolicy(flat_max=400, codec="Flat", nlist=64))
+    corpus = Corpus(clusters=40, seed=3)
+    chunks, vectors = corpus.docs(range(900))
+    lineage = store.train_lineage(vectors, embedder=SPEC)
+    infos = [store.write_shard([chunks[i] for i in part], vectors[part], embedder=SPEC, lineage=lineage)
+             for part in np.array_split(np.arange(len(chunks)), 3)]
+    first = store.publish(next_manifest(store, None, infos, search={"nprobe": 1}), expected_current=None)
+    manifest = store.publish(next_manifest(store, first, [], tombstones=[chunks[0].chunk_id]), expected_current=first.version)
+    return store, manifest
+
+
+def recall_with(view, nprobe: int, k: int = 2, n: int = 200) -> float:
+    own, keys = view.sample_keys(n, seed=7)
+    truth = _others(view.search_ids(keys, k + 1, nprobe=view.max_nlist), own, k)
+    return recall_at_k(_others(view.search_ids(keys, k + 1, nprobe=nprobe), own, k), truth)
+
+
+def test_tuning_finds_the_smallest_nprobe_meeting_the_target(ivf_store):
+    store, manifest = ivf_store
+    result = store.tune(target=0.95)
+    assert result.met and result.recall >= 0.95 and 1 < result.nprobe < 64
+    assert dict(result.curve)[result.nprobe] == result.recall
+    below = [r for p, r in result.curve if p < result.nprobe]
+    assert below and max(below) < 0.95  # every smaller nprobe tried misses it
+    assert dict(result.curve).get(result.nprobe - 1, 0) < 0.95  # and the one just below was tried
+    with store.open() as view:
+        own, keys = view.sample_keys(50, seed=1)
+        assert manifest.tombstones[0] not in set(own.tolist())  # never a tombstoned chunk
+        assert recall_with(view, 64) == 1.0  # every list probed is the reference itself
+    harder = store.tune(target=0.999)
+    assert harder.nprobe >= result.nprobe
+
+
+def test_exact_shards_need_no_tuning(store, corpus):
+    first = publish(store, corpus, range(20))  # one flat shard
+    result = store.tune(target=0.99)
+    assert (result.nprobe, result.recall, result.met) == (first.manifest.search.nprobe, 1.0, True)
+
+
+def test_validation_writes_the_tuned_nprobe_into_a_copy_to_publish(ivf_store):
+    from flows.validate import validate
+
+    store, manifest = ivf_store
+    chunks, vectors = Corpus(clusters=40, seed=3).docs(range(900, 910))
+    delta = store.write_shard(chunks, vectors, embedder=SPEC)
+    draft = next_manifest(store, manifest, [delta], documents=10)
+    store.write_manifest(draft)
+    report = validate(store, draft.version, parent=manifest.version, probe_queries=0, recall_target=0.95)
+    assert report.publish != draft.version and report.nprobe > 1 and report.recall_at_k >= 0.95
+    tuned = store.manifest(report.publish)
+    assert tuned.search.nprobe == report.nprobe and tuned.parent == draft.parent == manifest.version
+    assert tuned.shards == draft.shards and tuned.tombstones == draft.tombstones
+    assert store.manifest(draft.version).search.nprobe == 1  # the draft is never rewritten
+    again = validate(store, report.publish, parent=manifest.version, probe_queries=0, recall_target=0.95)
+    assert again.publish == report.publish  # already tuned: nothing new written
+    store.publish(report.publish, expected_current=manifest.version)
+    with store.open() as view:
+        assert view.manifest.search.nprobe == report.nprobe
+
+
+def test_index_tune_command_publishes_a_tuned_version(ivf_store, tmp_path):
+    store, manifest = ivf_store
+    runner = CliRunner()
+    result = runner.invoke(index_cli, ["tune", "--store", str(tmp_path / "store"), "--cache-dir", str(tmp_path / "cache"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["published"] and info["nprobe"] > info["nprobe_before"] == 1 and info["recall"] >= 0.95
+    fresh = open_store(tmp_path / "store", cache_dir=tmp_path / "cache")
+    assert fresh.current() == info["tuned_version"] and fresh.manifest().parent == manifest.version
+    assert fresh.manifest().search.nprobe == info["nprobe"]
+    again = runner.invoke(index_cli, ["tune", "--store", str(tmp_path / "store"), "--cache-dir", str(tmp_path / "cache")])
+    assert again.exit_code == 0 and "nothing written" in again.output
+    bad = runner.invoke(index_cli, ["tune", "--store", str(tmp_path / "store"), "--target", "1.5"])
+    assert bad.exit_code == 2 and "1.5" in bad.output
