@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     store: str | None = Field(None, description="index store: a directory or gs://bucket/prefix")
     checkpoint: Path | None = Field(None, description="RETRO checkpoint directory")
     cache_dir: Path = Field(Path.home() / ".cache" / "retrofresh", description="local shard cache")
+    cache_max_bytes: int | None = Field(
+        None, gt=0, description="most bytes of GCS shards kept in cache_dir (least recently used out first); None: no limit"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload")

@@ -31,7 +31,7 @@ def _store_options(func):
         if not uri:
             raise click.UsageError("no store given: pass --store URI or set RETROFRESH_STORE")
         try:
-            store = open_store(uri, cache_dir=cache_dir or settings.cache_dir)
+            store = open_store(uri, cache_dir=cache_dir or settings.cache_dir, cache_max_bytes=settings.cache_max_bytes)
             return func(*args, store=store, as_json=as_json, **kwargs)
         except StoreError as exc:
             raise click.ClickException(str(exc)) from exc

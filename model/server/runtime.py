@@ -102,7 +102,7 @@ def load_runtime(settings: Settings) -> Runtime:
         embedder=embedder.spec, tokenizer_sha256=tokenizer.sha256, chunk_tokens=int(getattr(config, "chunk_tokens", 64))
     )
     try:
-        store = open_store(settings.store, cache_dir=settings.cache_dir)
+        store = open_store(settings.store, cache_dir=settings.cache_dir, cache_max_bytes=settings.cache_max_bytes)
     except Exception as exc:
         raise StartupError(f"cannot open the index store {settings.store}: {exc}") from exc
     LOG.info("loaded checkpoint %s, embedder %s, store %s", settings.checkpoint, embedder.spec.name, settings.store)

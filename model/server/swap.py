@@ -35,7 +35,7 @@ PROBE_TEXTS = (
 
 
 class VersionRefused(Exception):
-    """A version failed a check; ``kind`` is checksum, incompatible, load, warmup or store."""
+    """A version failed a check; ``kind`` is checksum, incompatible, cache, load, warmup or store."""
 
     def __init__(self, kind: str, message: str):
         self.kind = kind
@@ -263,7 +263,7 @@ class IndexHolder:
             old.close()
 
     def _load(self, version: str) -> LoadedVersion:
-        from model.store import ChecksumMismatch, IncompatibleIndex
+        from model.store import CacheTooSmall, ChecksumMismatch, IncompatibleIndex
 
         try:
             manifest = self.store.manifest(version)
@@ -276,6 +276,8 @@ class IndexHolder:
             raise VersionRefused("checksum", str(exc)) from exc
         except IncompatibleIndex as exc:
             raise VersionRefused("incompatible", str(exc)) from exc
+        except CacheTooSmall as exc:  # permanent under this limit: retrying would only download and evict
+            raise VersionRefused("cache", str(exc)) from exc
         except Exception as exc:
             raise VersionRefused("load", f"opening {version} failed: {type(exc).__name__}: {exc}") from exc
         try:

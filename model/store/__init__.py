@@ -5,6 +5,7 @@ Importable without Beam or Prefect. Entry point: :func:`open_store`.
 
 from model.store.errors import (
     AlreadyExists,
+    CacheTooSmall,
     ChecksumMismatch,
     IncompatibleIndex,
     NoCurrentVersion,
@@ -35,4 +36,5 @@ __all__ = [
     "IncompatibleIndex",
     "NoCurrentVersion",
     "AlreadyExists",
+    "CacheTooSmall",
 ]

@@ -35,3 +35,7 @@ class IncompatibleIndex(StoreError):
 
 class AlreadyExists(StoreError):
     """A create-only write found a different object already at that path."""
+
+
+class CacheTooSmall(StoreError):
+    """A version's shards alone exceed the shard cache's limit (``RETROFRESH_CACHE_MAX_BYTES``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import tempfile
@@ -40,7 +41,8 @@ def default_cache_dir() -> Path:
     return Path(Settings.model_fields["cache_dir"].default)
 
 
-def open_store(uri: str | Path, *, cache_dir: Path | None = None, policy: IndexPolicy | None = None) -> "Store":
+def open_store(uri: str | Path, *, cache_dir: Path | None = None, policy: IndexPolicy | None = None,
+               cache_max_bytes: int | None = None) -> "Store":
     """Open an index store.
 
     Args:
@@ -48,6 +50,8 @@ def open_store(uri: str | Path, *, cache_dir: Path | None = None, policy: IndexP
             exist yet (the first write creates it); a bucket must.
         cache_dir: where GCS shards are cached for memory-mapping; default ``~/.cache/retrofresh``.
         policy: how new shards are indexed (flat threshold, IVF codec, nlist).
+        cache_max_bytes: the most bytes of GCS shards to keep in ``cache_dir`` (least recently
+            used first out, never a shard of a version open or being opened); None: no limit.
 
     Returns:
         The store.
@@ -57,7 +61,7 @@ def open_store(uri: str | Path, *, cache_dir: Path | None = None, policy: IndexP
             the message says how to fix it.
     """
     location = parse_store_uri(uri)
-    return Store(open_backend(location), cache_dir=cache_dir, policy=policy)
+    return Store(open_backend(location), cache_dir=cache_dir, policy=policy, cache_max_bytes=cache_max_bytes)
 
 
 class Store:
@@ -67,15 +71,18 @@ class Store:
         backend: blob I/O for the store's location.
         cache_dir: local cache for remote shards.
         policy: how new shards are indexed.
+        cache_max_bytes: bound on the cache of remote shards (see :mod:`model.store.cache`).
     """
 
-    def __init__(self, backend: Backend, *, cache_dir: Path | None = None, policy: IndexPolicy | None = None):
+    def __init__(self, backend: Backend, *, cache_dir: Path | None = None, policy: IndexPolicy | None = None,
+                 cache_max_bytes: int | None = None):
         self.backend = backend
         self.uri = backend.uri
         self.policy = policy or IndexPolicy()
-        self.cache = ShardCache(Path(cache_dir) if cache_dir is not None else default_cache_dir(), Verifier())
-        self.lineages = Lineages(backend, self.cache.root, self.policy)
         self.pool = ShardPool()  # shards open versions hold, shared by every version listing them
+        self.cache = ShardCache(Path(cache_dir) if cache_dir is not None else default_cache_dir(), Verifier(),
+                                max_bytes=cache_max_bytes, pinned=self.pool.held_ids)
+        self.lineages = Lineages(backend, self.cache.root, self.policy)
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
@@ -283,9 +290,10 @@ class Store:
             StoreError: a missing file.
         """
         manifest = version if isinstance(version, Manifest) else self.manifest(version)
-        for shard in manifest.shards:
-            meta = shards.read_meta(self.backend, shard, embedder=manifest.embedder)
-            self.cache.shard_files(self.backend, meta)
+        with self._caching(manifest):
+            for shard in manifest.shards:
+                meta = shards.read_meta(self.backend, shard, embedder=manifest.embedder)
+                self.cache.shard_files(self.backend, meta)
         if manifest.ledger is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 ledger.verified_path(self.backend, manifest.ledger, self.cache.verifier, Path(tmp))
@@ -413,13 +421,14 @@ class Store:
         held, loaded, shared = [], [], 0
         tombstones = np.asarray(manifest.tombstones, dtype=np.int64)
         try:
-            for info in manifest.shards:
-                data, reused = self.pool.acquire(info, functools.partial(self._load_shard, info, manifest.embedder))
-                held.append(data)
-                if reused and data.meta.embedder != manifest.embedder:
-                    raise IncompatibleIndex(f"shard {info.id} was embedded with {data.meta.embedder.name}, not the version's {manifest.embedder.name}")
-                shared += reused
-                loaded.append(version_shard(data, info, tombstones=tombstones[info.since :], nprobe=manifest.search.nprobe))
+            with self._caching(manifest):
+                for info in manifest.shards:
+                    data, reused = self.pool.acquire(info, functools.partial(self._load_shard, info, manifest.embedder))
+                    held.append(data)
+                    if reused and data.meta.embedder != manifest.embedder:
+                        raise IncompatibleIndex(f"shard {info.id} was embedded with {data.meta.embedder.name}, not the version's {manifest.embedder.name}")
+                    shared += reused
+                    loaded.append(version_shard(data, info, tombstones=tombstones[info.since :], nprobe=manifest.search.nprobe))
         except Exception:
             for data in held:
                 self.pool.release(data)
@@ -435,6 +444,10 @@ class Store:
             self.uri, manifest.version, len(loaded), shared, view.count, time.perf_counter() - start,
         )
         return view
+
+    def _caching(self, manifest: Manifest):
+        """Pin a version's shards in the cache of remote shards while they are fetched (local stores: no cache)."""
+        return self.cache.loading(manifest) if self.backend.local_path("") is None else contextlib.nullcontext()
 
     def _load_shard(self, info: ShardInfo, embedder: EmbedderSpec):
         meta = shards.read_meta(self.backend, info, embedder=embedder)
