@@ -54,7 +54,7 @@ def crawl_site(source: SiteSource, settings: FetchSettings, known: dict[str, Kno
         One FetchResult per page considered (at most ``max_pages``).
     """
     own = fetcher is None
-    fetcher = fetcher or Fetcher(settings, allow_private=source.allow_private, crawl_delay_s=source.crawl_delay_s)
+    fetcher = fetcher or Fetcher(settings, policy=source.address_policy, crawl_delay_s=source.crawl_delay_s)
     try:
         yield from _crawl_site(source, fetcher, known)
     finally:
@@ -163,7 +163,7 @@ def crawl_feed(source: FeedSource, settings: FetchSettings, known: dict[str, Kno
         are then kept as they were).
     """
     own = fetcher is None
-    fetcher = fetcher or Fetcher(settings, allow_private=source.allow_private, crawl_delay_s=source.crawl_delay_s)
+    fetcher = fetcher or Fetcher(settings, policy=source.address_policy, crawl_delay_s=source.crawl_delay_s)
     try:
         feed = fetcher.fetch(source.url, source=source.name, accept=None, max_bytes=MAX_SITEMAP_BYTES)
         if feed.outcome != FETCHED:

@@ -20,7 +20,7 @@ import httpcore
 import httpx
 from protego import Protego
 
-from beam_jobs.netguard import BlockedAddress, GuardedTransport, resolve_allowed
+from beam_jobs.netguard import AddressPolicy, BlockedAddress, GuardedTransport, resolve_allowed
 from beam_jobs.sources import FetchSettings
 from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED, FetchResult
 
@@ -78,25 +78,26 @@ class Fetcher:
 
     Args:
         settings: the run's fetch policy.
-        allow_private: permit loopback and private addresses (never link-local).
+        policy: the addresses this crawl may connect to (default: public ones only); checked
+            before every hop and again at connect time.
         crawl_delay_s: least gap between two requests to one host; robots.txt may raise it.
         sleep: how to wait (tests of pacing may record it).
     """
 
-    def __init__(self, settings: FetchSettings, *, allow_private: bool = False, crawl_delay_s: float | None = None, sleep=time.sleep):
+    def __init__(self, settings: FetchSettings, *, policy: AddressPolicy | None = None, crawl_delay_s: float | None = None, sleep=time.sleep):
         self.settings = settings
         self.crawl_delay_s = settings.crawl_delay_s if crawl_delay_s is None else crawl_delay_s
-        self.allow_private = allow_private
+        self.policy = policy or AddressPolicy()
         self._sleep = sleep
         self._client = httpx.Client(
-            transport=GuardedTransport(allow_private=allow_private),
+            transport=GuardedTransport(policy=self.policy),
             headers={"User-Agent": settings.user_agent},
             timeout=httpx.Timeout(settings.timeout_s),
             follow_redirects=False,  # followed by hand: each hop is checked against robots.txt
             trust_env=False,
         )
         self._robots: dict[str, Protego | None] = {}  # origin -> rules; None: robots unreachable
-        self._last_request: dict[str, float] = {}  # host -> monotonic time of its last request
+        self._last_request: dict[str, float] = {}  # host -> monotonic time its last request ended
         self.requests = 0
         self.retries = 0
 
@@ -254,7 +255,7 @@ class Fetcher:
         """
         parts = urlsplit(url)
         try:
-            resolve_allowed(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), allow_private=self.allow_private)
+            resolve_allowed(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), policy=self.policy)
         except BlockedAddress as exc:
             LOG.info("refused %s: %s", url, exc)
             return "blocked_address"
@@ -298,6 +299,10 @@ class Fetcher:
                 failure = "connection"
             except httpx.InvalidURL:
                 return _Response(url, failure="bad_url")
+            finally:
+                # The gap runs from the end of a request: a slow connect or body must not eat into
+                # the pause the next request owes the host.
+                self._last_request[urlsplit(url).netloc.lower()] = time.monotonic()
             if attempt < self.settings.retries:
                 self._sleep(self._backoff(attempt, retry_after))
         return _Response(url, failure=failure)

@@ -11,7 +11,7 @@ Example::
       - kind: site
         name: sample
         start_urls: ["http://127.0.0.1:8000/"]
-        allow_private: true      # permits loopback/private addresses (tests, intranets)
+        allow_networks: [127.0.0.0/8]   # private networks it may reach (never link-local/metadata)
         max_pages: 1000
       - kind: feed
         name: news
@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from beam_jobs.netguard import LOOPBACK, AddressPolicy, allowed_network
 
 LOG = logging.getLogger(__name__)
 
@@ -85,7 +87,41 @@ class DocumentLimits(_Strict):
     max_chunks: int = Field(4_000, gt=0, description="64-token chunks of one document")
 
 
-class SiteSource(_Strict):
+class _WebSource(_Strict):
+    """What every source fetched over HTTP shares: the networks it may reach."""
+
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="private or loopback networks this source may reach besides the public internet, e.g. [127.0.0.0/8]; "
+        "link-local, cloud metadata, multicast and reserved addresses are never allowed",
+    )
+    allow_private: bool = Field(False, description="deprecated: loopback only (127.0.0.0/8, ::1); list allow_networks instead")
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [str(allowed_network(v)) for v in value]
+
+    @property
+    def address_policy(self) -> AddressPolicy:
+        """Public addresses plus exactly ``allow_networks`` (``allow_private``: loopback)."""
+        networks = tuple(allowed_network(v) for v in self.allow_networks)
+        if self.allow_private:
+            networks += tuple(n for n in LOOPBACK if n not in networks)
+        return AddressPolicy(networks)
+
+    @model_validator(mode="after")
+    def _deprecated(self):
+        if self.allow_private:
+            LOG.warning(
+                "source %s: allow_private now allows loopback only (127.0.0.0/8, ::1); name the networks "
+                "it may reach in allow_networks instead, e.g. allow_networks: [127.0.0.0/8]",
+                getattr(self, "name", "?"),
+            )
+        return self
+
+
+class SiteSource(_WebSource):
     """A website: start URLs, sitemaps with lastmod, and links followed within limits."""
 
     kind: Literal["site"]
@@ -101,7 +137,6 @@ class SiteSource(_Strict):
     max_pages: int = Field(1000, gt=0)
     max_depth: int = Field(3, ge=0)
     crawl_delay_s: float | None = Field(None, ge=0, description="default: fetch.crawl_delay_s")
-    allow_private: bool = Field(False, description="permit loopback and private addresses (never link-local)")
 
     @field_validator("start_urls", "sitemaps")
     @classmethod
@@ -115,7 +150,7 @@ class SiteSource(_Strict):
         return frozenset((urlsplit(u).hostname or "").lower() for u in self.start_urls)
 
 
-class FeedSource(_Strict):
+class FeedSource(_WebSource):
     """An RSS or Atom feed: each entry's link is a document, dated by the entry."""
 
     kind: Literal["feed"]
@@ -123,7 +158,6 @@ class FeedSource(_Strict):
     url: str
     max_entries: int = Field(1000, gt=0)
     crawl_delay_s: float | None = Field(None, ge=0, description="default: fetch.crawl_delay_s")
-    allow_private: bool = False
 
     @field_validator("url")
     @classmethod

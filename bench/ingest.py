@@ -44,7 +44,7 @@ def sources_for(base_url: str):
     return SourcesConfig.model_validate(
         {
             "fetch": {"crawl_delay_s": 0, "timeout_s": 10, "retries": 1, "backoff_s": 0.05},
-            "sources": [{"kind": "site", "name": "sample", "start_urls": [base_url + "/"], "allow_private": True, "max_pages": 1_000_000}],
+            "sources": [{"kind": "site", "name": "sample", "start_urls": [base_url + "/"], "allow_networks": ["127.0.0.0/8"], "max_pages": 1_000_000}],
         }
     )
 

@@ -109,7 +109,7 @@ def main() -> None:
     sources = tmp / "sources.yaml"
     sources.write_text(yaml.safe_dump({
         "fetch": {"crawl_delay_s": 0, "timeout_s": 5, "deadline_s": 20, "retries": 1, "backoff_s": 0.01, "max_backoff_s": 0.05},
-        "sources": [{"kind": "site", "name": "sample", "start_urls": [site.base_url + "/"], "allow_private": True}],
+        "sources": [{"kind": "site", "name": "sample", "start_urls": [site.base_url + "/"], "allow_networks": ["127.0.0.0/8"]}],
     }))
     store = str(tmp / "store")
     runs = []

@@ -172,7 +172,7 @@ def prepare(out: Path, *, size: int, base_model: Path, gguf_file: str | None, sa
     with tempfile.TemporaryDirectory(prefix="bench-retrofit-") as tmp, SampleSiteServer(world, EDITION) as site:
         sources = SourcesConfig.model_validate({
             "fetch": {"crawl_delay_s": 0, "timeout_s": 10, "retries": 1, "backoff_s": 0.05},
-            "sources": [{"kind": "site", "name": "sample", "start_urls": [site.base_url + "/"], "allow_private": True, "max_pages": 1_000_000}],
+            "sources": [{"kind": "site", "name": "sample", "start_urls": [site.base_url + "/"], "allow_networks": ["127.0.0.0/8"], "max_pages": 1_000_000}],
         })
         store_uri = f"{tmp}/store"
         ingest = run_ingest(sources, store_uri, runner="local")

@@ -16,6 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 FIFTY_MB = 50 * 1024 * 1024
 LATIN1_TEXT = "Le café de la gare sert un crème brûlée réputé dans toute la région, préparé chaque matin par Zoë."
 METADATA_URL = "http://169.254.169.254/latest/meta-data/"
+PRIVATE_URLS = {  # /to-private-<n> redirects to each: a 10/8 intranet address, spelt three ways
+    "/to-private-1": "http://10.0.0.1/admin",
+    "/to-private-2": "http://[::ffff:10.0.0.1]/admin",
+    "/to-private-3": "http://[64:ff9b::a00:1]/admin",
+}
 
 PAGES = {
     "/": None,  # the index: links to every route (built below)
@@ -32,7 +37,7 @@ FILLER = (
 ROUTES = [
     "/ok.html", "/binary.html", "/huge-declared.html", "/huge-streamed.html", "/loop-a", "/stall.html",
     "/flaky.html", "/malformed.html", "/latin1.txt", "/to-metadata", "/secret/plans.html", "/etag.html",
-    "/image.png", "/missing.html",
+    "/image.png", "/missing.html", *PRIVATE_URLS,
 ]  # fmt: skip
 
 
@@ -147,6 +152,8 @@ class HostileSite:
                     return self.send(302, b"", headers={"Location": "/loop-a"})
                 if path == "/to-metadata":
                     return self.send(302, b"", headers={"Location": METADATA_URL})
+                if path in PRIVATE_URLS:
+                    return self.send(302, b"", headers={"Location": PRIVATE_URLS[path]})
                 if path == "/stall.html":
                     time.sleep(site.stall_s)
                     return self.send(200, b"<html><body><p>too late</p></body></html>")

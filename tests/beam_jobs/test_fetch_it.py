@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 
 import pytest
 
 from beam_jobs.fetch import Fetcher
+from beam_jobs.netguard import LOOPBACK, AddressPolicy
 from beam_jobs.sources import FetchSettings
 from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED
-from tests.beam_jobs.hostile import LATIN1_TEXT, METADATA_URL, HostileSite
+from tests.beam_jobs.hostile import LATIN1_TEXT, METADATA_URL, PRIVATE_URLS, HostileSite
 
 pytestmark = pytest.mark.integration
 
+LOCAL = AddressPolicy(LOOPBACK)  # the hostile site lives on 127.0.0.1; nothing else private
 FAST = FetchSettings(crawl_delay_s=0, timeout_s=0.5, deadline_s=3, retries=1, backoff_s=0.01, max_backoff_s=0.05, max_bytes=1_000_000)
 
 
@@ -24,7 +28,7 @@ def site():
 
 @pytest.fixture
 def fetcher():
-    f = Fetcher(FAST, allow_private=True)
+    f = Fetcher(FAST, policy=LOCAL)
     yield f
     f.close()
 
@@ -81,8 +85,72 @@ def test_metadata_address_is_refused_even_when_private_addresses_are_allowed(sit
     assert fetcher.requests == 0  # not even its robots.txt
 
 
+@pytest.fixture
+def connects(monkeypatch):
+    """Every TCP connect attempt's address; only loopback ones are let through to the real socket."""
+    attempts: list[str] = []
+    real = socket.socket.connect
+
+    def recording(sock, address):
+        attempts.append(str(address[0]))
+        if not ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback:
+            raise ConnectionRefusedError(f"test guard: no traffic to {address[0]} leaves this machine")
+        return real(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", recording)
+    return attempts
+
+
+@pytest.mark.parametrize("path", sorted(PRIVATE_URLS))
+def test_a_redirect_to_a_network_the_source_does_not_name_is_refused_before_connecting(site, fetcher, connects, path):
+    result = fetcher.fetch(site.base_url + path, source="s")
+    assert (result.outcome, result.reason) == (FAILED, "blocked_address")
+    assert site.paths().count(path) == 1  # the loopback hop was made...
+    assert connects and all(ipaddress.ip_address(a).is_loopback for a in connects)  # ...and no other
+
+
+def test_a_named_network_is_reached_and_its_redirects_rechecked(site, connects):
+    # 10.0.0.0/8 named: the crawler does try 10.0.0.1 (the test socket refuses it, so nothing leaves).
+    f = Fetcher(FAST, policy=AddressPolicy(LOOPBACK + (ipaddress.ip_network("10.0.0.0/8"),)))
+    try:
+        result = f.fetch(site.base_url + "/to-private-1", source="s")
+    finally:
+        f.close()
+    assert result.reason != "blocked_address" and "10.0.0.1" in connects
+    only = Fetcher(FAST, policy=AddressPolicy((ipaddress.ip_network("10.0.0.0/8"),)))  # loopback not named
+    try:
+        assert only.fetch(site.base_url + "/ok.html", source="s").reason == "blocked_address"
+    finally:
+        only.close()
+
+
+@pytest.mark.parametrize("network", ["169.254.0.0/16", "169.254.169.254", "0.0.0.0/0", "::/0", "fe80::/64", "224.0.0.0/8", "10.0.0.1/8"])
+def test_networks_that_are_never_allowed_cannot_be_named(network):
+    from beam_jobs.sources import SiteSource
+
+    with pytest.raises(ValueError, match="never allowed|not an IP network"):
+        SiteSource(kind="site", name="s", start_urls=["http://127.0.0.1/"], allow_networks=[network])
+
+
+def test_metadata_and_link_local_stay_refused_whatever_is_allowed():
+    policy = AddressPolicy(LOOPBACK + (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd00::/8")))
+    for address in ("169.254.169.254", "100.100.100.200", "fd00:ec2::254", "fe80::1", "::ffff:169.254.169.254", "224.0.0.1"):
+        assert policy.refusal(ipaddress.ip_address(address)) is not None, address
+    for address in ("127.0.0.1", "::1", "100.64.1.1", "fd00::5", "93.184.216.34"):
+        assert policy.refusal(ipaddress.ip_address(address)) is None, address
+    assert AddressPolicy().refusal(ipaddress.ip_address("10.1.2.3")) == "private"
+
+
+def test_allow_private_is_loopback_only_now():
+    from beam_jobs.sources import SiteSource
+
+    source = SiteSource(kind="site", name="s", start_urls=["http://127.0.0.1/"], allow_private=True)
+    assert source.address_policy.refusal(ipaddress.ip_address("127.0.0.1")) is None
+    assert source.address_policy.refusal(ipaddress.ip_address("10.0.0.1")) == "private"
+
+
 def test_loopback_is_refused_unless_the_source_allows_private_addresses(site):
-    strict = Fetcher(FAST, allow_private=False)
+    strict = Fetcher(FAST)
     try:
         result = strict.fetch(site.base_url.replace("127.0.0.1", "localhost") + "/ok.html", source="s")
     finally:
@@ -93,7 +161,7 @@ def test_loopback_is_refused_unless_the_source_allows_private_addresses(site):
 
 def test_robots_crawl_delay_spaces_requests_to_one_host():
     with HostileSite(crawl_delay=0.3) as slow_site:
-        f = Fetcher(FAST, allow_private=True)
+        f = Fetcher(FAST, policy=LOCAL)
         try:
             for path in ("/ok.html", "/malformed.html", "/etag.html"):
                 assert f.fetch(slow_site.base_url + path, source="s").outcome == FETCHED
@@ -112,7 +180,7 @@ def test_429_is_retried_after_the_capped_retry_after(site, fetcher):
 
 
 def test_redirects_beyond_the_limit_fail(site):
-    strict = Fetcher(FAST.model_copy(update={"max_redirects": 0}), allow_private=True)
+    strict = Fetcher(FAST.model_copy(update={"max_redirects": 0}), policy=LOCAL)
     try:
         result = strict.fetch(site.base_url + "/loop-a", source="s")
     finally:
@@ -123,7 +191,7 @@ def test_redirects_beyond_the_limit_fail(site):
 @pytest.mark.parametrize("status, outcome, reason", [(503, FAILED, "robots_unreachable"), (404, FETCHED, None)])
 def test_robots_txt_errors_follow_rfc_9309(status, outcome, reason):
     with HostileSite(robots_status=status) as odd_site:
-        f = Fetcher(FAST, allow_private=True)
+        f = Fetcher(FAST, policy=LOCAL)
         try:
             result = f.fetch(odd_site.base_url + "/secret/plans.html", source="s")
         finally:

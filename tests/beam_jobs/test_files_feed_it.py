@@ -38,7 +38,7 @@ def config(site_base: str, folder: Path) -> SourcesConfig:
         {
             "fetch": FAST_FETCH,
             "sources": [
-                {"kind": "feed", "name": "news", "url": site_base + "/feed.xml", "allow_private": True},
+                {"kind": "feed", "name": "news", "url": site_base + "/feed.xml", "allow_networks": ["127.0.0.0/8"]},
                 {"kind": "files", "name": "archive", "glob": str(folder / "*")},
             ],
         }

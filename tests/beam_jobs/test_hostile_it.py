@@ -29,7 +29,7 @@ def hostile_run(tmp_path_factory):
                         "start_urls": [site.base_url + "/", METADATA_URL],
                         "allowed_hosts": ["127.0.0.1", "169.254.169.254"],
                         "use_sitemaps": False,
-                        "allow_private": True,
+                        "allow_networks": ["127.0.0.0/8"],
                     }
                 ],
             }

@@ -35,7 +35,7 @@ class Runs:
 
 
 def config_for(base: str, **site) -> SourcesConfig:
-    source = {"kind": "site", "name": "sample", "start_urls": [base + "/"], "allow_private": True, **site}
+    source = {"kind": "site", "name": "sample", "start_urls": [base + "/"], "allow_networks": ["127.0.0.0/8"], **site}
     return SourcesConfig.model_validate({"fetch": FAST_FETCH, "sources": [source]})
 
 

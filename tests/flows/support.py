@@ -17,7 +17,7 @@ FAST_FETCH = {"crawl_delay_s": 0, "timeout_s": 2, "deadline_s": 10, "retries": 1
 
 def write_sources(path: Path, base_url: str, **fetch) -> Path:
     """A sources file with one site source over a sample server (fast fetch settings, or ``fetch`` overrides)."""
-    config = {"fetch": {**FAST_FETCH, **fetch}, "sources": [{"kind": "site", "name": "sample", "start_urls": [base_url + "/"], "allow_private": True}]}
+    config = {"fetch": {**FAST_FETCH, **fetch}, "sources": [{"kind": "site", "name": "sample", "start_urls": [base_url + "/"], "allow_networks": ["127.0.0.0/8"]}]}
     path.write_text(yaml.safe_dump(config))
     return path
 
