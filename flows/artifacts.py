@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.notify import lagging_servers
 from flows.retry import retry_if_transient
 from flows.summary import OUTCOMES, RefreshSummary
 
@@ -71,6 +72,10 @@ def summary_markdown(summary: RefreshSummary) -> str:
         lines += ["", "## Validation", ""]
         lines += [f"- {name}: {value}" for name, value in summary.validation.items()]
     if summary.notified:
+        lagging = lagging_servers(summary.notified)
+        if lagging:
+            lines += ["", f"**{len(lagging)} of {len(summary.notified)} servers did not reload** ({', '.join(lagging)}): "
+                      "the version is published; they serve an older one until they next check `CURRENT`."]
         lines += ["", "## Servers notified", "", "| server | ok | status | serving | detail |", "| --- | --- | --- | --- | --- |"]
         lines += [
             f"| {n['url']} | {'yes' if n['ok'] else 'no'} | {n.get('status') or ''} | {n.get('index_version') or ''} | {n.get('detail') or ''} |"

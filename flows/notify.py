@@ -106,4 +106,17 @@ def notify_servers(
         else:
             get_run_logger().warning("could not notify %s: %r", server, result)
             outcomes.append(ReloadOutcome(server, False, None, repr(result)))
+    lagging = [o.url for o in outcomes if not o.ok]
+    if lagging:
+        # The version stays published: a lagging replica serves its older version until its own
+        # check of CURRENT (every reload_interval_s) or the next notification succeeds.
+        get_run_logger().warning(
+            "%d of %d servers did not reload and may serve an older version until they next check CURRENT: %s",
+            len(lagging), len(outcomes), ", ".join(lagging),
+        )
     return outcomes
+
+
+def lagging_servers(notified: list[dict]) -> list[str]:
+    """URLs of the servers whose notification did not end with them serving the published version."""
+    return [n["url"] for n in notified if not n["ok"]]

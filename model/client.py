@@ -1,9 +1,13 @@
 """Python client of the RETRO server (``RetroClient``, ``AsyncRetroClient``); imports no torch or faiss.
 
+A client takes one base URL or several (replicas over one store): it sends each request to the
+replica that answered last and fails over to the next one when a replica cannot be reached or
+answers 503 (not ready, or at its ``max_inflight`` limit).
+
 Example:
-    >>> with RetroClient("http://127.0.0.1:8000") as client:        # doctest: +SKIP
+    >>> with RetroClient(["http://retro-1:8000", "http://retro-2:8000"]) as client:  # doctest: +SKIP
     ...     hits = client.retrieve("who runs the harbour now?", k=2)
-    ...     print(hits.index_version, hits.results[0][0].url)
+    ...     print(client.url, hits.index_version, hits.results[0][0].url)
 """
 
 from __future__ import annotations
@@ -89,22 +93,95 @@ def _auth(token: str | None) -> dict[str, str]:
 
 
 class _Base:
-    def __init__(self, url: str, *, timeout: float, retries: int, backoff_s: float, admin_token: str | None):
+    def __init__(self, url: str | Sequence[str], *, timeout: float, retries: int, backoff_s: float, admin_token: str | None):
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
-        self.url = url.rstrip("/")
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
+            raise ValueError(f"give one server base URL or a list of them, got {url!r}")
+        self.urls: tuple[str, ...] = tuple(u.strip().rstrip("/") for u in urls)
+        self._active = 0  # index into urls of the replica that answered last
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
         self.admin_token = admin_token
 
+    @property
+    def url(self) -> str:
+        """The base URL requests go to first: the replica that answered last."""
+        return self.urls[self._active]
+
     def _delay(self, attempt: int) -> float:
         return self.backoff_s * (2**attempt)
 
-    def _failed(self, exc: Exception, method: str, path: str) -> RetroError:
-        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            return RetroTimeout(f"{method} {self.url}{path} timed out after {self.timeout}s")
-        return RetroConnectionError(f"{method} {self.url}{path} failed after {self.retries + 1} attempts: {type(exc).__name__}: {exc}")
+    def _failover(self, method: str, path: str) -> "_Failover":
+        return _Failover(self, method, path)
+
+
+class _Failover:
+    """One request's walk over the replicas: rounds of one attempt per URL, from the active one.
+
+    A connection error or a 503 moves on to the next URL. After a round in which no replica could
+    be reached, the client waits (``backoff_s``, doubling) and starts another round, at most
+    ``retries`` more. A round in which some replica answered 503 ends the request with that answer:
+    the server is up and said it cannot serve now (its ``Retry-After`` is the caller's to honour).
+    A read timeout is not failed over: the first replica may still be working on the request.
+    """
+
+    def __init__(self, client: _Base, method: str, path: str):
+        self.client, self.method, self.path = client, method, path
+        self.errors: dict[str, str] = {}  # url -> what went wrong there last
+        self.unavailable: RetroHTTPError | None = None
+        self.last: Exception | None = None
+
+    def targets(self) -> list[tuple[int, str]]:
+        """The (index, url) pairs of one round, the active replica first."""
+        n, start = len(self.client.urls), self.client._active
+        return [((start + i) % n, self.client.urls[(start + i) % n]) for i in range(n)]
+
+    def connection_failed(self, url: str, exc: Exception) -> None:
+        LOG.debug("%s %s%s: %s; trying the next server", self.method, url, self.path, exc)
+        self.errors[url] = f"{type(exc).__name__}: {exc}"
+        self.last = exc
+
+    def answered(self, index: int, url: str, response: httpx.Response) -> bool:
+        """Record an answer; True when it ends the request (anything but a 503)."""
+        if response.status_code != 503:
+            self.client._active = index
+            return True
+        error = _error_of(response)
+        LOG.debug("%s %s%s: 503 %s; trying the next server", self.method, url, self.path, error.message)
+        self.errors[url] = f"HTTP 503: {error.message}"
+        self.unavailable = error
+        return False
+
+    def next_round(self, round_: int) -> float:
+        """Seconds to wait before round ``round_ + 1``; raises the request's error when there is none."""
+        if self.unavailable is not None:
+            raise self._unavailable_error()
+        if round_ >= self.client.retries:
+            raise self._connection_error() from self.last
+        return self.client._delay(round_)
+
+    def timed_out(self, url: str) -> RetroTimeout:
+        return RetroTimeout(f"{self.method} {url}{self.path} timed out after {self.client.timeout}s")
+
+    def _connection_error(self) -> RetroConnectionError:
+        attempts = self.client.retries + 1
+        if len(self.client.urls) == 1:
+            url = self.client.urls[0]
+            return RetroConnectionError(f"{self.method} {url}{self.path} failed after {attempts} attempts: {self.errors[url]}")
+        each = "; ".join(f"{url}: {error}" for url, error in self.errors.items())
+        return RetroConnectionError(
+            f"{self.method} {self.path} failed on all {len(self.client.urls)} servers after {attempts} attempts each: {each}"
+        )
+
+    def _unavailable_error(self) -> RetroHTTPError:
+        error = self.unavailable
+        if len(self.client.urls) > 1:
+            each = "; ".join(f"{url}: {what}" for url, what in self.errors.items())
+            error = RetroHTTPError(503, f"no server could answer: {each}", limit=error.limit, body=error.body)
+        return error
 
 
 def _retrieve_request(text: str | Sequence[str], k: int) -> RetrieveRequest:
@@ -114,12 +191,16 @@ def _retrieve_request(text: str | Sequence[str], k: int) -> RetrieveRequest:
 
 
 class RetroClient(_Base):
-    """Blocking client of one RETRO server.
+    """Blocking client of one RETRO server, or of several replicas with failover between them.
 
     Args:
-        url: the server's base URL, e.g. ``http://127.0.0.1:8000``.
+        url: the server's base URL, e.g. ``http://127.0.0.1:8000``, or a list of replicas' URLs:
+            a request goes to the replica that answered last and moves on to the next one on a
+            connection error or a 503. Per-replica calls (:meth:`reload`, :meth:`index`) reach
+            whichever replica answers; to reload every replica use one client per URL.
         timeout: seconds to wait for each answer (generation of many tokens can take a while).
-        retries: extra attempts after a connection error (not after an HTTP error answer).
+        retries: extra rounds over the URLs after every one failed to connect (not after an HTTP
+            error answer).
         backoff_s: wait before the first retry; doubles each time.
         admin_token: bearer token for :meth:`reload`.
         transport: an httpx transport (for tests or custom networking).
@@ -127,7 +208,7 @@ class RetroClient(_Base):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         timeout: float = 30.0,
         retries: int = 2,
@@ -136,7 +217,7 @@ class RetroClient(_Base):
         transport: httpx.BaseTransport | None = None,
     ):
         super().__init__(url, timeout=timeout, retries=retries, backoff_s=backoff_s, admin_token=admin_token)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(timeout=timeout, transport=transport)
 
     def __enter__(self) -> "RetroClient":
         return self
@@ -148,20 +229,21 @@ class RetroClient(_Base):
         self._http.close()
 
     def _request(self, method: str, path: str, *, json: dict | None = None, headers: dict | None = None) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._http.request(method, path, json=json, headers=headers)
-            except _RETRYABLE as exc:
-                if attempt == self.retries:
-                    raise self._failed(exc, method, path) from exc
-                LOG.debug("%s %s: %s; retrying", method, path, exc)
-                time.sleep(self._delay(attempt))
-                continue
-            except httpx.TimeoutException as exc:
-                raise self._failed(exc, method, path) from exc
-            if response.status_code >= 400:
-                raise _error_of(response)
-            return response
+        failover = self._failover(method, path)
+        for round_ in range(self.retries + 1):
+            for index, url in failover.targets():
+                try:
+                    response = self._http.request(method, url + path, json=json, headers=headers)
+                except _RETRYABLE as exc:
+                    failover.connection_failed(url, exc)
+                    continue
+                except httpx.TimeoutException as exc:
+                    raise failover.timed_out(url) from exc
+                if failover.answered(index, url, response):
+                    if response.status_code >= 400:
+                        raise _error_of(response)
+                    return response
+            time.sleep(failover.next_round(round_))
         raise AssertionError("unreachable")
 
     def _call(self, model: type[M], method: str, path: str, **kwargs) -> M:
@@ -248,12 +330,12 @@ class RetroClient(_Base):
 
 
 class AsyncRetroClient(_Base):
-    """Asyncio client of one RETRO server; same methods as :class:`RetroClient`, awaited.
+    """Asyncio client of one RETRO server or several replicas; same methods as :class:`RetroClient`, awaited.
 
     Args:
-        url: the server's base URL.
+        url: the server's base URL, or a list of replicas' URLs (failover as in :class:`RetroClient`).
         timeout: seconds to wait for each answer.
-        retries: extra attempts after a connection error.
+        retries: extra rounds over the URLs after every one failed to connect.
         backoff_s: wait before the first retry; doubles each time.
         admin_token: bearer token for :meth:`reload`.
         max_connections: size of the connection pool (concurrent requests in flight).
@@ -262,7 +344,7 @@ class AsyncRetroClient(_Base):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         timeout: float = 30.0,
         retries: int = 2,
@@ -273,7 +355,6 @@ class AsyncRetroClient(_Base):
     ):
         super().__init__(url, timeout=timeout, retries=retries, backoff_s=backoff_s, admin_token=admin_token)
         self._http = httpx.AsyncClient(
-            base_url=self.url,
             timeout=timeout,
             transport=transport,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -289,20 +370,21 @@ class AsyncRetroClient(_Base):
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, *, json: dict | None = None, headers: dict | None = None) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            try:
-                response = await self._http.request(method, path, json=json, headers=headers)
-            except _RETRYABLE as exc:
-                if attempt == self.retries:
-                    raise self._failed(exc, method, path) from exc
-                LOG.debug("%s %s: %s; retrying", method, path, exc)
-                await asyncio.sleep(self._delay(attempt))
-                continue
-            except httpx.TimeoutException as exc:
-                raise self._failed(exc, method, path) from exc
-            if response.status_code >= 400:
-                raise _error_of(response)
-            return response
+        failover = self._failover(method, path)
+        for round_ in range(self.retries + 1):
+            for index, url in failover.targets():
+                try:
+                    response = await self._http.request(method, url + path, json=json, headers=headers)
+                except _RETRYABLE as exc:
+                    failover.connection_failed(url, exc)
+                    continue
+                except httpx.TimeoutException as exc:
+                    raise failover.timed_out(url) from exc
+                if failover.answered(index, url, response):
+                    if response.status_code >= 400:
+                        raise _error_of(response)
+                    return response
+            await asyncio.sleep(failover.next_round(round_))
         raise AssertionError("unreachable")
 
     async def _call(self, model: type[M], method: str, path: str, **kwargs) -> M:

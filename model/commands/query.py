@@ -11,7 +11,7 @@ from model.config import Settings
 
 @click.command()
 @click.argument("text")
-@click.option("--url", help="server base URL [default: http://RETROFRESH_HOST:RETROFRESH_PORT].")
+@click.option("--url", "urls", multiple=True, help="server base URL; repeat it for replicas to fail over between [default: http://RETROFRESH_HOST:RETROFRESH_PORT].")
 @click.option("--retrieve-only", is_flag=True, help="only retrieve neighbours, do not generate.")
 @click.option("-k", "k", type=click.IntRange(min=1), help="neighbours per query chunk.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
@@ -20,16 +20,16 @@ from model.config import Settings
 @click.option("--no-retrieval", is_flag=True, help="generate without neighbours.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="print the server's JSON answer.")
-def query(text: str, url: str | None, retrieve_only: bool, k: int | None, max_new_tokens: int, temperature: float,
+def query(text: str, urls: tuple[str, ...], retrieve_only: bool, k: int | None, max_new_tokens: int, temperature: float,
           seed: int | None, no_retrieval: bool, timeout: float, as_json: bool) -> None:
     """Send TEXT to a running server: generate a continuation, or with --retrieve-only list its neighbours."""
     from model.client import RetroClient, RetroError
 
-    if url is None:
+    if not urls:
         settings = Settings()
-        url = f"http://{settings.host}:{settings.port}"
+        urls = (f"http://{settings.host}:{settings.port}",)
     try:
-        with RetroClient(url, timeout=timeout) as client:
+        with RetroClient(list(urls), timeout=timeout) as client:
             if retrieve_only:
                 answer = client.retrieve(text, k=k or 2)
             else:

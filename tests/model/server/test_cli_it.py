@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +10,7 @@ from click.testing import CliRunner
 
 from flows.cli import cli
 from model.client import RetroClient
-from tests.fixtures.server import LabelledStore, free_port, label_of
+from tests.fixtures.server import LabelledStore, free_port, label_of, start_serve_process
 
 pytestmark = pytest.mark.integration
 
@@ -22,31 +18,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def served(labelled_store: LabelledStore, tiny_checkpoint: Path, tmp_path):
     version = labelled_store.publish("A")
-    port = free_port()
-    env = {**os.environ, "RETROFRESH_ADMIN_TOKEN": "cli-token", "HF_HUB_OFFLINE": "1"}
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--store", labelled_store.uri,
-         "--port", str(port), "--cache-dir", str(tmp_path / "cache"), "--reload-interval", "0.5", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = start_serve_process(tiny_checkpoint, labelled_store.uri, tmp_path, env={"RETROFRESH_ADMIN_TOKEN": "cli-token"})
     try:
-        with RetroClient(url, retries=0) as client:
-            try:
-                client.wait_ready(timeout=90)
-            except Exception:
-                log.seek(0)
-                raise AssertionError(f"retrofresh serve did not get ready:\n{log.read()}")
-        yield url, version
+        server.wait_ready(timeout=90)
+        yield server.url, version
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        server.stop()
 
 
 def test_query_retrieves_and_generates_through_a_served_checkpoint(served):
