@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 REPLICAS = 2
 RELOAD_INTERVAL_S = 0.5
 # A replica must serve a new version this soon after CURRENT names it: its check interval plus
-# download, sha256 verification and warm-up of a small version, with a wide margin for a busy box.
-CONVERGENCE_BOUND_S = 30.0
+# download, sha256 verification and warm-up of a small version (about a second here), with a wide
+# margin for a shared 2-core box under heavy load.
+CONVERGENCE_BOUND_S = 60.0
 
 
 @dataclass
@@ -120,9 +121,13 @@ class Observer:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as http:
+        with httpx.Client(base_url=self.url, timeout=60) as http:
             while not self.stop.is_set():
-                response = http.post("/v1/retrieve", json={"text": "who is the mayor of the river town now?", "k": 2})
+                try:
+                    response = http.post("/v1/retrieve", json={"text": "who is the mayor of the river town now?", "k": 2})
+                except httpx.HTTPError as exc:  # kept and reported: the thread must not die silently
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
                 if response.status_code != 200:
                     self.errors.append(f"{response.status_code} {response.text}")
                 else:
@@ -153,7 +158,7 @@ def test_replicas_converge_to_each_new_version_and_never_go_back(replicas):
             while not all(o.first_seen(version) for o in observers):
                 assert time.monotonic() < deadline, (
                     f"{version} did not reach every replica within {CONVERGENCE_BOUND_S}s: "
-                    f"{[(o.url, o.seen[-1][1] if o.seen else None) for o in observers]}"
+                    f"{[(o.url, o.seen[-1][1] if o.seen else 'no answer yet', o.errors[-3:]) for o in observers]}"
                 )
                 time.sleep(0.02)
             convergence.append([round(o.first_seen(version) - published_at, 3) for o in observers])

@@ -20,7 +20,7 @@ def served(labelled_store: LabelledStore, tiny_checkpoint: Path, tmp_path):
     version = labelled_store.publish("A")
     server = start_serve_process(tiny_checkpoint, labelled_store.uri, tmp_path, env={"RETROFRESH_ADMIN_TOKEN": "cli-token"})
     try:
-        server.wait_ready(timeout=90)
+        server.wait_ready()
         yield server.url, version
     finally:
         server.stop()

@@ -105,16 +105,15 @@ def test_a_503_moves_on_to_the_next_replica(replica):
 
 def test_every_replica_at_503_is_the_last_answer_naming_each_and_no_retry_round(replica):
     one, two = replica("one", status=503), replica("two", status=503)
-    start = time.monotonic()
     with RetroClient([one.url, two.url], retries=3, backoff_s=1.0) as client:
         with pytest.raises(RetroHTTPError) as info:
             client._request("GET", "/v1/index")
         # Not ready anywhere is an answer, not an error: ready() returns it.
         assert client.ready().ready is False
-    assert time.monotonic() - start < 1.0  # a 503 is the servers' answer: no backoff rounds
     error = info.value
     assert error.status_code == 503 and error.limit == "max_inflight"
     assert f"{one.url}: HTTP 503: one is busy" in error.message and f"{two.url}: HTTP 503: two is busy" in error.message
+    # A 503 is the servers' answer: each was asked once per call, no backoff rounds.
     assert one.requests == two.requests == ["/v1/index", "/readyz"]
 
 
