@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from model.client import RetroClient
 from tests.fixtures.server import ADMIN_TOKEN, LabelledStore, ServeProcess, label_of, start_serve_process
 from tests.flows.support import artifacts_of, dead_url, flow_run_id, write_sources
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPLICAS = 2
+PAGES = 6  # pages of the sample site the refresh crawls
 RELOAD_INTERVAL_S = 0.5
 # A replica must serve a new version this soon after CURRENT names it: its check interval plus
 # download, sha256 verification and warm-up of a small version (about a second here), with a wide
@@ -91,6 +93,10 @@ def test_a_refresh_notifies_every_replica_and_names_the_one_that_lags(replicas, 
     site = SampleSiteServer(SampleWorld(0, 1), 0).start()
     try:
         sources = write_sources(tmp_path / "sources.yaml", site.base_url)
+        # A few pages are enough to publish a version; fewer chunks to embed keeps the test light.
+        config = yaml.safe_load(sources.read_text())
+        config["sources"][0]["max_pages"] = PAGES
+        sources.write_text(yaml.safe_dump(config))
         state = refresh_corpus(sources=str(sources), store=replicas.store_uri, servers=[*replicas.urls, down], return_state=True)
     finally:
         site.stop()
