@@ -1,0 +1,363 @@
+"""Temporal bits-per-byte on two dated corpora, end to end: index, train, evaluate with frozen weights.
+
+    python -m bench.temporal [--quick] [--only sample|changelog] [--json]
+
+For each corpus it lays down index versions with ``model.evaluation.versions.publish_documents``,
+trains a RETRO model on the stale version through ``retrofresh train`` (a subprocess running the
+very command line, with the recipe in TRAIN below), trains the upper control the same way on the
+fresh version, and runs ``retrofresh eval temporal``'s evaluation (``model.evaluation``) on the
+held-out documents: retrieval off, stale, fresh, a same-size control (stale padded with more
+pre-cutoff text to the fresh version's chunk count) and retrained, with leakage control on.
+
+- **sample**: the sample world (``beam_jobs.sample``), pages extracted with the ingest's own
+  extractor. Stale = edition 0's version; fresh = edition FRESH_EDITION's version without the
+  evaluated documents, which are the news articles published after edition 0 (held out). Control
+  = edition 0 plus edition 0 pages of other seeds of the world, to the fresh version's size.
+- **changelog**: CPython's changelog as Debian's ``python3.11-doc`` ships it
+  (``/usr/share/doc/python3.11/html/whatsnew/changelog.html.gz``: 95 release sections 2015-2023,
+  each with a "Release date"). Documents are a release's subsection ("Library", "Core and
+  Builtins", ...) cut at entry boundaries into pieces of at most MAX_DOC_CHARS. Sections released
+  before CUTOFF are the stale corpus (a reserve of them, as large as the fresh addition, is kept
+  out for the control); of the later sections every other one is indexed into the fresh version,
+  the rest are evaluated. Install the file with
+  ``apt-get update && apt-get install -y python3.11-doc``; without it this corpus is skipped and
+  the result says so.
+
+Writes bench/results/temporal.json (and each corpus's report.md, temporal.png, temporal.json under
+bench/results/temporal/<corpus>/); ``--json`` prints the result as one JSON object on stdout,
+progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+# knobs
+
+# The training recipe: flags of `retrofresh train`, exactly as on the command line. Whatever makes
+# the model read its neighbours (steps, k, presets, new flags) goes here and nowhere else.
+TRAIN = {"--preset": "tiny", "--steps": 1200, "--seq-len": 256, "--k": 2, "--batch-size": 8, "--lr": 1e-3, "--warmup": 100}
+TRAIN_QUICK = {**TRAIN, "--steps": 300}
+TRAIN_EXTRA_ARGS: list[str] = []  # flags without a value, or ones the recipe adds later
+K = TRAIN["--k"]  # neighbours per chunk when evaluating (the recipe's)
+BOOTSTRAP = 1000
+SEED = 0
+# One intra-op thread: on a shared, busy 2-core box OpenMP hand-offs between two threads cost far
+# more than the second core gives (../shared/NOTES.md measured 10 s vs 6 min on a tiny model).
+TORCH_THREADS = 1
+
+# the sample world
+SAMPLE_SIZE, SAMPLE_SIZE_QUICK = 4, 2
+FRESH_EDITION = 4  # with news retention 4, edition 0's news are gone by then
+PAD_SEEDS = range(1000, 1100)  # other worlds whose edition 0 pads the control (pre-cutoff text)
+SAMPLE_BASE_URL = "http://sample.test"
+
+# CPython's changelog
+CHANGELOG = Path("/usr/share/doc/python3.11/html/whatsnew/changelog.html.gz")
+CHANGELOG_PACKAGE = "python3.11-doc"
+CUTOFF = date(2021, 1, 1)
+MAX_DOC_CHARS = 2400  # ~600 tokens per document
+EVAL_DOCS, EVAL_DOCS_QUICK = 300, 80  # at most, spread evenly over the evaluated sections
+STALE_SECTIONS_QUICK = 30  # --quick: only the newest pre-cutoff sections (less to embed and train on)
+
+RESULTS = Path(__file__).parent / "results"
+RESULT = RESULTS / "temporal.json"
+
+
+def _say(quiet: bool):
+    return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+
+# corpora
+
+
+def sample_corpus(size: int, say) -> dict:
+    """Edition 0, edition FRESH_EDITION minus its new articles, those articles, and padding pages."""
+    from beam_jobs.extract import document_text, extract_html
+    from beam_jobs.sample.world import SampleWorld
+
+    world = SampleWorld(SEED, size)
+
+    def pages(w, edition: int) -> dict[str, str]:
+        ed = w.edition(edition)
+        out = {}
+        for path in ed.document_paths():
+            url = SAMPLE_BASE_URL + path
+            out[url] = document_text(extract_html(ed.page(path, SAMPLE_BASE_URL).body, "utf-8", url))
+        return out
+
+    stale = pages(world, 0)
+    fresh_edition = world.edition(FRESH_EDITION)
+    fresh = pages(world, FRESH_EDITION)
+    cutoff = world.edition_date(0)
+    evaluated = []
+    for change in fresh_edition.news:
+        url = SAMPLE_BASE_URL + world.news_path(change)
+        if change.date > cutoff and url in fresh:
+            evaluated.append({"text": fresh.pop(url), "published_at": change.date.isoformat(), "url": url})
+    padding = {}
+    for seed in PAD_SEEDS:
+        other = SampleWorld(seed, size)
+        padding.update({url.replace(SAMPLE_BASE_URL, f"http://pad-{seed}.test"): text for url, text in pages(other, 0).items()})
+        if len(padding) >= 2 * len(fresh):  # plenty: the control takes what it needs
+            break
+    say(f"sample world size {size}: edition 0 {len(stale)} pages, edition {FRESH_EDITION} {len(fresh)} pages "
+        f"+ {len(evaluated)} held-out articles ({cutoff} < date <= {fresh_edition.date})")
+    return {"stale": stale, "fresh": fresh, "evaluated": evaluated, "padding": padding, "cutoff": cutoff.isoformat(),
+            "setup": {"seed": SEED, "size": size, "stale_edition": 0, "fresh_edition": FRESH_EDITION, "cutoff": cutoff.isoformat()}}
+
+
+def changelog_sections(path: Path) -> list[dict]:
+    """Release sections of the changelog, newest first: title, anchor, date and (subsection, entries)."""
+    from lxml import html
+
+    tree = html.fromstring(gzip.open(path).read())
+    sections = []
+    for section in tree.xpath("//section[h2]"):
+        title = section.find("h2").text_content().replace("¶", "").strip()
+        stamp = next((p.text_content() for p in section.xpath("./p") if "Release date" in p.text_content()), None)
+        found = re.search(r"\d{4}-\d{2}-\d{2}", stamp or "")
+        if not found:
+            continue
+        parts = []
+        for sub in section.xpath("./section[h3]"):
+            name = sub.find("h3").text_content().replace("¶", "").strip()
+            entries = [" ".join(li.text_content().split()) for li in sub.xpath(".//li")]
+            parts.append((name, [e for e in entries if e]))
+        sections.append({"title": title, "anchor": section.get("id"), "date": date.fromisoformat(found.group()), "parts": parts})
+    return sections
+
+
+def section_documents(section: dict) -> list[tuple[str, str]]:
+    """A section as documents: each subsection's entries, cut at entry boundaries into pieces of at most MAX_DOC_CHARS."""
+    out = []
+    for name, entries in section["parts"]:
+        head = f"{section['title']} (released {section['date']}), {name}:\n"
+        piece, number = [], 0
+        for entry in entries + [None]:
+            if entry is None or (piece and len(head) + sum(len(e) + 3 for e in piece) + len(entry) > MAX_DOC_CHARS):
+                if piece:
+                    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+                    out.append((f"https://docs.python.org/3.11/whatsnew/changelog.html#{section['anchor']}/{slug}/{number}",
+                                head + "\n".join(f"- {e}" for e in piece)))
+                    number += 1
+                piece = []
+            if entry is not None:
+                piece.append(entry)
+    return out
+
+
+def changelog_corpus(quick: bool, say) -> dict | None:
+    if not CHANGELOG.exists():
+        return None
+    sections = changelog_sections(CHANGELOG)
+    before = sorted((s for s in sections if s["date"] < CUTOFF), key=lambda s: s["date"])
+    after = sorted((s for s in sections if s["date"] >= CUTOFF), key=lambda s: s["date"])
+    if quick:
+        before = before[-STALE_SECTIONS_QUICK:]
+    indexed, evaluated_sections = after[0::2], after[1::2]
+    fresh = dict(d for s in indexed for d in section_documents(s))
+    fresh_chars = sum(len(t) for t in fresh.values())
+    # The control's reserve: every third pre-cutoff section from the cutoff back (then the ones between),
+    # until it is as large as the fresh addition.
+    reserve, chars = [], 0
+    for s in before[::-1][1::3] + before[::-1][2::3]:
+        if chars >= fresh_chars:
+            break
+        reserve.append(s)
+        chars += sum(len(t) for _, t in section_documents(s))
+    stale_sections = [s for s in before if s not in reserve]
+    stale = dict(d for s in stale_sections for d in section_documents(s))
+    padding = dict(d for s in reserve for d in section_documents(s))
+    evaluated = [{"text": text, "published_at": s["date"].isoformat(), "url": url} for s in evaluated_sections for url, text in section_documents(s)]
+    limit = EVAL_DOCS_QUICK if quick else EVAL_DOCS
+    if len(evaluated) > limit:
+        step = len(evaluated) / limit
+        evaluated = [evaluated[int(i * step)] for i in range(limit)]
+    say(f"changelog: {len(sections)} sections; stale {len(stale_sections)} sections before {CUTOFF} ({len(stale)} documents), "
+        f"control reserve {len(reserve)} sections, fresh +{len(indexed)} sections ({len(fresh)} documents), "
+        f"{len(evaluated)} documents evaluated from {len(evaluated_sections)} sections")
+    return {"stale": stale, "fresh": fresh, "evaluated": evaluated, "padding": padding, "cutoff": CUTOFF.isoformat(),
+            "setup": {"file": str(CHANGELOG), "package": CHANGELOG_PACKAGE, "sections": len(sections), "cutoff": CUTOFF.isoformat(),
+                      "stale_sections": len(stale_sections), "control_reserve_sections": len(reserve),
+                      "fresh_sections": [s["title"] for s in indexed], "evaluated_sections": [s["title"] for s in evaluated_sections],
+                      "max_doc_chars": MAX_DOC_CHARS}}
+
+
+# versions, training, evaluation
+
+
+def lay_down_versions(store_uri: str, corpus: dict, tokenizer, embedder, cache: Path, say) -> dict:
+    """stale (v1) → control (v2 = v1 + padding to the fresh size) → fresh (v3 = v1 + fresh documents, without padding)."""
+    from model.chunking import chunk_document
+    from model.evaluation.versions import live_chunks, publish_documents
+    from model.ids import content_hash, doc_id
+    from model.store import open_store
+
+    def chunks(url, text):
+        return len(chunk_document(tokenizer.encode(text), doc_id=doc_id(url), url=url, content_hash=content_hash(text), tokenizer=tokenizer))
+
+    store = open_store(store_uri, cache_dir=cache)
+    started = time.perf_counter()
+    stale = publish_documents(store, list(corpus["stale"].items()), tokenizer, embedder, source="stale")
+    stale_chunks = len(live_chunks(store, stale))
+    # What the fresh version will hold: the stale documents replaced or kept, plus the new ones.
+    fresh_docs = {**corpus["stale"], **corpus["fresh"]} if corpus.get("fresh_adds", True) else corpus["fresh"]
+    fresh_chunks = sum(chunks(u, t) for u, t in fresh_docs.items())
+    padding, added = [], 0
+    for url, text in corpus["padding"].items():
+        if stale_chunks + added >= fresh_chunks:
+            break
+        padding.append((url, text))
+        added += chunks(url, text)
+    control = publish_documents(store, padding, tokenizer, embedder, source="control") if padding else stale
+    removed = [u for u, _ in padding] + [u for u in corpus["stale"] if u not in fresh_docs]
+    fresh = publish_documents(store, list(fresh_docs.items()), tokenizer, embedder, remove=removed, source="fresh")
+    sizes = {name: len(live_chunks(store, v)) for name, v in (("stale", stale), ("control", control), ("fresh", fresh))}
+    say(f"versions: stale {stale} ({sizes['stale']} chunks), control {control} ({sizes['control']}), fresh {fresh} ({sizes['fresh']}) "
+        f"in {time.perf_counter() - started:.0f} s")
+    return {"stale": stale, "control": control, "fresh": fresh, "chunks": sizes}
+
+
+def train_command(store_uri: str, version: str, out: Path, cache: Path, recipe: dict) -> list[str]:
+    """The `retrofresh train` command line of the recipe."""
+    flags = [str(part) for key, value in recipe.items() for part in (key, value)]
+    return [sys.executable, "-m", "flows.cli", "train", "--store", store_uri, "--version", version, "--out", str(out),
+            "--cache-dir", str(cache), "--seed", str(SEED), "--eval-every", str(recipe["--steps"]), "--quiet", *flags, *TRAIN_EXTRA_ARGS]
+
+
+def train(store_uri: str, version: str, out: Path, cache: Path, recipe: dict, say) -> dict:
+    """Run `retrofresh train` and return its JSON report (eval loss with and without retrieval) and time."""
+    command = train_command(store_uri, version, out, cache, recipe)
+    say("$ " + " ".join(command[1:]))
+    started = time.perf_counter()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(TORCH_THREADS), "MKL_NUM_THREADS": str(TORCH_THREADS)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"training failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    final = report.get("eval", [{}])[-1] if report.get("eval") else {}
+    say(f"trained {out.name} in {time.perf_counter() - started:.0f} s: eval loss {final}")
+    return {"seconds": round(time.perf_counter() - started, 1), "steps": report.get("steps"), "train_loss": report.get("train_loss"),
+            "tokens_per_s": report.get("tokens_per_s"), "final_eval": final, "train_sequences": report.get("data", {}).get("train_sequences")}
+
+
+def goal(result: dict, sample_world: bool) -> dict:
+    """The issue's goal, checked on the numbers: fresh below none and stale beyond the intervals, also at α = 0.5."""
+    c = result["conditions"]
+
+    def below(a: str, b: str, rows=c) -> bool | None:
+        if rows.get(a, {}).get("ci95") is None or rows.get(b, {}).get("ci95") is None:
+            return None
+        return rows[a]["ci95"][1] < rows[b]["ci95"][0]
+
+    # At α = 0.5 each condition keeps its own chunks (those its neighbours overlap by under 32 tokens):
+    # fresh must beat retrieval off on the same chunks, and stale on its own.
+    half = next((b["conditions"] for b in result["by_overlap"] if b["alpha"] == 0.5), {})
+    fresh_half, stale_half = half.get("fresh", {}), half.get("stale", {})
+    at_half = None
+    if fresh_half.get("ci95") and fresh_half.get("none_ci95") and stale_half.get("ci95"):
+        at_half = fresh_half["ci95"][1] < fresh_half["none_ci95"][0] and fresh_half["ci95"][1] < stale_half["ci95"][0]
+    out = {"fresh_below_none": below("fresh", "none"), "fresh_below_stale": below("fresh", "stale"),
+           "fresh_minus_stale_ci_below_zero": None if not result.get("fresh_minus_stale_ci95") else result["fresh_minus_stale_ci95"][1] < 0,
+           "fresh_below_none_at_alpha_0.5": at_half, "fresh_below_control": below("fresh", "control")}
+    if sample_world:
+        out["gap_closed_at_least_half"] = None if result["gap_closed"] is None else result["gap_closed"] >= 0.5
+    return out
+
+
+def run_corpus(name: str, corpus: dict, recipe: dict, work: Path, say) -> dict:
+    from model.embedder import Embedder
+    from model.evaluation.conditions import TemporalRequest, run_temporal
+    from model.evaluation.report import write_outputs
+    from model.tokenizer import RetroTokenizer
+
+    started = time.perf_counter()
+    cache = work / "cache"
+    store_uri = str(work / f"{name}-store")
+    versions = lay_down_versions(store_uri, corpus, RetroTokenizer.load(), Embedder(), cache, say)
+    trained = train(store_uri, versions["stale"], work / f"{name}-stale-ckpt", cache, recipe, say)
+    retrained = train(store_uri, versions["fresh"], work / f"{name}-fresh-ckpt", cache, recipe, say)
+    docs = work / f"{name}-docs.jsonl"
+    docs.write_text("".join(json.dumps(d) + "\n" for d in corpus["evaluated"]))
+    say(f"evaluating {len(corpus['evaluated'])} documents under none / stale / fresh / control / retrained")
+    t0 = time.perf_counter()
+    result = run_temporal(TemporalRequest(
+        checkpoint=work / f"{name}-stale-ckpt", store=store_uri, stale_version=versions["stale"], docs=docs, fresh_version=versions["fresh"],
+        control_store=store_uri if versions["control"] != versions["stale"] else None,
+        control_version=versions["control"] if versions["control"] != versions["stale"] else None,
+        retrained_checkpoint=work / f"{name}-fresh-ckpt", k=K, bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache))
+    eval_s = time.perf_counter() - t0
+    write_outputs(result, RESULTS / "temporal" / name)
+    c = result["conditions"]
+    say(f"{name}: " + ", ".join(f"{n} {r['bpb']:.4f} {r['ci95']}" for n, r in c.items())
+        + f"; fresh - stale {result['fresh_minus_stale_bpb']} {result.get('fresh_minus_stale_ci95')}; gap closed {result['gap_closed']}")
+    for key in ("skipped_lines", "checkpoint", "retrained_checkpoint", "docs_file", "stores"):
+        result.pop(key, None)
+    return {
+        "setup": corpus["setup"], "versions": versions, "evaluated_documents": len(corpus["evaluated"]),
+        "training": {"stale": trained, "retrained": retrained},
+        "ratios": {"fresh_over_stale_bpb": round(c["fresh"]["bpb"] / c["stale"]["bpb"], 5),
+                   "fresh_over_none_bpb": round(c["fresh"]["bpb"] / c["none"]["bpb"], 5),
+                   "stale_over_none_bpb": round(c["stale"]["bpb"] / c["none"]["bpb"], 5)},
+        "goal": goal(result, sample_world=name == "sample"),
+        "evaluation": result, "evaluation_s": round(eval_s, 1), "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller world, fewer steps and documents (~15 min on 2 cores)")
+    parser.add_argument("--only", choices=["sample", "changelog"], help="run one corpus only")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    parser.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON goes (default {RESULT})")
+    args = parser.parse_args(argv)
+    say = _say(False)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+    recipe = TRAIN_QUICK if args.quick else TRAIN
+    started = time.perf_counter()
+    result = {"bench": "temporal", "quick": args.quick, "recipe": {"train": {**recipe, "extra_args": TRAIN_EXTRA_ARGS}, "k": K, "bootstrap": BOOTSTRAP},
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "load_avg_at_start": list(os.getloadavg())},
+              "corpora": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-temporal-") as tmp:
+        work = Path(tmp)
+        if args.only in (None, "sample"):
+            corpus = sample_corpus(SAMPLE_SIZE_QUICK if args.quick else SAMPLE_SIZE, say)
+            corpus["fresh_adds"] = False  # edition N replaces edition 0: pages are updated, removed, added
+            result["corpora"]["sample"] = run_corpus("sample", corpus, recipe, work, say)
+        if args.only in (None, "changelog"):
+            corpus = changelog_corpus(args.quick, say)
+            if corpus is None:
+                message = (f"{CHANGELOG} is missing: install it with `apt-get update && apt-get install -y {CHANGELOG_PACKAGE}` "
+                           "and run again")
+                say(f"changelog skipped: {message}")
+                result["corpora"]["changelog"] = {"skipped": message}
+            else:
+                result["corpora"]["changelog"] = run_corpus("changelog", corpus, recipe, work, say)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(json.dumps(result, indent=1) + "\n")
+    say(f"wrote {args.result} ({result['seconds']:.0f} s)")
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
