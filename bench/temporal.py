@@ -149,7 +149,8 @@ def section_documents(section: dict) -> list[tuple[str, str]]:
             if entry is None or (piece and len(head) + sum(len(e) + 3 for e in piece) + len(entry) > MAX_DOC_CHARS):
                 if piece:
                     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-                    out.append((f"https://docs.python.org/3.11/whatsnew/changelog.html#{section['anchor']}/{slug}/{number}",
+                    # A query, not a fragment: a document's id is its URL without the fragment.
+                    out.append((f"https://docs.python.org/3.11/whatsnew/changelog.html?section={section['anchor']}&part={slug}-{number}",
                                 head + "\n".join(f"- {e}" for e in piece)))
                     number += 1
                 piece = []
@@ -316,10 +317,26 @@ def run_corpus(name: str, corpus: dict, recipe: dict, work: Path, say) -> dict:
     }
 
 
+def write_result(path: Path, result: dict, *, merge: bool) -> None:
+    """Write the result; with ``--only``, replace that corpus's entry and keep the other's (each entry says how it ran)."""
+    import fcntl
+
+    for corpus in result["corpora"].values():
+        corpus.setdefault("run", {"quick": result["quick"], "recipe": result["recipe"], "machine": result["machine"]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two --only runs may finish together
+        if merge and path.exists():
+            previous = json.loads(path.read_text())
+            result = {**result, "corpora": {**previous.get("corpora", {}), **result["corpora"]}}
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    path.with_suffix(".lock").unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller world, fewer steps and documents (~15 min on 2 cores)")
-    parser.add_argument("--only", choices=["sample", "changelog"], help="run one corpus only")
+    parser.add_argument("--only", choices=["sample", "changelog"], help="run one corpus only (its entry in the result file is replaced, the other kept)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     parser.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON goes (default {RESULT})")
     args = parser.parse_args(argv)
@@ -351,8 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 result["corpora"]["changelog"] = run_corpus("changelog", corpus, recipe, work, say)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.result, result, merge=args.only is not None)
     say(f"wrote {args.result} ({result['seconds']:.0f} s)")
     if args.json:
         print(json.dumps(result))
