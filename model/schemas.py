@@ -43,7 +43,7 @@ class SwapError(BaseModel):
 
     version: str | None
     error: str
-    kind: str = Field(description="checksum, incompatible, load, warmup or store")
+    kind: str = Field(description="checksum, incompatible, cache, load, warmup or store")
     at: datetime
 
 
