@@ -7,6 +7,7 @@ import functools
 import logging
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -475,9 +476,9 @@ class Store:
 
         options = {"target": target or tuning.DEFAULT_TARGET, "k": k or tuning.DEFAULT_K, "queries": queries or tuning.DEFAULT_QUERIES}
         if view is not None:
-            return tuning.tune_nprobe(view, **options, seed=layout.version_seq(view.version))
-        with self.open(version) as opened:
-            return tuning.tune_nprobe(opened, **options, seed=layout.version_seq(opened.version))
+            return tuning.tune_nprobe(view, **options, seed=zlib.crc32(view.version.encode()))
+        with self.open(version) as opened:  # the sample is seeded by the version id: re-tuning repeats it
+            return tuning.tune_nprobe(opened, **options, seed=zlib.crc32(opened.version.encode()))
 
     # maintenance
 

@@ -92,3 +92,10 @@ def test_index_tune_command_publishes_a_tuned_version(ivf_store, tmp_path):
     assert again.exit_code == 0 and "nothing written" in again.output
     bad = runner.invoke(index_cli, ["tune", "--store", str(tmp_path / "store"), "--target", "1.5"])
     assert bad.exit_code == 2 and "1.5" in bad.output
+
+
+def test_any_version_id_can_be_tuned(ivf_store):
+    store, manifest = ivf_store
+    odd = manifest.retuned(version="hand-made-1", nprobe=1, parent=manifest.version)  # not v{seq}-{hex}
+    store.write_manifest(odd)
+    assert store.tune("hand-made-1").met
