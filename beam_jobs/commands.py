@@ -1,10 +1,11 @@
-"""CLI: ``retrofresh site serve|generate`` (the sample world) and ``retrofresh ingest``."""
+"""CLI: ``retrofresh site serve|generate|corpus`` (the sample world) and ``retrofresh ingest``."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -45,8 +46,6 @@ def serve(seed: int, size: int, edition: int, host: str, port: int) -> None:
 @click.option("--base-url", default="http://127.0.0.1:8000", show_default=True, help="absolute URL prefix for sitemap, feed, robots.txt")
 def generate(seed: int, size: int, edition: int, out_dir: str, base_url: str) -> None:
     """Write one edition as static files, plus facts.json (its facts and the changes since the last edition)."""
-    from pathlib import Path
-
     from beam_jobs.sample.server import write_edition
     from beam_jobs.sample.world import SampleWorld
 
@@ -68,6 +67,53 @@ def generate(seed: int, size: int, edition: int, out_dir: str, base_url: str) ->
     }  # fmt: skip
     (Path(out_dir) / "facts.json").write_text(json.dumps(facts, indent=1))
     click.echo(f"wrote {written} files and facts.json for edition {edition} ({len(data.changes)} changed facts) to {out_dir}")
+
+
+@site.command()
+@click.option("--seeds", default="1-60", show_default=True, help="world seeds, as a range 'A-B' or a list 'A,B,C'")
+@click.option("--size", type=click.IntRange(min=1), default=1, show_default=True, help="world scale of each seed")
+@click.option("--edition", type=click.IntRange(min=0), default=0, show_default=True, help="edition of every seed")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL file to write")
+def corpus(seeds: str, size: int, edition: int, out_file: Path) -> None:
+    """Write the documents of one edition of many worlds as JSONL (text, url, published_at), for training.
+
+    Each page goes through the ingest's own extraction (trafilatura), so the text is what an
+    ingest of the served site would store. The demo's model is trained on seeds 1-60 of edition
+    0: worlds of the same kind as the demo's seed 0, none of which states any of seed 0's facts.
+    """
+    from beam_jobs.extract import ExtractionError, document_text, extract_html
+    from beam_jobs.sample.world import SampleWorld
+
+    chosen = _seed_list(seeds)
+    written = 0
+    with out_file.open("w", encoding="utf-8") as out:
+        for seed in chosen:
+            world = SampleWorld(seed, size)
+            data = world.edition(edition)
+            for path in data.document_paths():
+                url = f"http://world-{seed}.sample{path}"  # one host per seed: doc ids never collide
+                try:
+                    text = document_text(extract_html(data.pages[path].body, "utf-8", url))
+                except ExtractionError:
+                    continue
+                published = data.pages[path].lastmod
+                out.write(json.dumps({"text": text, "url": url, "published_at": published.date().isoformat() if published else None}) + "\n")
+                written += 1
+    click.echo(f"wrote {written} documents of {len(chosen)} worlds (size {size}, edition {edition}) to {out_file}", err=True)
+
+
+def _seed_list(value: str) -> list[int]:
+    try:
+        if "-" in value:
+            low, high = (int(part) for part in value.split("-", 1))
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected a range like 1-60 or a list like 1,2,3, got {value!r}", param_hint="--seeds") from None
+    if not seeds:
+        raise click.BadParameter(f"{value!r} names no seed", param_hint="--seeds")
+    return seeds
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -1,10 +1,14 @@
 """``retrofresh demo``: the whole system on the sample world, end to end, on this machine.
 
 It serves edition 0 of the sample world, refreshes an empty store from it (the Prefect flow, the
-Beam job in-process), trains a tiny RETRO model on that version, starts the HTTP server, asks it
-about facts that are about to change, serves edition 1, refreshes again (the server is told to
-reload), and asks the same questions: the answers now come from the new index version, with no
-retraining. Every step prints the command a user would run to do it by hand.
+Beam job in-process), serves a small RETRO model over that version, asks it about the facts
+edition 1 will change, serves edition 1, refreshes again (the server is told to reload) and asks
+the same questions: with the same weights, the model now prefers and writes the new values,
+because it reads them in what it retrieves (flows/factcheck.py says how it is asked).
+
+The model is the one shipped in ``model/assets/demo-checkpoint`` (trained on other worlds' edition
+0, so it knows none of these facts), or one trained on the spot with ``--train``. Every step prints
+the command a user would run to do it by hand; a failed step says which one and why.
 """
 
 from __future__ import annotations
@@ -13,33 +17,54 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from flows.factcheck import FactCheck, ask_facts, plot_facts, report_markdown
+
 console = Console()
+
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "model" / "assets" / "demo-checkpoint"
+# How the shipped checkpoint was trained (README, "The demo's model"): other worlds' edition 0.
+TRAIN_SEEDS = "1-60"
+TRAIN_RECIPE = ["--preset", "mini", "--seq-len", "256", "--batch-size", "8", "--lr", "1e-3", "--warmup", "100",
+                "--own-passage-rate", "0.5", "--neighbour-dropout", "0.1"]
+TRAIN_STEPS = 1200
 
 
 def _free_port() -> int:
+    import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _step(title: str, command: str | None = None) -> None:
-    console.rule(f"[bold]{title}")
+@contextmanager
+def _step(number: int, title: str, command: str | None = None):
+    """Print a step's title and command, time it, and name it when it fails."""
+    console.rule(f"[bold]{number}. {title}")
     if command:
         console.print(f"[dim]$ {command}[/dim]")
+    started = time.monotonic()
+    try:
+        yield
+    except (click.ClickException, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise click.ClickException(f"step {number} ({title}) failed: {type(exc).__name__}: {exc}") from exc
+    console.print(f"[dim]step {number} took {time.monotonic() - started:.1f} s[/dim]")
 
 
 def _write_sources(path: Path, base_url: str) -> None:
-    # allow_private: the sample site is on 127.0.0.1, which the fetcher refuses by default.
+    # The sample site is on 127.0.0.1, which the fetcher refuses unless a source allows it.
     path.write_text(
         "fetch:\n"
         "  crawl_delay_s: 0      # our own loopback site; keep the default (1 s) for real hosts\n"
@@ -51,61 +76,43 @@ def _write_sources(path: Path, base_url: str) -> None:
     )
 
 
-def _with_context(change, sentence: str) -> str:
-    # RETRO conditions a chunk on neighbours retrieved for the chunk before it, so the fact must
-    # follow at least one full 64-token chunk about the same entity to be scored with retrieval.
-    return " ".join([change.prompt + " ..."] * 12) + " " + sentence
+def _train(workdir: Path, steps: int) -> Path:
+    """Train a model as the shipped one was (other worlds' edition 0, the neighbour mix)."""
+    corpus, out = workdir / "train-corpus.jsonl", workdir / "checkpoint"
+    python = [sys.executable, "-m", "flows.cli"]
+    subprocess.run([*python, "site", "corpus", "--seeds", TRAIN_SEEDS, "--out", str(corpus)], check=True)
+    subprocess.run([*python, "train", "--input", str(corpus), "--store", str(workdir / "train-store"), "--out", str(out),
+                    *TRAIN_RECIPE, "--steps", str(steps), "--eval-every", str(max(steps // 4, 1))], check=True, stdout=subprocess.DEVNULL)
+    return out
 
 
-def _ask(client, changes) -> list[dict]:
-    """Retrieve for each changed fact's prompt; note whether the top neighbours state old or new.
-
-    Also scores the old and the new sentence (bits per byte, retrieval on): a model that reads its
-    neighbours finds the value they state less surprising.
-    """
-    rows = []
-    for change in changes:
-        hits = client.retrieve(change.prompt, k=2)
-        neighbours = hits.results[0]
-        texts = " ".join(n.text for n in neighbours)
-        scores = {which: client.score(_with_context(change, sentence)).bits_per_byte
-                  for which, sentence in (("old", change.old_sentence), ("new", change.sentence))}
-        rows.append({
-            "fact": f"{change.entity} {change.attribute}",
-            "old": change.old,
-            "new": change.new,
-            "index_version": hits.index_version,
-            "neighbours_state": {(True, False): "old", (False, True): "new", (True, True): "both"}.get(
-                (change.old in texts, change.new in texts), "neither"),
-            "retrieved_new": change.new in texts,
-            "top_url": neighbours[0].url if neighbours else None,
-            "bpb_old": round(scores["old"], 3),
-            "bpb_new": round(scores["new"], 3),
-        })
-    return rows
-
-
-COLUMNS = ("fact", "old", "new", "neighbours_state", "bpb_old", "bpb_new")
-
-
-def _table(title: str, rows: list[dict]) -> Table:
+def _table(title: str, check: FactCheck) -> Table:
     table = Table(title=title)
-    for column in COLUMNS:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(str(row[column]) for column in COLUMNS))
+    for column in ("fact", "old → new", "before: log p(new) − log p(old)", "before: wrote", "after: log p(new) − log p(old)",
+                   "after: wrote", "after: read"):
+        table.add_column(column, overflow="fold")
+    for b, a in zip(check.before, check.after):
+        read = a.neighbours[0].split(": ", 1)[0] if a.neighbours else "-"
+        table.add_row(a.fact, f"{a.old} → {a.new}", f"{b.margin:+.2f}", b.generated.strip(), f"{a.margin:+.2f}", a.generated.strip(), read)
     return table
 
 
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"), show_default=True,
-              help="where the store, checkpoint and logs go (emptied first)")
+              help="where the store, the server's log and the caches go (emptied first)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"), show_default=True,
+              help="where report.md, facts.png and demo.json go")
 @click.option("--size", type=click.IntRange(min=1), default=2, show_default=True, help="sample world size (entities scale with it)")
-@click.option("--train-steps", type=click.IntRange(min=1), default=120, show_default=True,
-              help="training steps of the tiny RETRO model (~1 s each on 2 cores; the point is the index, not the weights)")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="the RETRO model to serve [default: the shipped model/assets/demo-checkpoint]")
+@click.option("--train", "train_model", is_flag=True,
+              help=f"train the model here first, as the shipped one was ({TRAIN_STEPS} steps on worlds {TRAIN_SEEDS}; ~20 min on 2 cores)")
+@click.option("--train-steps", type=click.IntRange(min=1), default=TRAIN_STEPS, show_default=True, help="steps for --train")
+@click.option("--check", is_flag=True, help="exit with an error unless the model's answers follow the index (what CI runs)")
 @click.option("--keep-running", is_flag=True, help="leave the site and server up at the end (Ctrl-C stops them)")
-def demo(workdir: Path, size: int, train_steps: int, keep_running: bool) -> None:
-    """Run the whole pipeline on the bundled sample world and show the index update a served model.
+def demo(workdir: Path, out_dir: Path, size: int, checkpoint: Path | None, train_model: bool, train_steps: int, check: bool,
+         keep_running: bool) -> None:
+    """Run the whole pipeline on the bundled sample world and show a served model follow its index.
 
     Takes a few minutes on 2 CPU cores; nothing is downloaded.
     """
@@ -117,63 +124,87 @@ def demo(workdir: Path, size: int, train_steps: int, keep_running: bool) -> None
     started = time.monotonic()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    store, checkpoint, sources = str(workdir / "store"), workdir / "checkpoint", workdir / "sources.yaml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store, sources = str(workdir / "store"), workdir / "sources.yaml"
     token = secrets.token_urlsafe(16)
     os.environ["RETROFRESH_ADMIN_TOKEN"] = token  # the refresh flow reads it to call /admin/reload
     os.environ["RETROFRESH_CACHE_DIR"] = str(workdir / "cache")
 
     world = SampleWorld(seed=0, size=size)
+    changes = world.changed_facts(1)
     site = SampleSiteServer(world, 0).start()
     server = None
     try:
         _write_sources(sources, site.base_url)
-        _step("1. Sample world, edition 0", f"retrofresh site serve --edition 0 --port {site.port}")
-        console.print(f"serving {len(site.edition.document_paths())} documents at {site.base_url}")
+        with _step(1, "Sample world, edition 0", f"retrofresh site serve --edition 0 --port {site.port}"):
+            console.print(f"serving {len(site.edition.document_paths())} documents at {site.base_url}; "
+                          f"edition 1 will change {len(changes)} facts")
 
-        _step("2. Refresh an empty store from it (Prefect flow → Beam ingest → publish)",
-              f"retrofresh refresh --sources {sources} --store {store}")
-        first = refresh_corpus(sources=str(sources), store=store)
-        console.print_json(json.dumps({k: first[k] for k in ("version", "documents", "chunks_added", "seconds")}))
+        with _step(2, "Refresh an empty store from it (Prefect flow → Beam ingest → publish)",
+                   f"retrofresh refresh --sources {sources} --store {store}"):
+            first = refresh_corpus(sources=str(sources), store=store)
+            console.print_json(json.dumps({k: first[k] for k in ("version", "documents", "chunks_added", "seconds")}))
 
-        _step("3. Train a tiny RETRO model on that version (neighbours from the store, same-document ones excluded)",
-              f"retrofresh train --store {store} --out {checkpoint} --preset tiny --steps {train_steps}")
-        subprocess.run([sys.executable, "-m", "flows.cli", "train", "--store", store, "--out", str(checkpoint), "--preset", "tiny",
-                        "--steps", str(train_steps), "--seq-len", "256", "--eval-every", str(max(train_steps // 3, 1)),
-                        "--warmup", str(min(50, train_steps // 5)), "--batch-size", "8"], check=True, stdout=subprocess.DEVNULL)
+        if train_model:
+            with _step(3, f"Train a RETRO model on other worlds' edition 0 ({train_steps} steps)",
+                       f"retrofresh site corpus --seeds {TRAIN_SEEDS} --out corpus.jsonl && retrofresh train --input corpus.jsonl "
+                       f"{' '.join(TRAIN_RECIPE)} --steps {train_steps} --out CHECKPOINT"):
+                checkpoint = _train(workdir, train_steps)
+        else:
+            checkpoint = checkpoint or SHIPPED_CHECKPOINT
+            with _step(3, "The model: a small RETRO network trained on other worlds' edition 0"):
+                config = json.loads((checkpoint / "config.json").read_text())
+                console.print(f"{checkpoint}: d_model {config['d_model']}, {config['n_layers']} layers, CCA at {config['cca_layers']}, "
+                              f"k={config['k']}; it has never seen this world's facts (README, \"The demo's model\")")
 
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        _step("4. Serve it", f"retrofresh serve --checkpoint {checkpoint} --store {store} --port {port}")
-        log = open(workdir / "server.log", "w")
-        server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(checkpoint), "--store", store,
-                                   "--port", str(port), "--reload-interval", "2"], stdout=log, stderr=subprocess.STDOUT)
-        client = RetroClient(url, timeout=120)
-        client.wait_ready(timeout=180)
-        changes = world.changed_facts(1)
-        before = _ask(client, changes)
-        console.print(_table(f"Before: index {before[0]['index_version']} (edition 0)", before))
+        with _step(4, "Serve it over the first version", f"retrofresh serve --checkpoint {checkpoint} --store {store} --port {port}"):
+            log = open(workdir / "server.log", "w")
+            server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(checkpoint), "--store", store,
+                                       "--port", str(port), "--reload-interval", "2"], stdout=log, stderr=subprocess.STDOUT)
+            client = RetroClient(url, timeout=120)
+            client.wait_ready(timeout=180)
+            served = client.index()
+            if served.version != first["version"] or not served.retrieval:
+                # The server checks the checkpoint's tokenizer, embedder and chunk size against the version's.
+                raise RuntimeError(f"the server does not retrieve from {first['version']}: {served.last_error or 'no version loaded'} "
+                                   f"(see {workdir / 'server.log'})")
 
-        _step("5. The world changes: serve edition 1 and refresh; the flow tells the server to reload",
-              f"retrofresh refresh --sources {sources} --store {store} --server {url}")
-        site.set_edition(1)
-        second = refresh_corpus(sources=str(sources), store=store, servers=[url])
-        console.print_json(json.dumps({k: second[k] for k in ("version", "parent", "documents", "chunks_added", "chunks_removed", "seconds")}))
-        deadline = time.monotonic() + 60
-        while client.index().version != second["version"] and time.monotonic() < deadline:
-            time.sleep(0.5)
-        after = _ask(client, changes)
-        console.print(_table(f"After: index {after[0]['index_version']} (edition 1), same model weights", after))
+        with _step(5, "Ask the served model about the facts edition 1 will change"):
+            before = ask_facts(client, world, changes)
 
-        report = {"first_refresh": first, "second_refresh": second, "before": before, "after": after,
-                  "picked_up": sum(r["retrieved_new"] for r in after), "facts_changed": len(changes),
-                  "seconds": round(time.monotonic() - started, 1)}
-        (workdir / "demo.json").write_text(json.dumps(report, indent=2, default=str))
-        _step("Done")
-        console.print(f"{report['picked_up']}/{report['facts_changed']} changed facts are retrieved in their new form after one refresh, "
-                      f"with no retraining ({report['seconds']} s in all). Report: {workdir / 'demo.json'}")
-        console.print("bpb_old / bpb_new: how surprised the model is by each sentence after context about the entity. "
-                      "A model trained for a few CPU minutes barely reads its neighbours yet; train longer "
-                      "(retrofresh train --preset small, ideally on a GPU) to see it prefer what the index says.")
+        with _step(6, "The world changes: serve edition 1 and refresh; the flow tells the server to reload",
+                   f"retrofresh refresh --sources {sources} --store {store} --server {url}"):
+            changed_at = time.monotonic()
+            site.set_edition(1)
+            second = refresh_corpus(sources=str(sources), store=store, servers=[url])
+            console.print_json(json.dumps({k: second[k] for k in ("version", "parent", "documents", "chunks_added", "chunks_removed", "seconds")}))
+            lag_s = _first_answer_from(client, second["version"], since=changed_at)
+            console.print(f"freshness lag: {lag_s:.1f} s from the site's change to the first answer served from {second['version']}")
+
+        with _step(7, "Ask again: same weights, new index (and once more with retrieval off, as a control)"):
+            after = ask_facts(client, world, changes)
+            control = ask_facts(client, world, changes, retrieval=False)
+            facts = FactCheck(before, after, control)
+            console.print(_table(f"index {first['version']} → {second['version']}", facts))
+
+        with _step(8, f"Write the report to {out_dir}"):
+            summary = {**facts.to_dict(), "freshness_lag_s": round(lag_s, 2), "versions": [first["version"], second["version"]],
+                       "checkpoint": str(checkpoint), "first_refresh": first, "second_refresh": second,
+                       "seconds": round(time.monotonic() - started, 1)}
+            (out_dir / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
+            (out_dir / "facts.png").write_bytes(plot_facts(facts))
+            (out_dir / "report.md").write_text(report_markdown(facts, lag_s=lag_s, versions=(first["version"], second["version"])))
+
+        c, n = facts.counts(), facts.facts_changed
+        console.rule("[bold]Done")
+        console.print(f"Of {n} changed facts, the model preferred the old value for {c['prefer_old_before']} before the refresh and the new "
+                      f"value for {c['prefer_new_after']} after it; it wrote the new value for {c['generated_new_after']} "
+                      f"(with retrieval off: {c['control_prefer_new']} and {c['control_generated_new']}). Same weights, "
+                      f"{summary['seconds']} s in all. Report: {out_dir / 'report.md'}")
+        if check and not facts.passed:
+            raise click.ClickException("the model's answers did not follow the index: " + "; ".join(facts.failures()))
         if keep_running:
             console.print(f"site {site.base_url}, server {url} (admin token in RETROFRESH_ADMIN_TOKEN={token}); Ctrl-C to stop")
             while True:
@@ -185,3 +216,14 @@ def demo(workdir: Path, size: int, train_steps: int, keep_running: bool) -> None
             server.terminate()
             server.wait(timeout=30)
         site.stop()
+
+
+def _first_answer_from(client, version: str, *, since: float, timeout_s: float = 60.0) -> float:
+    """Seconds from ``since`` until the server first answers a request from ``version``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if client.retrieve("freshness probe", k=1).index_version == version:
+            return time.monotonic() - since
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the server still answers from an older version {timeout_s:.0f} s after the refresh published {version}")
+        time.sleep(0.1)

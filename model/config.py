@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # from layer 6 every 3rd), used by `bench.model --gpu`; the small ones are CPU sized.
 _PRESETS = {
     "tiny": dict(d_model=64, n_layers=4, n_heads=4, cca_layers=(2, 4), enc_d_model=64, enc_n_heads=4, max_seq_len=512),
+    # The demo's model (model/assets/demo-checkpoint): 2.5M parameters, 10 MB, trains on 2 cores.
+    "mini": dict(d_model=128, n_layers=4, n_heads=4, cca_layers=(2, 4), enc_d_model=128, enc_n_heads=4, max_seq_len=512),
     "small": dict(d_model=256, n_layers=6, n_heads=8, cca_layers=(3, 6), enc_d_model=256, enc_n_heads=8, max_seq_len=512),
     "185m": dict(vocab_size=32000, d_model=896, n_layers=12, n_heads=14, head_dim=64, cca_layers=(6, 9, 12),
                  enc_d_model=896, enc_n_heads=14, max_seq_len=2048),
@@ -101,7 +103,7 @@ class RetroConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "RetroConfig":
-        """A named configuration ("tiny", "small", "185m") with fields overridden.
+        """A named configuration ("tiny", "mini", "small", "185m") with fields overridden.
 
         Args:
             name: one of the preset names.

@@ -286,6 +286,32 @@ class SampleWorld:
         """(entity name, attribute) -> value in edition ``number``."""
         return self.edition(number).facts_as_of
 
+    def describe(self, name_or_key: str) -> str:
+        """A few sentences about an entity from the details that never change (no fact of ATTRIBUTES).
+
+        Long enough (over one 64-token chunk) to be a RETRO model's context before a fact's prompt:
+        its first chunk is what retrieval searches with, and it names the entity without stating
+        any value an edition may change, so only the index can tell the model the current one.
+        """
+        e = self.entity(name_or_key)
+        s = e.static
+        if e.kind == "city":
+            return (
+                f"{e.name} is a city in the {s['region']} part of the Tessellate region, on the banks of the river {s['river']}. "
+                f"It was founded in {s['founded']} and covers {s['area']} square kilometres. The city is known for its {s['known_for'][0]} "
+                f"and its {s['known_for'][1]}, and for the covered markets of its old town."
+            )
+        if e.kind == "company":
+            return (
+                f"{e.name} is a {s['sector']} company founded in {s['founded']} by {s['founder']}. It sells to customers across the "
+                "Tessellate region and abroad, publishes its results every spring and trains apprentices in its own workshops."
+            )
+        return (
+            f"{e.name} is a sports club founded in {s['founded']} that plays in {s['colours']}. Its home ground in {s['home']} holds "
+            f"{s['ground_capacity']:,} spectators and is sold out for most derbies. Its supporters follow the club to every away game "
+            "of the season."
+        )
+
     def headline(self, change: FactChange) -> str:
         return HEADLINES[(change.kind, change.attribute)].format(name=change.entity, value=change.new)
 

@@ -79,7 +79,7 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--version", "version", help="store version (default: CURRENT).")
 @click.option("--input", "inputs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="text or .jsonl files to index into an empty store first (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="checkpoint directory.")
-@click.option("--preset", default="small", show_default=True, type=click.Choice(["tiny", "small", "185m"]), help="network size.")
+@click.option("--preset", default="small", show_default=True, type=click.Choice(["tiny", "mini", "small", "185m"]), help="network size (mini: the demo's model).")
 @click.option("--cca-layers", help="1-based layers with chunked cross-attention, e.g. 3,6 (default: the preset's).")
 @click.option("--seq-len", default=512, show_default=True, type=int, help="tokens per training window (multiple of 64).")
 @click.option("--k", "k", default=2, show_default=True, type=int, help="neighbours per chunk.")
@@ -98,10 +98,16 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="shard and neighbour cache [RETROFRESH_CACHE_DIR].")
 @click.option("--device", help="torch device [RETROFRESH_DEVICE].")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--own-passage-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="share of training chunks that also see a shifted window of their own document as a neighbour; "
+                   "teaches a small model to copy from what it retrieves (the demo's model uses 0.5).")
+@click.option("--neighbour-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="share of training chunks that see no neighbours (keeps the model usable with retrieval off).")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step (faster on GPU; compiling takes a minute or two).")
 @click.option("--quiet", is_flag=True, help="no progress bars.")
 def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, batch_size, lr, warmup_steps, eval_every, eval_fraction,
-          checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, seed, compile_model, quiet) -> None:
+          checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, seed, own_passage_rate,
+          neighbour_dropout, compile_model, quiet) -> None:
     """Train a RETRO model on a store version (or on files, indexed into a new store first).
 
     Every training chunk's k neighbours are searched once through the store, excluding its own
@@ -169,6 +175,7 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
     train_cfg = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=warmup_steps, eval_every=eval_every,
         checkpoint_every=checkpoint_every, out_dir=str(out), device=settings.device, seed=seed, compile=compile_model, progress=not quiet,
+        own_passage_rate=own_passage_rate, neighbour_dropout=neighbour_dropout,
     )
     click.echo(f"model: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
                f"data: {data.info['train_sequences']} train / {data.info['eval_sequences']} eval windows of {seq_len}", err=True)

@@ -40,6 +40,7 @@ class ChunkPlan:
     chunk_doc_ids: list[str]  # S·L: the document each chunk is from (excluded from its neighbours)
     seq_doc_ids: list[set[str]]  # per window: the documents it covers
     chunk_tokens: int
+    chunk_doc_end: np.ndarray  # (S·L,) int64: stream index where each chunk's document ends (its start for padding)
 
     @property
     def num_sequences(self) -> int:
@@ -119,10 +120,11 @@ def plan_sequences(
     if seq_len <= 0 or seq_len % m:
         raise ValueError(f"seq_len {seq_len} must be a positive multiple of chunk_tokens {m}")
     pad = pad_id if pad_id is not None else (tokenizer.pad_id if tokenizer.pad_id is not None else 0)
-    stream, target, texts, chunk_docs = [], [], [], []
+    stream, target, texts, chunk_docs, doc_ends = [], [], [], [], []
     for doc in docs:
         n = len(doc.tokens)
         padded = -(-n // m) * m
+        doc_ends.extend([len(stream) + n] * (padded // m))
         stream.extend(doc.tokens + [pad] * (padded - n))
         # Nothing predicts a document's first token, nor anything past its last one.
         target.extend(doc.tokens[1:] + [IGNORE_INDEX] * (padded - n + 1))
@@ -136,13 +138,14 @@ def plan_sequences(
     stream += [pad] * extra
     target += [IGNORE_INDEX] * extra
     for _ in range(extra // m):  # whole padding chunks at the end: no document, empty query
+        doc_ends.append(len(texts) * m)
         texts.append("")
         chunk_docs.append("")
     inputs = np.asarray(stream, dtype=np.int64).reshape(-1, seq_len)
     targets = np.asarray(target, dtype=np.int64).reshape(-1, seq_len)
     L = seq_len // m
     seq_docs = [set(d for d in chunk_docs[s * L : (s + 1) * L] if d) for s in range(inputs.shape[0])]
-    return ChunkPlan(inputs, targets, texts, chunk_docs, seq_docs, m)
+    return ChunkPlan(inputs, targets, texts, chunk_docs, seq_docs, m, np.asarray(doc_ends, dtype=np.int64))
 
 
 @dataclass
@@ -153,6 +156,7 @@ class SequenceSet:
     targets: torch.Tensor  # (S, T) long
     neighbours: torch.Tensor | None = None  # (S, L, k, r) int32
     neighbour_mask: torch.Tensor | None = None  # (S, L, k, r) bool
+    doc_end: torch.Tensor | None = None  # (S, L) int64: where each chunk's document ends in inputs.view(-1)
 
     def __post_init__(self):
         if self.inputs.shape != self.targets.shape:
@@ -178,18 +182,31 @@ class SequenceSet:
         if neighbours is not None:
             nb = torch.from_numpy(np.ascontiguousarray(neighbours)).reshape(S, L, *neighbours.shape[1:])
             mk = torch.from_numpy(np.ascontiguousarray(mask)).reshape(S, L, *mask.shape[1:])
-        return cls(torch.from_numpy(plan.inputs), torch.from_numpy(plan.targets), nb, mk)
+        doc_end = torch.from_numpy(plan.chunk_doc_end).reshape(S, L)
+        return cls(torch.from_numpy(plan.inputs), torch.from_numpy(plan.targets), nb, mk, doc_end)
 
     def subset(self, index) -> "SequenceSet":
+        # Stream offsets are positions in the full set's packed stream, so a subset drops them.
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return SequenceSet(self.inputs[index], self.targets[index], pick(self.neighbours), pick(self.neighbour_mask))
 
-    def batch(self, index: torch.Tensor, device, *, retrieval: bool = True) -> dict:
-        """Model inputs for the given rows, on device; retrieval=False drops the neighbours."""
+    def batch(self, index: torch.Tensor, device, *, retrieval: bool = True, mix=None, generator: torch.Generator | None = None) -> dict:
+        """Model inputs for the given rows, on device.
+
+        Args:
+            index: rows to take.
+            device: where the tensors go.
+            retrieval: False drops the neighbours.
+            mix: a :class:`model.training.mix.NeighbourMix` applied to the rows' neighbours.
+            generator: seeds the mix (a resumed run then sees the same batches).
+        """
         out = {"input_ids": self.inputs[index].to(device), "targets": self.targets[index].to(device)}
         if retrieval and self.neighbours is not None:
-            out["neighbours"] = self.neighbours[index].to(device=device, dtype=torch.long)
-            out["neighbour_mask"] = self.neighbour_mask[index].to(device)
+            neighbours, mask = self.neighbours[index].long(), self.neighbour_mask[index]
+            if mix is not None:
+                neighbours, mask = mix.apply(self, index, neighbours, mask, generator=generator)
+            out["neighbours"] = neighbours.to(device)
+            out["neighbour_mask"] = mask.to(device)
         return out
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from model.training.data import SequenceSet
+from model.training.mix import NeighbourMix
 
 LOG = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward (fuses norms, rotary, GELU; pays off on GPU)
     seed: int = 0
     progress: bool = True
+    # The neighbour mix (model.training.mix): what teaches a small model to read its neighbours.
+    own_passage_rate: float = 0.0
+    neighbour_dropout: float = 0.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -43,6 +47,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
+        self.neighbour_mix()  # validates the rates
+
+    def neighbour_mix(self) -> NeighbourMix:
+        return NeighbourMix(own_passage_rate=self.own_passage_rate, dropout=self.neighbour_dropout)
 
 
 @dataclass
@@ -110,7 +118,8 @@ def train_step(forward, params: list[torch.nn.Parameter], optimizer, train_set: 
     device = torch.device(cfg.device)
     # The batch depends only on (seed, step): a resumed run sees exactly the batches it would have.
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    batch = train_set.batch(torch.randint(0, len(train_set), (cfg.batch_size,), generator=gen), device)
+    index = torch.randint(0, len(train_set), (cfg.batch_size,), generator=gen)
+    batch = train_set.batch(index, device, mix=cfg.neighbour_mix(), generator=gen)
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
     with _autocast(device):

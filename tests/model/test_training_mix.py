@@ -1,0 +1,76 @@
+"""The neighbour mix: own passages hold the next chunk at a varying offset, never past the document."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.tokenizer import RetroTokenizer
+from model.training.data import Document, SequenceSet, plan_sequences
+from model.training.mix import NeighbourMix
+
+M, R, K = 64, 128, 2
+
+
+def _windows(doc_lengths, seq_len=256):
+    tokenizer = RetroTokenizer.load(None)
+    # Token ids that say where they come from: document d, position p -> 1000·(d+1) + p.
+    docs = [Document(f"d{d}", [1000 * (d + 1) + p for p in range(n)]) for d, n in enumerate(doc_lengths)]
+    plan = plan_sequences(docs, tokenizer, seq_len=seq_len, chunk_tokens=M, pad_id=0)
+    C = len(plan.chunk_texts)
+    return SequenceSet.from_plan(plan, np.zeros((C, K, R), dtype=np.int32), np.zeros((C, K, R), dtype=bool))
+
+
+def _batch(data, mix, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return data.batch(torch.arange(len(data)), "cpu", mix=mix, generator=gen)
+
+
+def test_every_chunk_with_a_next_chunk_gets_its_own_passage_containing_that_chunk():
+    data = _windows([300, 70, 200])
+    batch = _batch(data, NeighbourMix(own_passage_rate=1.0))
+    stream, nb, mask = data.inputs.reshape(-1), batch["neighbours"], batch["neighbour_mask"]
+    S, L = nb.shape[:2]
+    leads = set()
+    for s in range(S):
+        for l in range(L):
+            start = (s * L + l) * M
+            end = int(data.doc_end[s, l])
+            filled = mask[s, l].any(-1).nonzero().flatten().tolist()
+            if end <= start + M:  # the document's last chunk (or padding): nothing to copy, left alone
+                assert filled == []
+                continue
+            assert len(filled) == 1
+            tokens = nb[s, l, filled[0]][mask[s, l, filled[0]]].tolist()
+            doc = stream[:end].tolist()
+            next_chunk = stream[start + M : min(start + 2 * M, end)].tolist()
+            at = tokens.index(next_chunk[0])
+            assert tokens[at : at + len(next_chunk)] == next_chunk  # the whole next chunk is in it
+            assert 8 <= at <= M  # it starts with 8 to 64 tokens of the current chunk
+            assert all(t // 1000 == next_chunk[0] // 1000 for t in tokens)  # never past its own document
+            assert set(tokens) <= set(doc)
+            leads.add(at)
+    assert len(leads) > 3  # the offset varies: the copy has to be found by content
+
+
+def test_dropout_masks_whole_chunks_and_rates_of_zero_change_nothing():
+    data = _windows([600])
+    unchanged = _batch(data, NeighbourMix())
+    assert torch.equal(unchanged["neighbours"], data.neighbours.long())
+    own = _batch(data, NeighbourMix(own_passage_rate=1.0))
+    dropped = _batch(data, NeighbourMix(own_passage_rate=1.0, dropout=1.0))
+    assert own["neighbour_mask"].any() and not dropped["neighbour_mask"].any()
+    assert data.neighbour_mask.sum() == 0  # the stored neighbours are never written to
+
+
+def test_the_mix_is_a_function_of_the_seed():
+    data = _windows([500, 300])
+    mix = NeighbourMix(own_passage_rate=0.5, dropout=0.2)
+    a, b, c = _batch(data, mix, 1), _batch(data, mix, 1), _batch(data, mix, 2)
+    assert torch.equal(a["neighbours"], b["neighbours"]) and torch.equal(a["neighbour_mask"], b["neighbour_mask"])
+    assert not torch.equal(a["neighbour_mask"], c["neighbour_mask"])
+
+
+@pytest.mark.parametrize("field, value", [("own_passage_rate", 1.5), ("dropout", -0.1), ("min_lead", 0)])
+def test_bad_rates_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        NeighbourMix(**{field: value})
