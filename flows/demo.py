@@ -22,6 +22,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -87,13 +88,13 @@ def _train(workdir: Path, steps: int) -> Path:
 
 
 def _table(title: str, check: FactCheck) -> Table:
-    table = Table(title=title)
-    for column in ("fact", "old → new", "before: log p(new) − log p(old)", "before: wrote", "after: log p(new) − log p(old)",
-                   "after: wrote", "after: read"):
+    """Before and after side by side: log p(new) − log p(old), what greedy decoding wrote, what was read."""
+    table = Table(title=title, caption="Δ = log p(new) − log p(old), nats: positive prefers the new value")
+    for column in ("fact", "old → new", "before: Δ, wrote", "after: Δ, wrote", "after: read"):
         table.add_column(column, overflow="fold")
     for b, a in zip(check.before, check.after):
-        read = a.neighbours[0].split(": ", 1)[0] if a.neighbours else "-"
-        table.add_row(a.fact, f"{a.old} → {a.new}", f"{b.margin:+.2f}", b.generated.strip(), f"{a.margin:+.2f}", a.generated.strip(), read)
+        read = urlsplit(a.neighbours[0].split(": ", 1)[0]).path if a.neighbours else "-"
+        table.add_row(a.fact, f"{a.old} → {a.new}", f"{b.margin:+.1f} {b.generated.strip()!r}", f"{a.margin:+.1f} {a.generated.strip()!r}", read)
     return table
 
 
