@@ -73,16 +73,23 @@ def generate(seed: int, size: int, edition: int, out_dir: str, base_url: str) ->
 @click.option("--seeds", default="1-60", show_default=True, help="world seeds, as a range 'A-B' or a list 'A,B,C'")
 @click.option("--size", type=click.IntRange(min=1), default=1, show_default=True, help="world scale of each seed")
 @click.option("--edition", type=click.IntRange(min=0), default=0, show_default=True, help="edition of every seed")
+@click.option("--notes/--no-notes", default=True, show_default=True,
+              help="also write one note per entity: its description, then its current facts")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL file to write")
-def corpus(seeds: str, size: int, edition: int, out_file: Path) -> None:
+def corpus(seeds: str, size: int, edition: int, notes: bool, out_file: Path) -> None:
     """Write the documents of one edition of many worlds as JSONL (text, url, published_at), for training.
 
     Each page goes through the ingest's own extraction (trafilatura), so the text is what an
-    ingest of the served site would store. The demo's model is trained on seeds 1-60 of edition
-    0: worlds of the same kind as the demo's seed 0, none of which states any of seed 0's facts.
+    ingest of the served site would store. With --notes, each entity also gets a short note (its
+    description, then its facts): text whose values can only be predicted by reading another
+    document of the world, the way the demo asks about facts. The demo's model is trained on
+    seeds 1-60 of edition 0: worlds of the same kind as the demo's seed 0, none of which states
+    any of seed 0's facts.
     """
+    import random
+
     from beam_jobs.extract import ExtractionError, document_text, extract_html
-    from beam_jobs.sample.world import SampleWorld
+    from beam_jobs.sample.world import ATTRIBUTES, SampleWorld
 
     chosen = _seed_list(seeds)
     written = 0
@@ -98,6 +105,13 @@ def corpus(seeds: str, size: int, edition: int, out_file: Path) -> None:
                     continue
                 published = data.pages[path].lastmod
                 out.write(json.dumps({"text": text, "url": url, "published_at": published.date().isoformat() if published else None}) + "\n")
+                written += 1
+            for entity in world.entities if notes else ():
+                attributes = list(ATTRIBUTES[entity.kind])
+                random.Random(f"{seed}:{entity.key}").shuffle(attributes)  # any fact may follow the description
+                facts = " ".join(data.sentence(entity.key, attribute) for attribute in attributes)
+                url = f"http://world-{seed}.sample/notes/{entity.key}"
+                out.write(json.dumps({"text": f"{world.describe(entity.key)} {facts}", "url": url, "published_at": data.date.isoformat()}) + "\n")
                 written += 1
     click.echo(f"wrote {written} documents of {len(chosen)} worlds (size {size}, edition {edition}) to {out_file}", err=True)
 

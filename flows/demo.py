@@ -28,11 +28,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+import model
 from flows.factcheck import FactCheck, ask_facts, plot_facts, report_markdown
 
 console = Console()
 
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "model" / "assets" / "demo-checkpoint"
+SHIPPED_CHECKPOINT = Path(model.__file__).parent / "assets" / "demo-checkpoint"
 # How the shipped checkpoint was trained (README, "The demo's model"): other worlds' edition 0.
 TRAIN_SEEDS = "1-60"
 TRAIN_RECIPE = ["--preset", "mini", "--seq-len", "256", "--batch-size", "8", "--lr", "1e-3", "--warmup", "100",
