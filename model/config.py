@@ -15,7 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _PRESETS = {
     "tiny": dict(d_model=64, n_layers=4, n_heads=4, cca_layers=(2, 4), enc_d_model=64, enc_n_heads=4, max_seq_len=512),
     # The demo's model (model/assets/demo-checkpoint): 2.5M parameters, 10 MB, trains on 2 cores.
-    "mini": dict(d_model=128, n_layers=4, n_heads=4, cca_layers=(2, 4), enc_d_model=128, enc_n_heads=4, max_seq_len=512),
+    "mini": dict(d_model=128, n_layers=4, n_heads=4, cca_layers=(2, 4), enc_d_model=128, enc_n_heads=4, max_seq_len=512,
+                 cca_previous_token_keys=True),
     "small": dict(d_model=256, n_layers=6, n_heads=8, cca_layers=(3, 6), enc_d_model=256, enc_n_heads=8, max_seq_len=512),
     "185m": dict(vocab_size=32000, d_model=896, n_layers=12, n_heads=14, head_dim=64, cca_layers=(6, 9, 12),
                  enc_d_model=896, enc_n_heads=14, max_seq_len=2048),
@@ -42,6 +43,9 @@ class RetroConfig:
     chunk_tokens: int = 64  # m
     continuation_tokens: int = 64  # a neighbour is r = chunk_tokens + continuation_tokens tokens
     k: int = 2  # neighbours per chunk
+    # CCA keys also read the neighbour token before them, and CCA starts as an induction head (model.retro):
+    # what lets a small model trained from scratch copy from its neighbours. Needs d_model = enc_d_model = H·d.
+    cca_previous_token_keys: bool = False
     max_seq_len: int = 2048
     mlp_ratio: float = 4.0
     dropout: float = 0.0
@@ -76,6 +80,11 @@ class RetroConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "enc_layers", "chunk_tokens", "k", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cca_previous_token_keys and not self.d_model == self.enc_d_model == self.n_heads * self.head_dim:
+            raise ValueError(
+                f"cca_previous_token_keys starts CCA as identity maps, so d_model ({self.d_model}), enc_d_model "
+                f"({self.enc_d_model}) and n_heads·head_dim ({self.n_heads * self.head_dim}) must be equal"
+            )
         if self.continuation_tokens < 0:
             raise ValueError(f"continuation_tokens must be >= 0, got {self.continuation_tokens}")
 

@@ -233,11 +233,40 @@ class ChunkedCrossAttention(nn.Module):
 
     def __init__(self, config: RetroConfig):
         super().__init__()
-        self.m = config.chunk_tokens
+        self.m, self.r, self.n_heads = config.chunk_tokens, config.neighbour_tokens, config.n_heads
         self.attn = CrossAttention(config.d_model, config.enc_d_model, config.n_heads, config.head_dim, dropout=config.dropout)
+        # Keys that also see the neighbour token before them: a query holding "the token I just read"
+        # then finds where that token stands in a neighbour and reads the one after it, an induction
+        # head in one step. Without it, copying needs a two-layer circuit that a small model trained
+        # from scratch does not form in a CPU budget (docs/ARCHITECTURE.md, "Teaching a small model to copy").
+        self.previous_key = (
+            nn.Linear(config.enc_d_model, config.n_heads * config.head_dim, bias=False) if config.cca_previous_token_keys else None
+        )
+
+    @torch.no_grad()
+    def init_as_induction_head(self) -> None:
+        """Start as a copy circuit: query, previous-token key, value and output projections the identity.
+
+        The query is then the token just read (layer-normed), the key of neighbour position j its
+        token j−1, and the value token j: attention lands where the query's token stands in a
+        neighbour and adds the token after it to the residual stream, which the tied output
+        embedding reads as that token. Trained from the usual small random init, the same circuit
+        did not form in 300 steps of a pure copy task; from this init it copies from the first steps.
+        """
+        hd = self.attn.q.weight.shape[0]
+        eye = torch.eye(hd, device=self.attn.q.weight.device, dtype=self.attn.q.weight.dtype)
+        for weight in (self.attn.q.weight, self.previous_key.weight, self.attn.kv.weight[hd:], self.attn.proj.weight):
+            weight.copy_(eye)
 
     def keys_values(self, enc: EncodedNeighbours, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.attn.keys_values(enc.states, cos, sin)
+        """Keys and values (N, H, k·r, d) of the encoded neighbours, keys rotated."""
+        k, v = self.attn.keys_values(enc.states, cos, sin)
+        if self.previous_key is None:
+            return k, v
+        states = rearrange(enc.states, "n (k r) e -> n k r e", r=self.r)
+        before = F.pad(states[:, :, :-1], (0, 0, 1, 0))  # token j-1 of the same neighbour; zeros before its first
+        extra = rearrange(self.previous_key(before), "n k r (h d) -> n h (k r) d", h=self.n_heads)
+        return k + apply_rotary(extra, cos, sin), v  # rotation is linear: rot(a) + rot(b) = rot(a + b)
 
     def forward(
         self,
@@ -443,6 +472,10 @@ class Retro(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        if config.cca_previous_token_keys:
+            for block in self.blocks:
+                if block.cca is not None:
+                    block.cca.init_as_induction_head()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

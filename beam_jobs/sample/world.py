@@ -491,10 +491,10 @@ class _Renderer:
         s, facts = e.static, [(e.key, a) for a in ATTRIBUTES[e.kind]]
         paragraphs: list[str] = []
         if e.kind == "city":
+            # Short enough that a neighbour retrieved for it (chunk + continuation) still holds both facts below.
             paragraphs.append(
                 f"{html.escape(e.name)} is a city in the {s['region']} part of the Tessellate region, on the banks of the river {s['river']}. "
-                f"It was founded in {s['founded']} and covers {s['area']} square kilometres. The city is known for its {s['known_for'][0]} and its {s['known_for'][1]}, "
-                "and its old town keeps the narrow streets and covered markets of its first centuries."
+                f"It was founded in {s['founded']} and covers {s['area']} square kilometres. The city is known for its {s['known_for'][0]} and its {s['known_for'][1]}."
             )
             paragraphs.append(f"{self.sentence(e, 'mayor')} {self.sentence(e, 'population')} The city council meets every second Tuesday in the town hall.")
             companies = [c for c in self.world.entities if c.kind == "company" and self.facts[(c.key, "headquarters")] == e.name]

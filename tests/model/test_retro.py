@@ -22,10 +22,10 @@ def tiny_config(**overrides) -> RetroConfig:
     return RetroConfig(**{**base, **overrides})
 
 
-@pytest.fixture(scope="module")
-def model() -> Retro:
+@pytest.fixture(scope="module", params=[False, True], ids=["paper-cca", "previous-token-keys"])
+def model(request) -> Retro:
     torch.manual_seed(0)
-    return Retro(tiny_config()).eval()
+    return Retro(tiny_config(cca_previous_token_keys=request.param)).eval()
 
 
 def batch(B=2, T=200, seed=1):
@@ -114,6 +114,11 @@ def test_kv_cache_step_equals_full_forward(model, prompt_len):
         done = (t + 1) % M == 0
         pieces.append(model(ids[:, t : t + 1], nb[:, u : u + 1] if done else None, mask[:, u : u + 1] if done else None, cache=cache))
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+
+
+def test_previous_token_keys_need_square_cca():
+    with pytest.raises(ValueError, match="must be equal"):
+        tiny_config(enc_d_model=64, cca_previous_token_keys=True)
 
 
 @torch.no_grad()

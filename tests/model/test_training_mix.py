@@ -74,3 +74,32 @@ def test_the_mix_is_a_function_of_the_seed():
 def test_bad_rates_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         NeighbourMix(**{field: value})
+
+
+@pytest.mark.parametrize("previous_token_keys", [True, False], ids=["previous-token-keys", "paper-cca"])
+def test_own_passages_teach_copying_when_cca_starts_as_an_induction_head(previous_token_keys):
+    """Random tokens: the only way below the unigram floor is to copy the next chunk from its passage."""
+    from model.config import RetroConfig
+    from model.retro import Retro
+    from model.training.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    V, T, S = 512, 128, 256
+    g = torch.Generator().manual_seed(0)
+    stream = torch.randint(0, V, (S, T + 1), generator=g)
+    L = T // M
+    data = SequenceSet(stream[:, :T], stream[:, 1:], torch.zeros(S, L, K, R, dtype=torch.int32), torch.zeros(S, L, K, R, dtype=torch.bool),
+                       (torch.arange(S)[:, None] * T + T).expand(S, L).clone())
+    config = RetroConfig(vocab_size=V, d_model=64, n_layers=2, n_heads=4, cca_layers=(1, 2), enc_d_model=64, enc_n_heads=4,
+                         max_seq_len=T, cca_previous_token_keys=previous_token_keys)
+    model = Retro(config)
+    cfg = TrainConfig(steps=60, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=10, eval_every=0, progress=False, own_passage_rate=1.0)
+    train(model, data, None, cfg)
+    with torch.no_grad():
+        held = torch.arange(S - 32, S)
+        _, copied = model(**data.batch(held, "cpu", mix=NeighbourMix(own_passage_rate=1.0), generator=torch.Generator().manual_seed(1)))
+        _, alone = model(**data.batch(held, "cpu", retrieval=False))
+    if previous_token_keys:
+        assert copied < alone - 1.0, (copied, alone)
+    else:  # the paper's CCA from a random init: the copy circuit has not formed yet
+        assert copied > alone - 0.3, (copied, alone)
