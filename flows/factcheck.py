@@ -173,7 +173,7 @@ def plot_facts(check: FactCheck) -> bytes:
     ax.invert_yaxis()
     ax.set_xlabel("log p(new value) − log p(old value), nats  (right: prefers the new value)")
     ax.set_title("Same weights, before and after one index refresh")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(labels)), ncol=len(series), fontsize=8, frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -203,7 +203,7 @@ def report_markdown(check: FactCheck, *, lag_s: float | None, versions: tuple[st
               "| --- | --- | --- | --- | --- |"]
     for b, a in zip(check.before, check.after):
         cell = lambda x: f"{x.margin:+.2f}, “{_cell(x.generated)}”"  # noqa: E731
-        neighbour = _cell(a.neighbours[0]) if a.neighbours else "none"
+        neighbour = _cell(a.neighbours[0].split("://", 1)[-1].split("/", 1)[-1]) if a.neighbours else "none"
         lines.append(f"| {a.fact} | {a.old} → {a.new} | {cell(b)} | {cell(a)} | {neighbour} |")
     return "\n".join(lines) + "\n"
 
