@@ -69,8 +69,11 @@ def free_port() -> int:
 # preparing the checkpoint and the versions
 
 
-def prepare(root: Path, labels: list[str], knobs: dict):
-    """A tiny random checkpoint, and one shard per label written ahead (publishing is then cheap)."""
+def prepare(root: Path, labels: list[str], knobs: dict, store_uri: str | None = None):
+    """A tiny random checkpoint, and one shard per label written ahead (publishing is then cheap).
+
+    The store is ``root/store`` unless ``store_uri`` names another (bench.replicas: a gs:// one).
+    """
     import torch
 
     from model.chunking import Chunk, chunk_document
@@ -86,7 +89,7 @@ def prepare(root: Path, labels: list[str], knobs: dict):
     torch.manual_seed(0)
     config = RetroConfig.preset("tiny", vocab_size=tokenizer.vocab_size, embedder=embedder.spec.to_dict())
     Retro(config).save_pretrained(root / "checkpoint", tokenizer=tokenizer)
-    store = open_store(root / "store", cache_dir=root / "writer-cache")
+    store = open_store(store_uri or root / "store", cache_dir=root / "writer-cache")
     rng = np.random.default_rng(0)
     shards = {}
     for label in labels:
