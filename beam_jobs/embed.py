@@ -9,6 +9,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.utils import shared
 
 from model.chunking import Chunk
 from model.embedder import DEFAULT_EMBEDDER_NAME, EmbedderSpec, default_embedder_path, weights_sha256
@@ -42,6 +43,31 @@ def embedder_spec(path: str | Path | None = None, *, max_length: int = 128) -> E
         max_length=max_length,
         sha256=weights_sha256(model_dir),
     )
+
+
+# One encoder per (path, max_length) in a process, reused by every job and validation it runs: a
+# long-lived process (a watch, a served flow, a benchmark) pays the ~1 s load once. Beam's Shared
+# keeps the most recently acquired object alive after the pipeline that loaded it ends.
+_ENCODERS = shared.Shared()
+
+
+def shared_embedder(path: str | None = None, *, max_length: int = 128):
+    """The process's :class:`model.embedder.Embedder` for ``path``, loaded on first use.
+
+    Args:
+        path: encoder directory; None for the bundled all-MiniLM-L6-v2.
+        max_length: the encoder's token limit per text.
+    """
+
+    def load():
+        from transformers.utils import logging as hf_logging
+
+        from model.embedder import Embedder
+
+        hf_logging.disable_progress_bar()  # one bar per worker per run is noise in job logs
+        return Embedder(path, max_length=max_length)
+
+    return _ENCODERS.acquire(load, tag=f"{path or DEFAULT_EMBEDDER_NAME}:{max_length}")
 
 
 class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
@@ -84,14 +110,9 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
     def load_model(self):
         import torch
 
-        from model.embedder import Embedder
-
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one bar per worker per run is noise in job logs
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        return Embedder(self.path, max_length=self.max_length)
+        return shared_embedder(self.path, max_length=self.max_length)
 
     def run_inference(self, batch: Sequence[Chunk], model, inference_args: dict | None = None) -> Iterable[tuple[Chunk, np.ndarray]]:
         texts = [chunk.text for chunk in batch]

@@ -36,6 +36,7 @@ from beam_jobs.embed import ChunkEmbeddingHandler, embedder_spec
 from beam_jobs.extract import ExtractDoFn
 from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_options
 from beam_jobs.sources import SourcesConfig, load_sources
+from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargetsDoFn, StatTargetFilesDoFn, Targets, resolve_targets
 from beam_jobs.types import INCOMPLETE
 from beam_jobs.write import DELTA_KEY, DraftSpec, ReadLedgerDoFn, WriteDeltaDoFn
 from model.embedder import EmbedderSpec
@@ -83,6 +84,8 @@ class IngestResult:
     dataflow_url: str | None = None
     state: str = "DONE"
     dataflow_job: dict | None = field(default=None, repr=False)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # targeted runs: (url, why), never fetched
+    deferred: list[str] = field(default_factory=list)  # targeted runs: accepted URLs over the run's limit
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +107,7 @@ class IngestPlan:
     started_at: datetime
     embed_batch_size: int = 64
     torch_threads: int | None = None
+    targets: Targets | None = None  # a targeted run: only these URLs, nothing deleted for absence
 
 
 def resolve_tokenizer(tokenizer_path: str | Path | None, parent_manifest) -> RetroTokenizer:
@@ -163,24 +167,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
     )
     known = ledger | "KnownBySource" >> beam.Map(lambda row: (row.source, row.known()))
 
-    crawled = (
-        pipeline
-        | "WebSources" >> beam.Create(web, reshuffle=False)
-        | "SpreadSources" >> beam.Reshuffle()
-        | "Crawl" >> beam.ParDo(CrawlDoFn(config.fetch), known=beam.pvalue.AsMultiMap(known))
-    )
-    listed = (
-        pipeline
-        | "FileSources" >> beam.Create(files, reshuffle=False)
-        | "ListFiles" >> beam.ParDo(ListFilesDoFn()).with_outputs(INCOMPLETE, main="files")
-    )
-    read = (
-        listed.files
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadFiles" >> beam.ParDo(ReadFileDoFn()).with_outputs(INCOMPLETE, main="results")
-    )
+    if plan.targets is None:
+        crawled, read_results, unlisted = _read_sources(pipeline, config, web, files, known)
+    else:
+        crawled, read_results, unlisted = _read_targets(pipeline, config, plan.targets, known)
     extracted = (
-        (crawled, read.results)
+        (crawled, read_results)
         | "AllFetched" >> beam.Flatten()
         | "Extract"
         >> beam.ParDo(ExtractDoFn(config.documents.max_bytes, config.documents.max_chunks, plan.tokenizer_json)).with_outputs(
@@ -188,7 +180,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
         )
     )
     incomplete = (
-        (listed[INCOMPLETE], read[INCOMPLETE], extracted[INCOMPLETE])
+        (*unlisted, extracted[INCOMPLETE])
         | "AllIncomplete" >> beam.Flatten()
         | "IncompleteSources" >> beam.Distinct()
     )
@@ -248,6 +240,54 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
     )
 
 
+def _read_sources(pipeline: beam.Pipeline, config: SourcesConfig, web: list, files: list, known):
+    """A full run: crawl every site and feed, list and read every files source.
+
+    Returns:
+        (web FetchResults, file FetchResults, PCollections of incomplete source names).
+    """
+    crawled = (
+        pipeline
+        | "WebSources" >> beam.Create(web, reshuffle=False)
+        | "SpreadSources" >> beam.Reshuffle()
+        | "Crawl" >> beam.ParDo(CrawlDoFn(config.fetch), known=beam.pvalue.AsMultiMap(known))
+    )
+    listed = (
+        pipeline
+        | "FileSources" >> beam.Create(files, reshuffle=False)
+        | "ListFiles" >> beam.ParDo(ListFilesDoFn()).with_outputs(INCOMPLETE, main="files")
+    )
+    read = (
+        listed.files
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadFiles" >> beam.ParDo(ReadFileDoFn()).with_outputs(INCOMPLETE, main="results")
+    )
+    return crawled, read.results, (listed[INCOMPLETE], read[INCOMPLETE])
+
+
+def _read_targets(pipeline: beam.Pipeline, config: SourcesConfig, targets: Targets, known):
+    """A targeted run: fetch only the named URLs (one element per web source, for its pacing),
+    look up and read only the named files. Every source counts as incomplete, so a document that
+    was not named is kept as it is, never deleted for being absent.
+    """
+    web = [(config.source(name), urls) for name, urls in targets.by_source.items() if config.source(name).kind != "files"]
+    paths = [(config.source(name), path) for name, urls in targets.by_source.items() if config.source(name).kind == "files" for path in urls]
+    crawled = (
+        pipeline
+        | "TargetSources" >> beam.Create(web, reshuffle=False)
+        | "FetchTargets" >> beam.ParDo(FetchTargetsDoFn(config.fetch), known=beam.pvalue.AsMultiMap(known))
+    )
+    stat = (
+        pipeline
+        | "TargetFiles" >> beam.Create(paths, reshuffle=False)
+        | "StatFiles" >> beam.ParDo(StatTargetFilesDoFn()).with_outputs("results", main="files")
+    )
+    read = stat.files | "ReadFiles" >> beam.ParDo(ReadFileDoFn()).with_outputs(INCOMPLETE, main="results")
+    results = (stat.results, read.results) | "FileResults" >> beam.Flatten()
+    everything = pipeline | "AllSourcesIncomplete" >> beam.Create(list(config.names), reshuffle=False)
+    return crawled, results, (everything, read[INCOMPLETE])
+
+
 def run_ingest(
     sources: SourcesConfig | str | Path,
     store_uri: str,
@@ -259,6 +299,8 @@ def run_ingest(
     wait: bool = True,
     embed_batch_size: int = 64,
     torch_threads: int | None = None,
+    urls: list[str] | None = None,
+    max_targets: int | None = None,
 ) -> IngestResult:
     """Run the ingest job once against a store's current version.
 
@@ -274,6 +316,10 @@ def run_ingest(
         embed_batch_size: texts per encoder forward pass (Beam batches hold 4 to 16 of them,
             sorted by length so each pass pads little).
         torch_threads: torch threads per embedding model (None: torch's default).
+        urls: a targeted run: fetch only these URLs (or files), each of which must belong to a
+            configured source (others are refused, never fetched); documents not named are kept.
+            None: the full crawl.
+        max_targets: most URLs a targeted run fetches; the rest come back in ``deferred``.
 
     Returns:
         The IngestResult.
@@ -293,6 +339,13 @@ def run_ingest(
     tokenizer = resolve_tokenizer(tokenizer_path, parent_manifest)
     spec = embedder_spec(embedder_path)
     check_embedder(spec, parent_manifest)
+    targets = None
+    if urls is not None:
+        targets = resolve_targets(config, urls, max_targets=max_targets or DEFAULT_MAX_TARGETS)
+        if not targets.count:
+            LOG.info("targeted ingest: nothing to fetch (%d URLs refused)", len(targets.refused))
+            return IngestResult(None, parent, metrics.collect(None) | {"refused_urls": len(targets.refused)}, 0, 0,
+                                time.monotonic() - started, refused=list(targets.refused))
     version = store.new_version_id()
     options = pipeline_options(runner, pipeline_args, job_name=f"retrofresh-ingest-{version}".lower().replace("_", "-"))
     dataflow = is_dataflow(options)
@@ -311,6 +364,7 @@ def run_ingest(
         started_at=datetime.now(timezone.utc),
         embed_batch_size=embed_batch_size,
         torch_threads=torch_threads,
+        targets=targets,
     )
     LOG.info("ingest %s -> %s (parent %s) on %s", ",".join(config.names), version, parent, options.view_as(StandardOptions).runner)
     pipeline = beam.Pipeline(options=options)
@@ -331,6 +385,8 @@ def run_ingest(
         url = job_url(options, job_id)
     done = wait or not dataflow
     written = counters.get("drafts_written", 0) > 0
+    if targets is not None:
+        counters |= {"targets": targets.count, "refused_urls": len(targets.refused), "deferred_urls": len(targets.deferred)}
     return IngestResult(
         version=version if (written or not done) else None,
         parent=parent,
@@ -341,6 +397,8 @@ def run_ingest(
         job_id=job_id,
         dataflow_url=url,
         state=str(result.state),
+        refused=list(targets.refused) if targets else [],
+        deferred=list(targets.deferred) if targets else [],
     )
 
 

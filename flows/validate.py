@@ -170,9 +170,9 @@ def validate(
             if report.ledger_documents != manifest.stats.documents:
                 report.failures.append(f"the manifest says {manifest.stats.documents} documents, the ledger lists {report.ledger_documents}")
         if probe_queries > 0 and view.count > 0:
-            from model.embedder import Embedder
+            from beam_jobs.embed import shared_embedder
 
-            embedder = Embedder(embedder_path, max_length=manifest.embedder.max_length)
+            embedder = shared_embedder(embedder_path, max_length=manifest.embedder.max_length)  # the ingest's, when loaded
             if embedder.spec != manifest.embedder:
                 raise ValidationFailed(f"cannot probe {version}: its keys come from {manifest.embedder}, the probe embedder is {embedder.spec}")
             sample = sample_chunks(view, probe_queries, seed=version)
