@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from flows.events import SOURCE_CHANGED
+
 LOG = logging.getLogger(__name__)
 
 SCHEDULE_KINDS = ("cron", "interval", "rrule")
@@ -37,6 +39,7 @@ class DeploymentSpec:
     parameters: dict = field(default_factory=dict)
     description: str | None = None
     tags: tuple[str, ...] = ()
+    triggers: tuple[dict, ...] = ()  # prefect.yaml `triggers` entries (event triggers that run it)
 
 
 DEFAULT_DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
@@ -53,6 +56,10 @@ DEFAULT_DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
                    {"keep": 10}, "Delete shards no longer used by the newest versions.", ("retrofresh", "maintenance")),
     DeploymentSpec("rollback", "flows.rollback:rollback_index", (),
                    {}, "Point CURRENT at an older version (run on demand with its version).", ("retrofresh", "maintenance")),
+    DeploymentSpec("refresh-changed", "flows.refresh_changed:refresh_changed", (),
+                   {}, "Fetch, embed and publish only the URLs a change event names.", ("retrofresh", "refresh"),
+                   ({"type": "event", "enabled": True, "match": {"prefect.resource.id": "retrofresh.source.*"},
+                     "expect": [SOURCE_CHANGED], "parameters": {"urls": "{{ event.payload.urls }}"}},)),
 )
 
 
@@ -74,6 +81,25 @@ def _check_schedule(where: str, schedule: Any) -> dict:
     except (ValueError, TypeError) as error:
         raise DeploymentConfigError(f"{where}: invalid {kinds[0]} schedule {schedule[kinds[0]]!r}: {error}") from error
     return schedule
+
+
+def to_trigger(config: dict):
+    """A Prefect deployment trigger from one prefect.yaml ``triggers`` entry (type event, ...)."""
+    from pydantic import TypeAdapter
+
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+
+    return TypeAdapter(DeploymentTriggerTypes).validate_python(config)
+
+
+def _check_trigger(where: str, trigger: Any) -> dict:
+    if not isinstance(trigger, dict):
+        raise DeploymentConfigError(f"{where}: a trigger must be a mapping, got {trigger!r}")
+    try:
+        to_trigger(trigger)
+    except ValueError as error:
+        raise DeploymentConfigError(f"{where}: invalid trigger: {error}") from error
+    return trigger
 
 
 def parse_deployments(config: Any, *, source: str = "config") -> list[DeploymentSpec]:
@@ -112,6 +138,11 @@ def parse_deployments(config: Any, *, source: str = "config") -> list[Deployment
         parameters = entry.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise DeploymentConfigError(f"{where} ({name}): 'parameters' must be a mapping")
+        triggers = entry.get("triggers") or []
+        if not isinstance(triggers, list):
+            raise DeploymentConfigError(f"{where} ({name}): 'triggers' must be a list")
+        for j, trigger in enumerate(triggers):
+            _check_trigger(f"{where} ({name}) triggers[{j}]", trigger)
         specs.append(
             DeploymentSpec(
                 name=name,
@@ -120,6 +151,7 @@ def parse_deployments(config: Any, *, source: str = "config") -> list[Deployment
                 parameters=dict(parameters),
                 description=entry.get("description"),
                 tags=tuple(entry.get("tags") or ()),
+                triggers=tuple(triggers),
             )
         )
     return specs
@@ -194,6 +226,7 @@ def to_runner_deployments(specs: list[DeploymentSpec], overrides: dict[str, Any]
                 parameters=parameters,
                 description=spec.description,
                 tags=list(spec.tags),
+                triggers=[to_trigger(t) for t in spec.triggers] or None,
             )
         )
     return deployments

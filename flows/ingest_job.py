@@ -36,6 +36,8 @@ class IngestOutcome:
     dataflow_url: str | None = None
     states: list[str] = field(default_factory=list)
     dataflow_job: dict | None = None  # a dry run: the job it would have submitted
+    refused: list = field(default_factory=list)  # targeted runs: (url, why), never fetched
+    deferred: list = field(default_factory=list)  # targeted runs: URLs over the run's limit
 
 
 @task(name="run-ingest", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
@@ -51,6 +53,8 @@ def run_ingest_job(
     poll_interval_s: float = 30.0,
     timeout_s: float = 6 * 3600.0,
     state_source: JobStateSource | None = None,
+    urls: list[str] | None = None,
+    max_targets: int | None = None,
 ) -> IngestOutcome:
     """Run the Beam ingest job against CURRENT and return what it wrote (a draft, or nothing).
 
@@ -67,6 +71,7 @@ def run_ingest_job(
         lease: renewed on each Dataflow poll (the flow's heartbeat renews it too).
         poll_interval_s, timeout_s: Dataflow polling.
         state_source: where Dataflow job states come from (default: the Dataflow REST API).
+        urls, max_targets: a targeted run (only these URLs; see :func:`beam_jobs.ingest.run_ingest`).
 
     Returns:
         The outcome; ``version`` is None when nothing changed.
@@ -76,11 +81,13 @@ def run_ingest_job(
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     started = time.monotonic()
-    common = dict(pipeline_args=pipeline_args, runner=runner, embedder_path=embedder_path, tokenizer_path=tokenizer_path)
+    common = dict(pipeline_args=pipeline_args, runner=runner, embedder_path=embedder_path, tokenizer_path=tokenizer_path,
+                  urls=urls, max_targets=max_targets)
     if runner != "dataflow":
         result = run_ingest(sources, store_uri, wait=True, **common)
         return IngestOutcome(result.version, result.parent, dict(result.metrics), result.chunks_added,
-                             result.chunks_removed, result.seconds, states=[str(result.state)])
+                             result.chunks_removed, result.seconds, states=[str(result.state)],
+                             refused=list(result.refused), deferred=list(result.deferred))
 
     launched = run_ingest(sources, store_uri, wait=False, **common)
     if launched.state == "DRY_RUN":

@@ -71,28 +71,43 @@ def refresh_corpus(
                 inputs.sources, inputs.store, runner=runner, pipeline_args=pipeline_args, lease=lease,
                 poll_interval_s=poll_interval_s, embedder_path=embedder_path, tokenizer_path=tokenizer_path,
             )
-            published = draft = validation = None
-            too_many = False
-            notified = []
-            if ingest.version is not None:
-                draft = ingest.version
-                too_many = count_shards(inputs.store, draft) > compact_threshold
-                candidate = compact_version(inputs.store, draft) if too_many else draft
-                validation = validate_version(
-                    inputs.store, candidate, parent=parent, chunks_added=ingest.chunks_added,
-                    chunks_removed=ingest.chunks_removed, probe_queries=probe_queries, embedder_path=embedder_path,
-                    recall_target=recall_target,
-                )
-                candidate = validation["publish"]  # the candidate, or its copy with the tuned nprobe
-                published = (candidate, publish_version(inputs.store, candidate, parent, lease))
-                notified = notify_servers(inputs.servers, inputs.token)
+            published, compacted_from, validation, notified = publish_ingest(
+                inputs, ingest, parent, lease, compact_threshold=compact_threshold, probe_queries=probe_queries,
+                embedder_path=embedder_path, recall_target=recall_target,
+            )
             seconds = time.monotonic() - clock
-            compacted_from = draft if draft is not None and too_many else None
             summary = summarize_refresh(inputs.store, ingest, parent, published, compacted_from, validation, notified, started, seconds)
             record_refresh_artifacts(summary)
             return summary.to_dict()
     finally:
         release_lease(lease)
+
+
+def publish_ingest(
+    inputs, ingest: IngestOutcome, parent: str | None, lease, *, compact_threshold: int, probe_queries: int,
+    embedder_path: str | None, recall_target: float = 0.95,
+) -> tuple[tuple[str, str] | None, str | None, dict | None, list]:
+    """What follows an ingest that wrote a draft: compact if needed, validate (and tune), publish, notify.
+
+    Call from inside a flow holding the lease; shared by the full and the targeted refresh.
+
+    Returns:
+        (published (version, published_at) or None, the draft it was compacted from or None, the
+        validation summary, one ReloadOutcome per server); all empty when the ingest wrote nothing.
+    """
+    if ingest.version is None:
+        return None, None, None, []
+    draft = ingest.version
+    too_many = count_shards(inputs.store, draft) > compact_threshold
+    candidate = compact_version(inputs.store, draft) if too_many else draft
+    validation = validate_version(
+        inputs.store, candidate, parent=parent, chunks_added=ingest.chunks_added,
+        chunks_removed=ingest.chunks_removed, probe_queries=probe_queries, embedder_path=embedder_path,
+        recall_target=recall_target,
+    )
+    candidate = validation["publish"]  # the candidate, or its copy with the tuned nprobe
+    published = (candidate, publish_version(inputs.store, candidate, parent, lease))
+    return published, (draft if too_many else None), validation, notify_servers(inputs.servers, inputs.token)
 
 
 @task(name="summarize-refresh", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)

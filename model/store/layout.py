@@ -11,6 +11,7 @@ Keys are relative, '/'-separated paths; backends map them onto a directory or a 
     ledgers/<version>.parquet          one row per live document (+ .sha256 beside it)
     trained/<lineage>.faiss            trained, empty IVF index shared by a lineage of shards
     leases/<name>.json                 who holds a lease, until when
+    pending/<entry>.json               changed URLs a targeted refresh has yet to publish
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ SHARDS = "shards/"
 LEDGERS = "ledgers/"
 TRAINED = "trained/"
 LEASES = "leases/"
+PENDING = "pending/"
 
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.faiss"
@@ -135,6 +137,11 @@ def lineage_of_key(key: str) -> str | None:
 
 def lease_key(name: str) -> str:
     return f"{LEASES}{check_id(name, 'lease')}.json"
+
+
+def new_pending_key() -> str:
+    """A fresh, time-ordered key for one batch of changed URLs (oldest sorts first)."""
+    return f"{PENDING}{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}.json"
 
 
 # the local cache of remote shards

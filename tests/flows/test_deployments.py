@@ -14,9 +14,18 @@ PREFECT_YAML = Path(__file__).resolve().parents[2] / "infra" / "prefect" / "pref
 
 def test_the_prefect_yaml_and_the_built_in_defaults_agree():
     from_file = load_deployments(PREFECT_YAML)
-    assert [(s.name, s.entrypoint, s.schedules, s.parameters, s.tags) for s in from_file] == [
-        (s.name, s.entrypoint, s.schedules, s.parameters, s.tags) for s in DEFAULT_DEPLOYMENTS
+    assert [(s.name, s.entrypoint, s.schedules, s.parameters, s.tags, s.triggers) for s in from_file] == [
+        (s.name, s.entrypoint, s.schedules, s.parameters, s.tags, s.triggers) for s in DEFAULT_DEPLOYMENTS
     ]
+
+
+def test_the_targeted_refresh_runs_on_every_change_event_with_its_urls():
+    deployments = {d.name: d for d in to_runner_deployments(load_deployments(PREFECT_YAML), {"store": "/tmp/s"})}
+    (trigger,) = deployments["refresh-changed"].triggers
+    assert deployments["refresh-changed"].flow_name == "refresh-changed"
+    assert trigger.expect == {"retrofresh.source.changed"} and trigger.threshold == 1 and trigger.posture.value == "Reactive"
+    assert trigger.parameters == {"urls": "{{ event.payload.urls }}"}  # one expression: the list stays a list
+    assert deployments["refresh-changed"].schedules == [] and deployments["refresh"].triggers == []
 
 
 def test_the_schedules_the_issue_asks_for():
@@ -59,6 +68,8 @@ def test_environment_placeholders_are_filled_like_prefect_deploy_does(monkeypatc
         ({"deployments": [{"name": "x", "entrypoint": "flows.gc:gc_store", "schedules": [{"cron": "every day"}]}]}, "invalid cron"),
         ({"deployments": [{"name": "x", "entrypoint": "flows.gc:gc_store", "schedules": [{"interval": -5}]}]}, "invalid interval"),
         ({"deployments": [{"name": "x", "entrypoint": "flows.gc:gc_store", "parameters": [1]}]}, "'parameters' must be a mapping"),
+        ({"deployments": [{"name": "x", "entrypoint": "flows.gc:gc_store", "triggers": {"expect": "e"}}]}, "'triggers' must be a list"),
+        ({"deployments": [{"name": "x", "entrypoint": "flows.gc:gc_store", "triggers": [{"type": "event", "posture": "Sideways"}]}]}, "invalid trigger"),
     ],
 )
 def test_bad_deployment_files_are_refused_with_the_reason(document, message):

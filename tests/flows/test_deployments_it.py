@@ -47,8 +47,8 @@ def test_prefect_deploy_registers_every_deployment_with_its_schedule(prefect_api
     specs = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
     flow_names = sorted({spec["entrypoint"].split(":")[1].replace("_", "-") for spec in specs})  # flow names are the functions'
     deployments = read_deployments(flow_names)
-    assert {"refresh-corpus", "compact-index", "evaluate-freshness", "evaluate-temporal", "gc-store", "rollback-index"} <= set(flow_names)
-    assert len(deployments) == len(specs) >= 6
+    assert {"refresh-corpus", "compact-index", "evaluate-freshness", "evaluate-temporal", "gc-store", "rollback-index", "refresh-changed"} <= set(flow_names)
+    assert len(deployments) == len(specs) >= 7
     for spec in specs:
         key = f"{spec['entrypoint'].split(':')[1].replace('_', '-')}/{spec['name']}"  # flow names are the functions'
         deployment = deployments[key]
