@@ -11,6 +11,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.utils import shared
 
+from beam_jobs.metrics import timed
 from model.chunking import Chunk
 from model.embedder import DEFAULT_EMBEDDER_NAME, EmbedderSpec, default_embedder_path, weights_sha256
 
@@ -65,7 +66,8 @@ def shared_embedder(path: str | None = None, *, max_length: int = 128):
         from model.embedder import Embedder
 
         hf_logging.disable_progress_bar()  # one bar per worker per run is noise in job logs
-        return Embedder(path, max_length=max_length)
+        with timed("embedder_load"):  # counted only when it really loads (inside a job)
+            return Embedder(path, max_length=max_length)
 
     return _ENCODERS.acquire(load, tag=f"{path or DEFAULT_EMBEDDER_NAME}:{max_length}")
 
@@ -115,6 +117,10 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
         return shared_embedder(self.path, max_length=self.max_length)
 
     def run_inference(self, batch: Sequence[Chunk], model, inference_args: dict | None = None) -> Iterable[tuple[Chunk, np.ndarray]]:
+        with timed("embed"):
+            return self._embed(batch, model)
+
+    def _embed(self, batch: Sequence[Chunk], model) -> list[tuple[Chunk, np.ndarray]]:
         texts = [chunk.text for chunk in batch]
         # Each pass pads to its longest text, so sort by token count. Character counts (what
         # sentence-transformers sorts by) track it loosely: on the sample world, 256-chunk batches

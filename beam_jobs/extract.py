@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import apache_beam as beam
 
 from beam_jobs.discover import parse_datetime
-from beam_jobs.metrics import count, count_failure
+from beam_jobs.metrics import count, count_failure, timed
 from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, FetchResult, Observation
 from model.chunking import CHUNK_TOKENS
 from model.ids import content_hash, doc_id
@@ -354,7 +354,8 @@ class ExtractDoFn(beam.DoFn):
     def process(self, result: FetchResult) -> Iterator:
         errors: list[ExtractionError] = []
         try:
-            produced = list(observe(result, errors, self._limit))
+            with timed("extract"):
+                produced = list(observe(result, errors, self._limit))
         except Exception:  # a parser bug on hostile input must not stop the job
             LOG.exception("extraction crashed on %s", result.url)
             if result.kind == "jsonl":  # its records are unknown: count once, mark the source

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -32,6 +35,19 @@ def count(name: str, n: int = 1) -> None:
     """Add n to the job counter ``name`` (no-op for n == 0)."""
     if n:
         Metrics.counter(NAMESPACE, name).inc(n)
+
+
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Add the block's wall time, in milliseconds, to the counter ``ms_<step>``.
+
+    Wrap the work only, never a ``yield`` of a DoFn: fused downstream stages run inside it.
+    """
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        count(f"ms_{step}", max(1, round(1000 * (time.perf_counter() - started))))
 
 
 def count_failure(reason: str) -> None:

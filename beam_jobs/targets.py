@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.crawl import count_fetch
 from beam_jobs.fetch import Fetcher, utcnow
-from beam_jobs.metrics import count
+from beam_jobs.metrics import count, timed
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import GONE, FetchResult, KnownDoc
 from model.ids import canonical_url, doc_id
@@ -148,8 +148,9 @@ def fetch_targets(source: SiteSource | FeedSource, urls: Iterable[str], settings
     try:
         for url in urls:
             previous = known.get(doc_id(url))
-            result = fetcher.fetch(url, source=source.name, etag=previous.etag if previous else None,
-                                   last_modified=previous.last_modified if previous else None)
+            with timed("fetch"):
+                result = fetcher.fetch(url, source=source.name, etag=previous.etag if previous else None,
+                                       last_modified=previous.last_modified if previous else None)
             yield result
     finally:
         count("requests", fetcher.requests)

@@ -15,7 +15,7 @@ from typing import Iterator
 import apache_beam as beam
 import numpy as np
 
-from beam_jobs.metrics import count
+from beam_jobs.metrics import count, timed
 from beam_jobs.types import LedgerRow
 from model.embedder import EmbedderSpec
 
@@ -78,6 +78,12 @@ class WriteDeltaDoFn(beam.DoFn):
         self.spec = spec
 
     def process(self, element) -> Iterator[dict]:
+        with timed("write"):
+            written = self._write(element)
+        if written is not None:
+            yield written
+
+    def _write(self, element) -> dict | None:
         from model.store import Manifest, open_store
 
         _, grouped = element
@@ -87,7 +93,7 @@ class WriteDeltaDoFn(beam.DoFn):
         if not changes:
             count("nothing_changed")
             LOG.info("no document is new, changed or deleted: no draft version written")
-            return
+            return None
         spec = self.spec
         embedded = sorted(grouped["embedded"], key=lambda pair: pair[0].chunk_id)
         tombstones = sorted({int(t) for ids in grouped["tombstones"] for t in ids})
@@ -119,4 +125,4 @@ class WriteDeltaDoFn(beam.DoFn):
         store.write_manifest(manifest)
         count("drafts_written")
         LOG.info("draft %s: %d chunks in %d shard(s), %d tombstones, %d documents", spec.version, len(embedded), len(shards), len(tombstones), len(rows))
-        yield {"version": spec.version, "chunks": len(embedded), "tombstones": len(tombstones), "documents": len(rows), "at": datetime.now().isoformat()}
+        return {"version": spec.version, "chunks": len(embedded), "tombstones": len(tombstones), "documents": len(rows), "at": datetime.now().isoformat()}

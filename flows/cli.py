@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "ingest": ("beam_jobs.commands:ingest", "Run the Beam ingest job once (writes a delta, does not publish)."),
     "refresh": ("flows.commands:refresh", "Ingest, validate and publish a new index version (Prefect flow)."),
     "flows": ("flows.commands:flows_group", "Serve the Prefect deployments with their schedules."),
+    "watch": ("flows.watch_commands:watch", "Poll sources for changes and announce them (Prefect events, webhook)."),
+    "notify": ("flows.watch_commands:notify", "Announce that URLs changed (a Prefect event: a targeted refresh)."),
     "index": ("model.commands.index:index", "Inspect and manage an index store: status, search, rollback, gc."),
     "train": ("model.commands.train:train", "Train a RETRO model on a store version."),
     "eval": ("model.commands.eval:eval_group", "Evaluate a frozen model against index versions (temporal bits-per-byte)."),

@@ -102,10 +102,12 @@ def list_deployments(config):
 @_config_option
 @click.option("--store", default=None, help="store URI passed to every flow that takes one")
 @click.option("--sources", default=None, help="sources file passed to the refresh flow")
-def serve(config, store, sources):
-    """Serve every deployment with its schedules from this process (no work pool needed).
+@click.option("--poll-interval", "poll_s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="seconds between checks for runs to start (Prefect's default, 10 s, would delay every event-triggered refresh)")
+def serve(config, store, sources, poll_s):
+    """Serve every deployment with its schedules and triggers from this process (no work pool needed).
 
-    Runs until interrupted; scheduled and UI-triggered runs execute here.
+    Runs until interrupted; scheduled, event-triggered and UI-triggered runs execute here.
     """
     from prefect import serve as prefect_serve
 
@@ -116,4 +118,4 @@ def serve(config, store, sources):
     except DeploymentConfigError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"serving {len(deployments)} deployments: {', '.join(d.name for d in deployments)}", err=True)
-    prefect_serve(*deployments)
+    prefect_serve(*deployments, query_seconds=poll_s)

@@ -87,6 +87,7 @@ def refresh_changed(
                 summary = summarize_refresh(inputs.store, ingest, parent, published, compacted_from, validation, notified,
                                             started, time.monotonic() - clock)
                 record_refresh_artifacts(summary)
+                record_job_steps(ingest.metrics, len(batch.urls))
                 refused.extend(ingest.refused)
                 passes.append(summary.to_dict() | {"urls": len(batch.urls), "refused": len(ingest.refused)})
     finally:
@@ -94,6 +95,17 @@ def refresh_changed(
     if not passes:
         get_run_logger().info("nothing pending: an earlier run already published these changes")
     return {"passes": passes, "recorded": recorded, "absorbed_runs": absorbed, "refused": [list(r) for r in refused]}
+
+
+JOB_STEPS = "refresh-changed-steps"
+
+
+def record_job_steps(metrics: dict[str, int], urls: int) -> None:
+    """A table artifact of where the ingest job's time went (its ``ms_*`` counters), per pass."""
+    from prefect.artifacts import create_table_artifact
+
+    rows = [{"step": name.removeprefix("ms_"), "seconds": round(value / 1000, 3)} for name, value in sorted(metrics.items()) if name.startswith("ms_")]
+    create_table_artifact(rows, key=JOB_STEPS, description=f"Seconds the targeted ingest of {urls} URLs spent per step (summed over its workers)")
 
 
 @task(name="record-changes", **IO_RETRIES)

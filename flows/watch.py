@@ -1,0 +1,273 @@
+"""The watch: poll each source's cheap change signal and announce what changed, without a crawl.
+
+Per source, every ``interval_s``:
+
+- a site: its sitemaps (conditional GET: an unchanged sitemap is one 304), each URL's ``lastmod``
+  against the ``Last-Modified`` the published ledger holds for it; a URL the ledger lacks is new,
+  one that left the sitemap since the last poll is re-checked (it may be gone);
+- a feed: its entries, each entry's date against the ledger's ``published_at``; new links are new;
+- files: the glob's listing (Beam filesystems: local mtime, or a GCS object's update time, which
+  every new generation moves), against the ledger's ``Last-Modified``; vanished files are re-checked.
+
+Changed URLs become ``retrofresh.source.changed`` events (:mod:`flows.events`), one batch per
+source and poll. Detection is level-triggered against what ``CURRENT`` serves: a URL stays
+"changed" until a refresh publishes it, so it is announced again after ``reannounce_after_s`` if
+the refresh it triggered failed. A source that cannot be polled backs off exponentially (up to
+``max_backoff_s``) while the others keep their pace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+from urllib.parse import urlsplit
+
+from beam_jobs.discover import MAX_SITEMAP_BYTES, parse_feed, parse_sitemap
+from beam_jobs.fetch import Fetcher, parse_http_date
+from beam_jobs.sources import FeedSource, FilesSource, SiteSource, SourcesConfig
+from beam_jobs.types import FETCHED, NOT_MODIFIED
+from model.ids import doc_id
+
+LOG = logging.getLogger(__name__)
+
+MAX_NESTED_SITEMAPS = 100
+
+
+class SourceDown(RuntimeError):
+    """A source's change signal (sitemap, feed, listing) could not be read this poll."""
+
+
+@dataclass
+class KnownState:
+    """What the published version holds per document: its Last-Modified and published_at."""
+
+    version: str | None = None
+    last_modified: dict[str, datetime | None] = field(default_factory=dict)  # doc_id -> Last-Modified
+    published_at: dict[str, datetime | None] = field(default_factory=dict)
+
+
+@dataclass
+class SourceWatch:
+    """The watch's memory of one source between polls."""
+
+    failures: int = 0
+    next_poll: float = 0.0
+    listed: set[str] = field(default_factory=set)  # URLs the last successful poll listed
+    etags: dict[str, str] = field(default_factory=dict)  # sitemap/feed URL -> ETag
+    bodies: dict[str, bytes] = field(default_factory=dict)  # sitemap/feed URL -> last body (for 304s)
+    sitemaps: list[str] | None = None  # discovered once
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """One batch of changed URLs of one source, as announced."""
+
+    source: str
+    urls: tuple[str, ...]
+    detected_at: datetime
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class Watcher:
+    """Polls the sources of one sources file for one store.
+
+    Args:
+        config: the sources.
+        store_uri: the store whose ``CURRENT`` ledger says what is already known.
+        interval_s: seconds between two polls of a healthy source.
+        max_backoff_s: the longest wait before polling a failing source again.
+        reannounce_after_s: announce a URL again when it is still unpublished this long after.
+        announce: called with each :class:`Announcement` (default: emit the Prefect event).
+        clock: monotonic seconds (tests).
+    """
+
+    def __init__(
+        self,
+        config: SourcesConfig,
+        store_uri: str,
+        *,
+        interval_s: float = 2.0,
+        max_backoff_s: float = 300.0,
+        reannounce_after_s: float = 120.0,
+        announce: Callable[[Announcement], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        from model.store import open_store
+
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        self.config = config
+        self.store = open_store(store_uri)
+        self.store_uri = store_uri
+        self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
+        self.reannounce_after_s = reannounce_after_s
+        self.announce = announce or self._emit
+        self.clock = clock
+        self.known = KnownState()
+        self.state = {source.name: SourceWatch() for source in config.sources}
+        self.announced: dict[str, tuple[datetime | None, float]] = {}  # URL -> (its stamp, when) last announced
+        # The watch asks once per poll and must not stall on one source: no retries, short timeouts.
+        fetch = config.fetch.model_copy(update={"retries": 0, "timeout_s": min(config.fetch.timeout_s, 5.0),
+                                                "deadline_s": min(config.fetch.deadline_s, 15.0)})
+        self.fetchers = {
+            s.name: Fetcher(fetch, allow_private=s.allow_private, crawl_delay_s=0.0)
+            for s in config.sources if isinstance(s, (SiteSource, FeedSource))
+        }
+
+    def close(self) -> None:
+        for fetcher in self.fetchers.values():
+            fetcher.close()
+
+    # ------------------------------------------------------------------ the loop
+
+    def poll(self) -> list[Announcement]:
+        """Poll every source that is due; announce and return what changed."""
+        self._refresh_known()
+        now = self.clock()
+        found = []
+        for source in self.config.sources:
+            watch = self.state[source.name]
+            if now < watch.next_poll:
+                continue
+            try:
+                urls = self._changed(source, watch)
+            except SourceDown as error:
+                watch.failures += 1
+                delay = min(self.max_backoff_s, self.interval_s * 2 ** watch.failures)
+                watch.next_poll = now + delay
+                LOG.warning("source %s is down (%s); next try in %.0f s", source.name, error, delay)
+                continue
+            if watch.failures:
+                LOG.info("source %s is back after %d failed polls", source.name, watch.failures)
+            watch.failures, watch.next_poll = 0, now + self.interval_s
+            fresh = []
+            for url, stamp in urls:
+                previous = self.announced.get(url)
+                if previous is None or previous[0] != stamp or now - previous[1] >= self.reannounce_after_s:
+                    fresh.append(url)
+                    self.announced[url] = (stamp, now)
+            if fresh:
+                announcement = Announcement(source.name, tuple(fresh), datetime.now(timezone.utc))
+                self.announce(announcement)
+                found.append(announcement)
+        return found
+
+    def run(self, *, max_polls: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Poll until ``should_stop()`` or ``max_polls`` polls; sleeps until the next source is due."""
+        polls = 0
+        while not should_stop() and (max_polls is None or polls < max_polls):
+            self.poll()
+            polls += 1
+            due = min(w.next_poll for w in self.state.values())
+            time.sleep(max(0.05, min(self.interval_s, due - self.clock())))
+
+    def _emit(self, announcement: Announcement) -> None:
+        from flows.events import emit_changes
+
+        LOG.info("source %s: %d changed URLs", announcement.source, len(announcement.urls))
+        emit_changes(list(announcement.urls), source=announcement.source, origin="watch", store=self.store_uri,
+                     detected_at=announcement.detected_at)
+
+    def _refresh_known(self) -> None:
+        """Re-read the published ledger when CURRENT moved (once per version)."""
+        current = self.store.current()
+        if current == self.known.version:
+            return
+        known = KnownState(current)
+        if current is not None and self.store.manifest(current).ledger is not None:
+            table = self.store.read_ledger(current).select(["doc_id", "last_modified", "published_at"])
+            for row in table.to_pylist():
+                known.last_modified[row["doc_id"]] = parse_http_date(row["last_modified"])
+                known.published_at[row["doc_id"]] = _as_utc(row["published_at"])
+        self.known = known
+
+    # ------------------------------------------------------------------ per source kind
+
+    def _changed(self, source, watch: SourceWatch) -> list[tuple[str, datetime | None]]:
+        """(URL, its listing's stamp) for every URL of the source that CURRENT does not hold as listed."""
+        if isinstance(source, SiteSource):
+            listed = self._site_listing(source, watch)
+            marks = self.known.last_modified
+        elif isinstance(source, FeedSource):
+            listed = self._feed_listing(source, watch)
+            marks = self.known.published_at
+        else:
+            listed = self._files_listing(source)
+            marks = self.known.last_modified
+        changed = []
+        for url, stamp in listed.items():
+            key = doc_id(url)
+            if key not in marks:
+                changed.append((url, stamp))  # new to the store
+            elif stamp is not None and marks[key] is not None and stamp > marks[key]:
+                changed.append((url, stamp))
+        vanished = [(u, None) for u in sorted(watch.listed - set(listed)) if doc_id(u) in marks]
+        watch.listed = set(listed)
+        # Level-triggered: forget announcements of URLs that are no longer changed (published).
+        still = {url for url, _ in changed} | {url for url, _ in vanished}
+        for url in [u for u in self.announced if u in watch.listed or u in still]:
+            if url not in still:
+                del self.announced[url]
+        return changed + vanished
+
+    def _get(self, source, watch: SourceWatch, url: str) -> bytes:
+        """A sitemap or feed body, conditionally; the remembered body on 304."""
+        result = self.fetchers[source.name].fetch(url, source=source.name, etag=watch.etags.get(url), accept=None, max_bytes=MAX_SITEMAP_BYTES)
+        if result.outcome == NOT_MODIFIED and url in watch.bodies:
+            return watch.bodies[url]
+        if result.outcome != FETCHED:
+            raise SourceDown(f"{url}: {result.outcome} {result.reason or result.status or ''}".strip())
+        if result.etag:
+            watch.etags[url] = result.etag
+        watch.bodies[url] = result.body or b""
+        return watch.bodies[url]
+
+    def _site_listing(self, source: SiteSource, watch: SourceWatch) -> dict[str, datetime | None]:
+        if not source.use_sitemaps:
+            return {}
+        if watch.sitemaps is None:
+            if source.sitemaps is not None:
+                watch.sitemaps = list(source.sitemaps)
+            else:
+                found = []
+                for start in source.start_urls:
+                    parts = urlsplit(start)
+                    found.extend(self.fetchers[source.name].sitemaps(start) or [f"{parts.scheme}://{parts.netloc}/sitemap.xml"])
+                watch.sitemaps = list(dict.fromkeys(found))
+        listed: dict[str, datetime | None] = {}
+        pending, seen = list(watch.sitemaps), set()
+        while pending and len(seen) < MAX_NESTED_SITEMAPS:
+            url = pending.pop(0)
+            if url in seen:
+                continue
+            seen.add(url)
+            entries = parse_sitemap(self._get(source, watch, url), url)
+            pending.extend(entries.sitemaps)
+            for loc, lastmod in entries.urls:
+                if (urlsplit(loc).hostname or "").lower() in source.hosts:
+                    listed[loc] = lastmod
+        return listed
+
+    def _feed_listing(self, source: FeedSource, watch: SourceWatch) -> dict[str, datetime | None]:
+        entries = parse_feed(self._get(source, watch, source.url), source.url)[: source.max_entries]
+        return {entry.link: entry.published_at for entry in entries}
+
+    def _files_listing(self, source: FilesSource) -> dict[str, datetime | None]:
+        from apache_beam.io.filesystems import FileSystems
+
+        try:
+            matches = FileSystems.match([source.glob])[0].metadata_list
+        except Exception as error:  # BeamIOError, auth and network errors: the listing is unknown
+            raise SourceDown(f"cannot list {source.glob}: {error}") from error
+        # Ledgers keep file times as HTTP dates (whole seconds): compare at that resolution.
+        return {m.path: datetime.fromtimestamp(int(m.last_updated_in_seconds), timezone.utc) if m.last_updated_in_seconds else None
+                for m in matches}

@@ -1,0 +1,131 @@
+"""``retrofresh watch`` (poll sources, announce changes, serve the webhook) and ``retrofresh notify URL...``.
+
+Both emit ``retrofresh.source.changed`` Prefect events to the server ``PREFECT_API_URL`` names; the
+``refresh-changed`` deployment (``retrofresh flows serve``, or ``prefect deploy`` of
+infra/prefect/prefect.yaml) runs a targeted refresh on each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import click
+
+LOG = logging.getLogger(__name__)
+
+
+def _need_api() -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise click.ClickException(
+            "no Prefect server to send events to: start one (prefect server start) and set PREFECT_API_URL, "
+            "e.g. PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+
+
+def _load(sources):
+    from beam_jobs.sources import SourcesError, load_sources
+    from model.config import get_settings
+
+    path = sources or get_settings().sources
+    if not path:
+        raise click.ClickException("no sources given: pass --sources FILE or set RETROFRESH_SOURCES")
+    try:
+        return load_sources(path)
+    except SourcesError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _store(store):
+    from model.config import get_settings
+
+    store = store or get_settings().store
+    if not store:
+        raise click.ClickException("no store given: pass --store URI or set RETROFRESH_STORE")
+    return str(store)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--listen")
+    return host, int(port)
+
+
+@click.command("watch")
+@click.option("--sources", default=None, help="sources file (YAML) [env RETROFRESH_SOURCES]")
+@click.option("--store", default=None, help="the index store whose published ledger says what is known [env RETROFRESH_STORE]")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="seconds between two polls of a source")
+@click.option("--max-backoff", "max_backoff_s", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="longest wait before polling a source that is down again")
+@click.option("--listen", default=None, metavar="HOST:PORT", help="also serve the webhook POST /v1/changed here (admin token required)")
+@click.option("--once", is_flag=True, help="poll every source once, announce, and exit")
+def watch(sources, store, interval_s, max_backoff_s, listen, once):
+    """Poll feeds, sitemaps (lastmod) and files (mtime) for changes and announce them as Prefect events.
+
+    Each batch of changed URLs becomes a `retrofresh.source.changed` event, which runs the
+    `refresh-changed` deployment: a targeted refresh of only those URLs. Runs until interrupted.
+    """
+    from flows.events import flush_events
+    from flows.watch import Watcher
+
+    _need_api()
+    config, store = _load(sources), _store(store)
+    watcher = Watcher(config, store, interval_s=interval_s, max_backoff_s=max_backoff_s)
+    server = _start_webhook(config, store, listen) if listen else None
+    click.echo(f"watching {len(config.sources)} sources of {store} every {interval_s:g} s"
+               + (f"; webhook at http://{listen}/v1/changed" if listen else ""), err=True)
+    try:
+        watcher.run(max_polls=1 if once else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.close()
+        if server is not None:
+            server.should_exit = True
+        flush_events()
+
+
+def _start_webhook(config, store: str, listen: str):
+    import uvicorn
+
+    from flows.webhook import create_webhook_app
+    from model.config import get_settings
+
+    host, port = _listen(listen)
+    settings = get_settings()
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    if not token:
+        click.echo("warning: RETROFRESH_ADMIN_TOKEN is not set, so the webhook refuses every request (403)", err=True)
+    server = uvicorn.Server(uvicorn.Config(create_webhook_app(config, store, token), host=host, port=port, log_level="warning"))
+    server.install_signal_handlers = lambda: None  # the watch loop owns Ctrl-C
+    threading.Thread(target=server.run, name="webhook", daemon=True).start()
+    return server
+
+
+@click.command("notify")
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--sources", default=None, help="check the URLs against this sources file [env RETROFRESH_SOURCES]")
+@click.option("--store", default=None, help="the store the change is for [env RETROFRESH_STORE]")
+def notify(urls, sources, store):
+    """Announce that URLS (pages or files of configured sources) changed: one Prefect event per batch.
+
+    URLs that belong to no configured source are refused here, and again by the refresh.
+    """
+    from flows.events import emit_changes, flush_events
+    from flows.webhook import split_known
+
+    _need_api()
+    by_source, refused = split_known(_load(sources), list(urls))
+    for url, why in refused:
+        click.echo(f"refused {url}: {why}", err=True)
+    if not by_source:
+        raise click.ClickException("no URL belongs to a configured source; nothing announced")
+    store = store or os.environ.get("RETROFRESH_STORE")
+    events = sum(len(emit_changes(found, source=name, origin="notify", store=store)) for name, found in by_source.items())
+    flush_events()
+    click.echo(f"announced {sum(len(v) for v in by_source.values())} URLs in {events} events")
