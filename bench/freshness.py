@@ -42,7 +42,9 @@ from pathlib import Path
 # knobs
 SEED = 0
 SIZE = 1  # sample world scale (size 1: ~35 pages)
-CHANGES = 24  # changes measured one at a time (the issue asks for at least 20)
+PATH = "both"  # "in-process" (watch --refresh-here), "deployment" (event -> served deployment), or both
+CHANGES = 24  # changes measured one at a time on the in-process path (the issue asks for at least 20)
+DEPLOYMENT_CHANGES = 20  # the same on the deployment path
 GAP_S = (1.0, 6.0)  # random wait after a change is seen before the next one
 WATCH_INTERVAL_S = 1.0  # how often the watch polls the sitemap
 SERVE_POLL_S = 1.0  # how often `retrofresh flows serve` looks for runs to start
@@ -52,7 +54,7 @@ SUSTAINED_PACES_S = (12.0, 8.0, 5.0, 3.0)  # seconds between changes in the sust
 SUSTAINED_CHANGES = 8  # changes per pace
 CRON_INTERVAL_S = 15 * 60  # the refresh deployment's default schedule
 K = 4
-QUICK = dict(CHANGES=20, GAP_S=(1.0, 3.0), SUSTAINED_PACES_S=(8.0, 4.0), SUSTAINED_CHANGES=6)
+QUICK = dict(CHANGES=20, DEPLOYMENT_CHANGES=6, GAP_S=(1.0, 3.0), SUSTAINED_PACES_S=(8.0, 4.0), SUSTAINED_CHANGES=6)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = Path(__file__).parent / "results" / "freshness.json"
@@ -174,15 +176,18 @@ def next_change(site, tracker: Tracker) -> Change:
     return change
 
 
-def run_steps(deployment_name: str, since: float) -> tuple[list[dict], dict[str, float]]:
-    """Per triggered run that refreshed something: start delay and each task's time; job step medians."""
+def run_steps(deployed: bool, since: float, until: float) -> tuple[list[dict], dict[str, float]]:
+    """Per refresh-changed run (of the deployment, or called in-process) between two times: start
+    delay and each task's time; the medians of the ingest job's step counters."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId,
+    )  # fmt: skip
 
     runs_out, job_steps = [], {}
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(deployment_name)
-        runs = [r for r in client.read_flow_runs(limit=200) if r.deployment_id == deployment.id and r.created.timestamp() >= since]
+        found = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["refresh-changed"])), limit=200)
+        runs = [r for r in found if (r.deployment_id is not None) == deployed and since <= r.created.timestamp() <= until]
         for run in runs:
             if run.start_time is None:
                 continue
@@ -246,6 +251,37 @@ def breakdown(changes: list[Change], runs: list[dict], job_steps: dict[str, floa
     }
 
 
+def lag_phase(label: str, site, tracker: Tracker, changes: int) -> list[Change]:
+    """``changes`` changes, one at a time: each waits until it is retrieved, then a random gap."""
+    log(f"{label}: warm-up change (not measured)")
+    tracker.wait(next_change(site, tracker))
+    log(f"{label}: {changes} changes, one at a time")
+    measured = []
+    for i in range(changes):
+        time.sleep(random.uniform(*GAP_S))
+        change = next_change(site, tracker)
+        tracker.wait(change)
+        measured.append(change)
+        log(f"{label}: change {i + 1}/{changes} (edition {change.edition}): "
+            + (f"{change.lag:.2f} s" if change.lag is not None else f"not seen in {SEEN_TIMEOUT_S:.0f} s"))
+    return measured
+
+
+def summarize_lags(measured: list[Change], runs: list[dict], job_steps: dict, announced: list) -> dict:
+    lags = [c.lag if c.lag is not None else SEEN_TIMEOUT_S for c in measured]
+    return {
+        "changes": len(measured),
+        "missed": sum(1 for c in measured if c.lag is None),
+        "p50_s": round(percentile(lags, 50), 3),
+        "p95_s": round(percentile(lags, 95), 3),
+        "max_s": round(max(lags), 3),
+        "lags_s": [round(x, 3) for x in lags],
+        "steps": breakdown(measured, runs, job_steps, announced),
+        "runs": len(runs),
+        "refreshing_runs": sum(1 for r in runs if "run-ingest" in r["tasks_s"]),
+    }
+
+
 def cron_lag(site, sources: Path, store: Path, servers: list[str], tracker: Tracker) -> dict:
     """One change through a full refresh_corpus (what each cron tick runs), measured to the answer."""
     from flows.refresh import refresh_corpus
@@ -298,12 +334,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"smaller run: {QUICK}")
     parser.add_argument("--json", action="store_true", help="print only the result JSON on stdout")
+    parser.add_argument("--path", choices=["in-process", "deployment", "both"], default=None, help=f"which path to measure (default {PATH})")
     parser.add_argument("--changes", type=int, default=None, help="override CHANGES (a smoke run; the issue asks for >= 20)")
     args = parser.parse_args()
     if args.quick:
         globals().update(QUICK)
     if args.changes is not None:
-        globals()["CHANGES"] = args.changes
+        globals()["CHANGES"] = globals()["DEPLOYMENT_CHANGES"] = args.changes
+    if args.path:
+        globals()["PATH"] = args.path
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -319,14 +358,12 @@ def main() -> None:
     from beam_jobs.sources import load_sources
     from flows.deployments import DEFAULT_DEPLOYMENTS
     from flows.events import emit_changes
-    from flows.watch import Watcher
+    from flows.watch import LocalRefresher, Watcher
     from model.client import RetroClient
 
     root = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
     site = SampleSiteServer(SampleWorld(SEED, SIZE, changes_per_edition=1), 0).start()
     processes: list[subprocess.Popen] = []
-    watcher = None
-    stopping = threading.Event()
     try:
         log(f"preparing in {root}")
         sources, store = prepare(root, site)
@@ -338,82 +375,92 @@ def main() -> None:
                                 "--log-level", "warning"], env, root / "server.log"))
         with prefect_test_harness(server_startup_timeout=300):
             env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
-            spec = next(s for s in DEFAULT_DEPLOYMENTS if s.name == "refresh-changed")
-            config = {"deployments": [{"name": spec.name, "entrypoint": spec.entrypoint, "parameters": spec.parameters,
-                                       "schedules": [], "triggers": list(spec.triggers)}]}
-            (root / "prefect.yaml").write_text(yaml.safe_dump(config))
-            processes.append(start([sys.executable, "-m", "flows.cli", "flows", "serve", "--config", str(root / "prefect.yaml"),
-                                    "--store", str(store), "--sources", str(sources), "--poll-interval", str(SERVE_POLL_S)],
-                                   env, root / "flows-serve.log"))
             client = RetroClient(server_url, retries=0, timeout=30)
             client.wait_ready(timeout=300)
-            wait_for_deployment("refresh-changed/refresh-changed", processes[-1], root / "flows-serve.log")
             tracker = Tracker(client)
+            config = load_sources(sources)
             announced: list[tuple[float, tuple]] = []
 
-            def announce(found):
-                now = time.time()
-                announced.append((now, found.urls))
-                with tracker.lock:
-                    for change in tracker.changes:
-                        if change.announced_at is None and change.changed_at <= now:
-                            change.announced_at = now
-                emit_changes(list(found.urls), source=found.source, origin="watch", store=str(store), detected_at=None)
+            def noting(forward):
+                def announce(found):
+                    now = time.time()
+                    announced.append((now, found.urls))
+                    with tracker.lock:
+                        for change in tracker.changes:
+                            if change.announced_at is None and change.changed_at <= now:
+                                change.announced_at = now
+                    forward(found)
+                return announce
 
-            watcher = Watcher(load_sources(sources), str(store), interval_s=WATCH_INTERVAL_S, announce=announce)
-            watching = threading.Thread(target=watcher.run, kwargs={"should_stop": stopping.is_set}, daemon=True)
-            watching.start()
+            def watching(forward) -> tuple[Watcher, threading.Thread, threading.Event]:
+                stop_event = threading.Event()
+                watch = Watcher(config, str(store), interval_s=WATCH_INTERVAL_S, announce=noting(forward))
+                thread = threading.Thread(target=watch.run, kwargs={"should_stop": stop_event.is_set}, daemon=True)
+                thread.start()
+                return watch, thread, stop_event
 
-            log("warm-up change (not measured): the trigger's first event, the first run's imports")
-            tracker.wait(next_change(site, tracker))
-            log(f"lag phase: {CHANGES} changes, one at a time")
-            began = time.time()
-            measured = []
-            for i in range(CHANGES):
-                time.sleep(random.uniform(*GAP_S))
-                change = next_change(site, tracker)
-                tracker.wait(change)
-                measured.append(change)
-                log(f"change {i + 1}/{CHANGES} (edition {change.edition}): "
-                    + (f"{change.lag:.2f} s" if change.lag is not None else f"not seen in {SEEN_TIMEOUT_S:.0f} s"))
-            runs, job_steps = run_steps("refresh-changed/refresh-changed", began - 1)
-            steps = breakdown(measured, runs, job_steps, announced)
+            results = {}
+            if PATH in ("in-process", "both"):
+                # `retrofresh watch --refresh-here`: the watch runs the targeted refreshes itself.
+                refresher = LocalRefresher(str(sources), str(store), servers=[server_url]).start()
+                watcher, thread, stop_event = watching(refresher.announce)
+                began = time.time()
+                measured = lag_phase("in-process", site, tracker, CHANGES)
+                runs, job_steps = run_steps(False, began - 1, time.time())
+                results["in-process"] = summarize_lags(measured, runs, job_steps, announced)
+                log("in-process: sustained phase")
+                results["in-process"]["sustained"] = sustained(site, tracker)
+                stop_event.set()
+                thread.join(timeout=10)
+                watcher.close()
+                refresher.wait_idle(timeout=120)
+                refresher.stop()
+            if PATH in ("deployment", "both"):
+                # `retrofresh watch` + `retrofresh flows serve`: events trigger the refresh-changed deployment.
+                spec = next(s for s in DEFAULT_DEPLOYMENTS if s.name == "refresh-changed")
+                deployment = {"deployments": [{"name": spec.name, "entrypoint": spec.entrypoint, "parameters": spec.parameters,
+                                               "schedules": [], "triggers": list(spec.triggers)}]}
+                (root / "prefect.yaml").write_text(yaml.safe_dump(deployment))
+                processes.append(start([sys.executable, "-m", "flows.cli", "flows", "serve", "--config", str(root / "prefect.yaml"),
+                                        "--store", str(store), "--sources", str(sources), "--poll-interval", str(SERVE_POLL_S)],
+                                       env, root / "flows-serve.log"))
+                wait_for_deployment("refresh-changed/refresh-changed", processes[-1], root / "flows-serve.log")
 
-            log("sustained phase")
-            rate = sustained(site, tracker)
-            stopping.set()
-            watching.join(timeout=10)
+                def emit(found):
+                    emit_changes(list(found.urls), source=found.source, origin="watch", store=str(store))
+
+                watcher, thread, stop_event = watching(emit)
+                began = time.time()
+                measured = lag_phase("deployment", site, tracker, DEPLOYMENT_CHANGES)
+                runs, job_steps = run_steps(True, began - 1, time.time())
+                results["deployment"] = summarize_lags(measured, runs, job_steps, announced)
+                stop_event.set()
+                thread.join(timeout=10)
+                watcher.close()
+                stop(processes.pop())  # no triggered refresh may race the full one below
             log("cron-only path: one full refresh after a change")
-            stop(processes.pop())  # no triggered refresh may race the full one
             cron = cron_lag(site, sources, store, [server_url], tracker)
-        lags = [c.lag if c.lag is not None else SEEN_TIMEOUT_S for c in measured]
+        main_path = results.get("in-process") or results["deployment"]
         result = {
             "benchmark": "freshness",
-            "knobs": {"SEED": SEED, "SIZE": SIZE, "CHANGES": CHANGES, "GAP_S": list(GAP_S), "WATCH_INTERVAL_S": WATCH_INTERVAL_S,
-                      "SERVE_POLL_S": SERVE_POLL_S, "SUSTAINED_PACES_S": list(SUSTAINED_PACES_S), "SUSTAINED_CHANGES": SUSTAINED_CHANGES,
-                      "quick": args.quick},
+            "knobs": {"SEED": SEED, "SIZE": SIZE, "CHANGES": CHANGES, "DEPLOYMENT_CHANGES": DEPLOYMENT_CHANGES, "GAP_S": list(GAP_S),
+                      "WATCH_INTERVAL_S": WATCH_INTERVAL_S, "SERVE_POLL_S": SERVE_POLL_S, "SUSTAINED_PACES_S": list(SUSTAINED_PACES_S),
+                      "SUSTAINED_CHANGES": SUSTAINED_CHANGES, "PATH": PATH, "quick": args.quick},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": round(os.getloadavg()[0], 2)},
-            "path": "site edition switch -> watch (sitemap lastmod) -> Prefect event -> deployment trigger -> flows serve subprocess "
-                    "-> targeted refresh (fetch, extract, embed, write, validate, publish) -> /admin/reload -> /v1/retrieve",
-            "changes": len(measured),
-            "missed": sum(1 for c in measured if c.lag is None),
-            "p50_s": round(percentile(lags, 50), 3),
-            "p95_s": round(percentile(lags, 95), 3),
-            "max_s": round(max(lags), 3),
-            "lags_s": [round(x, 3) for x in lags],
-            "steps": steps,
-            "triggered_runs": len(runs),
-            "refreshing_runs": sum(1 for r in runs if "run-ingest" in r["tasks_s"]),
+            "path": ("site edition switch -> watch (sitemap lastmod) -> targeted refresh (fetch, extract, embed, write, validate, publish) "
+                     "-> /admin/reload -> first /v1/retrieve answer with the new value; top-level numbers: "
+                     + ("the in-process path (watch --refresh-here)" if "in-process" in results else "the deployment path")),
+            "p50_s": main_path["p50_s"],
+            "p95_s": main_path["p95_s"],
+            "max_s": main_path["max_s"],
+            "steps": main_path["steps"],
             "cron_p50_s": cron["cron_p50_s"],
+            "p50_vs_cron_p50": round(cron["cron_p50_s"] / main_path["p50_s"], 1),
+            "sustained_changes_per_min": results.get("in-process", {}).get("sustained", {}).get("sustained_changes_per_min"),
+            "paths": results,
             "cron": cron,
-            "p50_vs_cron_p50": round(cron["cron_p50_s"] / percentile(lags, 50), 1),
-            "sustained_changes_per_min": rate["sustained_changes_per_min"],
-            "sustained": rate["paces"],
         }
     finally:
-        stopping.set()
-        if watcher is not None:
-            watcher.close()
         for process in processes:
             stop(process)
         site.stop()

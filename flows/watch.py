@@ -271,3 +271,82 @@ class Watcher:
         # Ledgers keep file times as HTTP dates (whole seconds): compare at that resolution.
         return {m.path: datetime.fromtimestamp(int(m.last_updated_in_seconds), timezone.utc) if m.last_updated_in_seconds else None
                 for m in matches}
+
+
+class LocalRefresher:
+    """Runs :func:`flows.refresh_changed.refresh_changed` in this process whenever changes come in.
+
+    The alternative to announcing events to a served deployment: a long-lived process (``retrofresh
+    watch --refresh-here``) keeps Beam, torch and the encoder loaded, so a targeted refresh pays no
+    process start, no imports and no model load. Changes are recorded as pending entries at once
+    (durable) and one worker thread refreshes them, one run at a time; whatever arrives during a
+    run is taken by the next. A failed run is logged and retried after ``retry_after_s``: its
+    entries stay pending.
+
+    Args:
+        sources: the sources file.
+        store_uri: the store.
+        servers: servers to tell about new versions (None: ``RETROFRESH_SERVERS``).
+        retry_after_s: wait after a failed run before trying again.
+        flow_kwargs: more parameters of ``refresh_changed``.
+    """
+
+    def __init__(self, sources: str, store_uri: str, *, servers: list[str] | None = None, retry_after_s: float = 5.0, **flow_kwargs):
+        import threading
+
+        from flows.pending import PendingChanges
+        from model.store import open_store
+
+        self.sources, self.store_uri, self.servers = str(sources), store_uri, servers
+        self.retry_after_s = retry_after_s
+        self.flow_kwargs = flow_kwargs
+        self.pending = PendingChanges(open_store(store_uri).backend)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="refresh-here", daemon=True)
+        self.runs: list[dict] = []  # what each run returned (or the error), newest last
+
+    def submit(self, urls, *, origin: str) -> None:
+        """Record changed URLs and wake the worker."""
+        if self.pending.add(list(urls), origin=origin):
+            self._wake.set()
+
+    def announce(self, announcement: Announcement) -> None:
+        """A :class:`Watcher` ``announce`` callback."""
+        self.submit(announcement.urls, origin=f"watch ({announcement.source})")
+
+    def start(self) -> "LocalRefresher":
+        if self.pending.entries():
+            self._wake.set()  # left by an earlier process that stopped or crashed
+        self._thread.start()
+        return self
+
+    def wait_idle(self, timeout: float = 600.0) -> bool:
+        """Wait until nothing is pending and no run is due; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._wake.is_set() and not self.pending.entries():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self, timeout: float = 120.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=timeout)
+
+    def _loop(self) -> None:
+        from flows.refresh_changed import refresh_changed
+
+        while not self._stop.is_set():
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            try:
+                self.runs.append(refresh_changed(sources=self.sources, store=self.store_uri, servers=self.servers, **self.flow_kwargs))
+            except Exception as error:  # noqa: BLE001 - keep watching; the entries stay pending
+                LOG.error("targeted refresh failed (its changes stay pending; retrying in %.0f s): %s", self.retry_after_s, error)
+                self.runs.append({"error": repr(error)})
+                self._stop.wait(self.retry_after_s)
+                self._wake.set()

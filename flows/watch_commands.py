@@ -64,23 +64,40 @@ def _listen(value: str) -> tuple[str, int]:
               help="longest wait before polling a source that is down again")
 @click.option("--listen", default=None, metavar="HOST:PORT", help="also serve the webhook POST /v1/changed here (admin token required)")
 @click.option("--once", is_flag=True, help="poll every source once, announce, and exit")
-def watch(sources, store, interval_s, max_backoff_s, listen, once):
+@click.option("--refresh-here", is_flag=True,
+              help="run the targeted refreshes in this process instead of announcing events to the refresh-changed "
+                   "deployment: the encoder stays loaded and no process starts per refresh (the fastest path)")
+def watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here):
     """Poll feeds, sitemaps (lastmod) and files (mtime) for changes and announce them as Prefect events.
 
     Each batch of changed URLs becomes a `retrofresh.source.changed` event, which runs the
-    `refresh-changed` deployment: a targeted refresh of only those URLs. Runs until interrupted.
+    `refresh-changed` deployment: a targeted refresh of only those URLs. With --refresh-here the
+    watch runs those refreshes itself (still as Prefect flow runs). Runs until interrupted.
     """
     from flows.events import flush_events
-    from flows.watch import Watcher
+    from flows.watch import LocalRefresher, Watcher
 
-    _need_api()
+    if not refresh_here:
+        _need_api()
+    else:
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     config, store = _load(sources), _store(store)
-    watcher = Watcher(config, store, interval_s=interval_s, max_backoff_s=max_backoff_s)
-    server = _start_webhook(config, store, listen) if listen else None
+    refresher = None
+    if refresh_here:
+        from model.config import get_settings
+
+        refresher = LocalRefresher(str(sources or get_settings().sources), store).start()
+    watcher = Watcher(config, store, interval_s=interval_s, max_backoff_s=max_backoff_s,
+                      announce=refresher.announce if refresher else None)
+    server = _start_webhook(config, store, listen, refresher) if listen else None
     click.echo(f"watching {len(config.sources)} sources of {store} every {interval_s:g} s"
+               + (", refreshing here" if refresh_here else ", announcing to the refresh-changed deployment")
                + (f"; webhook at http://{listen}/v1/changed" if listen else ""), err=True)
     try:
         watcher.run(max_polls=1 if once else None)
+        if once and refresher is not None:
+            refresher.wait_idle()
+            refresher.stop()
     except KeyboardInterrupt:
         pass
     finally:
@@ -90,7 +107,7 @@ def watch(sources, store, interval_s, max_backoff_s, listen, once):
         flush_events()
 
 
-def _start_webhook(config, store: str, listen: str):
+def _start_webhook(config, store: str, listen: str, refresher=None):
     import uvicorn
 
     from flows.webhook import create_webhook_app
@@ -101,7 +118,14 @@ def _start_webhook(config, store: str, listen: str):
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     if not token:
         click.echo("warning: RETROFRESH_ADMIN_TOKEN is not set, so the webhook refuses every request (403)", err=True)
-    server = uvicorn.Server(uvicorn.Config(create_webhook_app(config, store, token), host=host, port=port, log_level="warning"))
+    announce = None
+    if refresher is not None:
+        def announce(source: str, urls: list[str]) -> int:
+            refresher.submit(urls, origin=f"webhook ({source})")
+            return 0
+
+    app = create_webhook_app(config, store, token, announce=announce)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     server.install_signal_handlers = lambda: None  # the watch loop owns Ctrl-C
     threading.Thread(target=server.run, name="webhook", daemon=True).start()
     return server

@@ -124,3 +124,14 @@ def test_a_lease_that_stays_held_fails_the_run_and_keeps_its_urls(refreshed, edi
     with pytest.raises(LeaseHeld):
         state.result()
     assert [e.urls for e in PendingChanges(backend).entries()] == [tuple(urls)]
+
+
+def test_a_huge_batch_is_refreshed_in_bounded_passes(refreshed, edition_2):
+    from flows.refresh_changed import refresh_changed
+
+    store, urls = edition_2
+    assert len(urls) >= 5
+    result = refresh_changed(urls=urls, sources=str(refreshed.sources), store=store, max_urls=2)
+    assert [p["urls"] for p in result["passes"]] == [2] * (len(urls) // 2) + ([len(urls) % 2] if len(urls) % 2 else [])
+    assert PendingChanges(open_store(store).backend).entries() == []
+    assert open_store(store).current() == [p for p in result["passes"] if p["published"]][-1]["version"]
