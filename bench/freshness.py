@@ -361,6 +361,14 @@ def main() -> None:
     from flows.watch import LocalRefresher, Watcher
     from model.client import RetroClient
 
+    loads: list[float] = []  # the 1-minute load average every 5 s: the machine is shared
+    sampling = threading.Event()
+
+    def sample_load():
+        while not sampling.wait(5.0):
+            loads.append(os.getloadavg()[0])
+
+    threading.Thread(target=sample_load, daemon=True).start()
     root = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
     site = SampleSiteServer(SampleWorld(SEED, SIZE, changes_per_edition=1), 0).start()
     processes: list[subprocess.Popen] = []
@@ -446,7 +454,9 @@ def main() -> None:
             "knobs": {"SEED": SEED, "SIZE": SIZE, "CHANGES": CHANGES, "DEPLOYMENT_CHANGES": DEPLOYMENT_CHANGES, "GAP_S": list(GAP_S),
                       "WATCH_INTERVAL_S": WATCH_INTERVAL_S, "SERVE_POLL_S": SERVE_POLL_S, "SUSTAINED_PACES_S": list(SUSTAINED_PACES_S),
                       "SUSTAINED_CHANGES": SUSTAINED_CHANGES, "PATH": PATH, "quick": args.quick},
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "load_avg_1m_median": round(statistics.median(loads), 2) if loads else None,
+                        "load_avg_1m_max": round(max(loads), 2) if loads else None},
             "path": ("site edition switch -> watch (sitemap lastmod) -> targeted refresh (fetch, extract, embed, write, validate, publish) "
                      "-> /admin/reload -> first /v1/retrieve answer with the new value; top-level numbers: "
                      + ("the in-process path (watch --refresh-here)" if "in-process" in results else "the deployment path")),
@@ -461,6 +471,7 @@ def main() -> None:
             "cron": cron,
         }
     finally:
+        sampling.set()
         for process in processes:
             stop(process)
         site.stop()
