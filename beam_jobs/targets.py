@@ -144,7 +144,7 @@ def fetch_targets(source: SiteSource | FeedSource, urls: Iterable[str], settings
     a full crawl; no links are followed and no sitemap is read.
     """
     own = fetcher is None
-    fetcher = fetcher or Fetcher(settings, allow_private=source.allow_private, crawl_delay_s=source.crawl_delay_s)
+    fetcher = fetcher or Fetcher(settings, policy=source.address_policy, crawl_delay_s=source.crawl_delay_s)
     try:
         for url in urls:
             previous = known.get(doc_id(url))

@@ -119,7 +119,7 @@ class Watcher:
         fetch = config.fetch.model_copy(update={"retries": 0, "timeout_s": min(config.fetch.timeout_s, 5.0),
                                                 "deadline_s": min(config.fetch.deadline_s, 15.0)})
         self.fetchers = {
-            s.name: Fetcher(fetch, allow_private=s.allow_private, crawl_delay_s=0.0)
+            s.name: Fetcher(fetch, policy=s.address_policy, crawl_delay_s=0.0)
             for s in config.sources if isinstance(s, (SiteSource, FeedSource))
         }
 
