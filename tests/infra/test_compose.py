@@ -107,12 +107,11 @@ def test_the_flows_service_reads_files_that_exist_where_it_looks(services):
     assert (api.hostname, api.port, api.path) == ("prefect", int(flag(argv_of(services["prefect"]), "--port")), "/api")
 
 
-def test_the_checkpoint_default_is_where_make_demo_leaves_one(services):
-    from flows.demo import demo
+def test_the_default_checkpoint_is_the_demos_shipped_model(services):
+    from flows.demo import SHIPPED_CHECKPOINT
 
-    workdir = next(p.default for p in demo.params if p.name == "workdir")
-    source = volume(services[REPLICAS[0]]["volumes"][0])[0]
-    assert (INFRA / source).resolve() == (REPO / workdir / "checkpoint").resolve()
+    source = (INFRA / volume(services[REPLICAS[0]]["volumes"][0])[0]).resolve()
+    assert source == SHIPPED_CHECKPOINT.resolve() and (source / "config.json").is_file()
 
 
 def test_a_flag_serve_does_not_have_is_caught():
