@@ -47,7 +47,7 @@ class Replicas:
 
 
 @pytest.fixture(scope="module")
-def replicas(request, gcs_emulator, tiny_checkpoint, query_embedder, tmp_path_factory):
+def replicas(gcs_emulator, tiny_checkpoint, query_embedder, tmp_path_factory):
     """Two `retrofresh serve` processes over one empty gs:// store; stopped after the module."""
     from google.cloud import storage
 
@@ -66,7 +66,6 @@ def replicas(request, gcs_emulator, tiny_checkpoint, query_embedder, tmp_path_fa
             for i in range(REPLICAS)
         ]  # fmt: skip
         try:
-            request.getfixturevalue("prefect_api")  # starts (once per session) while the replicas boot
             for server in servers:
                 server.wait_ready()  # the store has no version yet: ready, retrieval off
             writer = LabelledStore(uri, query_embedder, RetroTokenizer.load(), root / "writer-cache")
