@@ -5,10 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 # Hard sanity bounds only. The configurable limits (Settings.max_k, max_batch, ...) are checked by
 # the server, which answers with the name of the limit a request broke.
+
+
+# Counts are strict integers: JSON true is not k=1, nor "3" k=3, nor 2.0 a count.
+Count = StrictInt
 
 
 class _Request(BaseModel):
@@ -71,7 +75,7 @@ class RetrieveRequest(_Request):
 
     text: str | None = Field(None, min_length=1, description="one query (a chunk of text)")
     texts: list[str] | None = Field(None, min_length=1, description="a batch of queries")
-    k: int = Field(2, ge=1, description="neighbours per query")
+    k: Count = Field(2, ge=1, description="neighbours per query")
 
     @model_validator(mode="after")
     def _one_of_text_or_texts(self) -> "RetrieveRequest":
@@ -109,13 +113,13 @@ class GenerateRequest(_Request):
     """``POST /v1/generate``."""
 
     prompt: str = Field(min_length=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="null: 64, or the server's limit if that is lower")
+    max_new_tokens: Count | None = Field(None, ge=1, description="null: 64, or the server's limit if that is lower")
     temperature: float = Field(1.0, ge=0.0, le=100.0, description="0 means greedy")
-    top_k: int | None = Field(None, ge=1)
+    top_k: Count | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    seed: StrictInt | None = Field(None, ge=0, lt=2**63)
     retrieval: bool = Field(True, description="false: generate without neighbours")
-    k: int | None = Field(None, ge=1, description="neighbours per chunk; null: the model's default")
+    k: Count | None = Field(None, ge=1, description="neighbours per chunk; null: the model's default")
 
 
 class GenerateResponse(BaseModel):
@@ -136,7 +140,7 @@ class ScoreRequest(_Request):
 
     text: str = Field(min_length=1)
     retrieval: bool = True
-    k: int | None = Field(None, ge=1)
+    k: Count | None = Field(None, ge=1)
 
 
 class ScoreResponse(BaseModel):
