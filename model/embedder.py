@@ -18,6 +18,20 @@ import numpy as np
 LOG = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+SHAPE_STEP = 16  # fixed_shapes pads token lengths to a multiple of this
+
+
+def _power_of_two_spans(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) spans covering n rows, each a power of two long and at most batch_size."""
+    largest = 1 << (max(batch_size, 1).bit_length() - 1)
+    spans, start = [], 0
+    while start < n:
+        size = largest
+        while size > n - start:
+            size //= 2
+        spans.append((start, start + size))
+        start += size
+    return spans
 
 
 def default_embedder_path() -> Path:
@@ -102,13 +116,18 @@ class Embedder:
     def dim(self) -> int:
         return self.spec.dim
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False, fixed_shapes: bool = False) -> np.ndarray:
         """Embed texts.
 
         Args:
             texts: chunk texts (keys) or query chunk texts, formatted identically.
             batch_size: texts per forward pass.
             progress: show a progress bar.
+            fixed_shapes: run every forward pass at one of a few input shapes: batches of a
+                power of two texts (a batch of 45 runs as 32 + 8 + 4 + 1) padded to a multiple of
+                ``SHAPE_STEP`` tokens. For a server fed batches of every size: each new input
+                shape makes the CPU kernels allocate memory they keep, so endless shapes meant
+                endless growth. The vectors are the same (padding is masked).
 
         Returns:
             float32 array of shape (len(texts), dim), rows L2-normalised.
@@ -116,15 +135,18 @@ class Embedder:
         import torch
 
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        starts = range(0, len(texts), batch_size)
+        spans = _power_of_two_spans(len(texts), batch_size) if fixed_shapes else [(s, min(s + batch_size, len(texts))) for s in range(0, len(texts), batch_size)]
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="embed", unit="batch")
+            spans = tqdm(spans, desc="embed", unit="batch")
+        pad_to = SHAPE_STEP if fixed_shapes else None
         with torch.inference_mode():
-            for start in starts:
-                batch = list(texts[start : start + batch_size])
-                enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.spec.max_length, return_tensors="pt").to(self.device)
+            for start, end in spans:
+                batch = list(texts[start:end])
+                enc = self.tokenizer(
+                    batch, padding=True, truncation=True, max_length=self.spec.max_length, pad_to_multiple_of=pad_to, return_tensors="pt"
+                ).to(self.device)
                 hidden = self.model(**enc).last_hidden_state  # (B, T, D)
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens

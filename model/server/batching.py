@@ -123,7 +123,8 @@ class RetrieveBatcher:
     def _search(self, group: list[_Pending]) -> list[list[list[Neighbour]]]:
         texts = [text for pending in group for text in pending.texts]
         k = max(pending.k for pending in group)
-        vectors = self.embedder.encode(texts)
+        # Batches come in every size and length: fixed shapes keep the CPU kernels' memory bounded.
+        vectors = self.embedder.encode(texts, fixed_shapes=True)
         hits = group[0].loaded.view.search(vectors, k)
         self.batches += 1
         if self.on_batch is not None:
