@@ -89,7 +89,8 @@ def refresh_changed(
                 record_refresh_artifacts(summary)
                 record_job_steps(ingest.metrics, len(batch.urls))
                 refused.extend(ingest.refused)
-                passes.append(summary.to_dict() | {"urls": len(batch.urls), "refused": len(ingest.refused)})
+                fetched = len(batch.urls) - len(ingest.refused) - len(ingest.deferred)  # the rest wait for the next pass
+                passes.append(summary.to_dict() | {"urls": fetched, "refused": len(ingest.refused), "deferred": len(ingest.deferred)})
     finally:
         release_lease(lease)
     if not passes:
