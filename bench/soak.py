@@ -44,7 +44,7 @@ CHUNKS_PER_VERSION = 4_000  # each version is a full rebuild of this many chunks
 REAL_DOCS_PER_VERSION = 30  # documents actually embedded; the rest are perturbed copies of their keys
 RELOAD_INTERVAL_S = 1.0  # how often the server checks CURRENT
 MAX_GROWTH = 0.05  # the acceptance bound on growth after warm-up
-QUICK = dict(CLIENTS=8, DURATION_S=60.0, WARMUP_S=15.0, SWAPS=2, CHUNKS_PER_VERSION=2_000, REAL_DOCS_PER_VERSION=10)
+QUICK = dict(CLIENTS=8, DURATION_S=60.0, WARMUP_S=40.0, SWAPS=2, CHUNKS_PER_VERSION=2_000, REAL_DOCS_PER_VERSION=10)
 
 RESULT = Path(__file__).parent / "results" / "soak.json"
 WORDS = (
