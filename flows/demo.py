@@ -66,7 +66,7 @@ def _step(number: int, title: str, command: str | None = None):
 
 
 def _write_sources(path: Path, base_url: str) -> None:
-    # The sample site is on 127.0.0.1, which the fetcher refuses unless a source allows it.
+    # The sample site is on 127.0.0.1, which the fetcher refuses unless a source names its network.
     path.write_text(
         "fetch:\n"
         "  crawl_delay_s: 0      # our own loopback site; keep the default (1 s) for real hosts\n"
@@ -74,7 +74,7 @@ def _write_sources(path: Path, base_url: str) -> None:
         "  - kind: site\n"
         "    name: sample\n"
         f'    start_urls: ["{base_url}/"]\n'
-        "    allow_private: true\n"
+        '    allow_networks: ["127.0.0.0/8"]\n'
     )
 
 
