@@ -10,7 +10,7 @@ import pytest
 from beam_jobs.ingest import run_ingest
 from beam_jobs.sources import SourcesConfig
 from model.store import open_store
-from tests.beam_jobs.hostile import LATIN1_TEXT, METADATA_URL, HostileSite
+from tests.beam_jobs.hostile import LATIN1_TEXT, METADATA_URL, PRIVATE_URLS, HostileSite
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,8 @@ def test_each_hostile_input_is_a_counted_outcome(hostile_run):
     assert m["failed_too_large"] == 2  # 50 MB declared, and 50 MB streamed without a length
     assert m["failed_redirect_loop"] == 1
     assert m["failed_timeout"] == 1  # the stalling page
-    assert m["failed_blocked_address"] == 2  # a link to 169.254.169.254 and a redirect to it
+    # a link to 169.254.169.254, a redirect to it, and one redirect to 10.0.0.1 per spelling of it
+    assert m["failed_blocked_address"] == 2 + len(PRIVATE_URLS)
     assert m["failed_content_type"] == 1  # image/png
     assert m["robots_blocked"] == 1 and m["gone"] == 1
     assert m["failed"] == sum(v for k, v in m.items() if k.startswith("failed_"))
