@@ -26,7 +26,9 @@ LOG = logging.getLogger(__name__)
 @click.option("--server", "servers", multiple=True, help="server URL to notify after publishing (repeatable) [env RETROFRESH_SERVERS]")
 @click.option("--compact-threshold", type=click.IntRange(min=1), default=None,
               help="compact when a new version has more shards than this")
-@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object on the last line")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the summary as one JSON object on the last line; on failure the object is "
+                   '{"published": false, "error": {"type", "message", "step"}, ...} and the exit status is 1')
 def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, as_json):
     """Ingest the sources, validate the new index version and publish it (one Prefect flow run)."""
     import os
@@ -39,21 +41,24 @@ def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, a
     kwargs = {"runner": runner}
     if compact_threshold is not None:
         kwargs["compact_threshold"] = compact_threshold
-    state = refresh_corpus(
-        sources=str(sources) if sources else None,
-        store=store,
-        pipeline_args=list(pipeline_args) or None,
-        servers=list(servers) or None,
-        return_state=True,
-        **kwargs,
-    )
-    if not state.is_completed():
-        try:
-            state.result()
-        except Exception as error:  # noqa: BLE001 - report the flow's cause, whatever it was
-            raise click.ClickException(f"refresh failed: {error}") from error
-        raise click.ClickException(f"refresh ended {state.type.value}: {state.message}")
-    summary = state.result()
+    state = None
+    try:
+        state = refresh_corpus(
+            sources=str(sources) if sources else None,
+            store=store,
+            pipeline_args=list(pipeline_args) or None,
+            servers=list(servers) or None,
+            return_state=True,
+            **kwargs,
+        )
+        if not state.is_completed():
+            state.result()  # raises the flow's cause
+            raise RuntimeError(f"refresh ended {state.type.value}: {state.message}")
+        summary = state.result()
+    except Exception as error:  # noqa: BLE001 - report the flow's cause, whatever it was
+        if as_json:
+            _echo_failure(error, store, state)
+        raise click.ClickException(f"refresh failed: {error}") from error
     if as_json:
         keys = ("version", "parent", "published", "documents", "chunks_added", "chunks_removed", "seconds")
         head = {key: summary[key] for key in keys}
@@ -68,6 +73,19 @@ def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, a
             + ", ".join(f"{n} {k.replace('_', '-')}" for k, n in docs.items())
             + f"; +{summary['chunks_added']} / -{summary['chunks_removed']} chunks in {summary['seconds']:.1f} s"
         )
+
+
+def _echo_failure(error: BaseException, store: str | None, state) -> None:
+    """Print the failure as the one JSON object of ``--json`` (the error follows on stderr)."""
+    from flows.summary import RefreshFailure
+
+    from model.config import get_settings
+
+    flow_run_id = getattr(getattr(state, "state_details", None), "flow_run_id", None)
+    store = store or (str(get_settings().store) if get_settings().store else None)
+    failure = RefreshFailure.from_error(error, store=store, flow_run_id=str(flow_run_id) if flow_run_id else None)
+    sys.stdout.flush()
+    click.echo(json.dumps(failure.to_dict()))
 
 
 @click.group("flows")

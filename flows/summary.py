@@ -1,9 +1,14 @@
-"""The record of one refresh: what the CLI prints with ``--json`` and what the artifacts show."""
+"""The record of one refresh: what the CLI prints with ``--json`` and what the artifacts show.
+
+A refresh that fails is recorded too (:class:`RefreshFailure`): the error, the step that raised it
+and ``published: false``, so a script reading ``--json`` always gets one object.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from types import TracebackType
 
 # Document outcomes, in the order the UI table lists them; keys of ``RefreshSummary.documents``.
 OUTCOMES = ("new", "changed", "unchanged", "deleted", "failed", "robots_blocked")
@@ -54,3 +59,50 @@ def freshness_lag_s(published_at: datetime | None, newest_change: datetime | Non
     if published_at is None or newest_change is None:
         return None
     return max(0.0, (published_at - newest_change).total_seconds())
+
+
+@dataclass
+class RefreshFailure:
+    """A refresh that did not finish; nothing it did was published.
+
+    ``error`` is ``{"type", "message", "step"}``: the exception's class and message, and the
+    Prefect task that raised it (or, outside tasks, the function the flow body called; None when
+    the flow never ran, for example when its Prefect API did not start).
+    """
+
+    error: dict
+    published: bool = False
+    store: str | None = None
+    flow_run_id: str | None = None
+
+    @classmethod
+    def from_error(cls, error: BaseException, *, store: str | None = None, flow_run_id: str | None = None) -> "RefreshFailure":
+        message = str(error) or repr(error)
+        step = failed_step(error.__traceback__)
+        return cls({"type": type(error).__name__, "message": message, "step": step}, store=store, flow_run_id=flow_run_id)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def failed_step(traceback: TracebackType | None) -> str | None:
+    """The step of a flow that raised: the innermost Prefect task on the traceback, else the
+    function the flow body called, else None.
+
+    Read from the frames themselves (a task's frame runs its ``fn``), so it needs no round trip
+    to the Prefect API, which records task states asynchronously.
+    """
+    from prefect import Flow, Task
+
+    task_name, called_by_flow, in_flow = None, None, False
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        named = traceback.tb_frame.f_globals.get(code.co_name)
+        if isinstance(named, Task) and getattr(named.fn, "__code__", None) is code:
+            task_name = named.name
+        elif isinstance(named, Flow) and getattr(named.fn, "__code__", None) is code:
+            in_flow, called_by_flow = True, None
+        elif in_flow and called_by_flow is None and traceback.tb_frame.f_globals.get("__name__", "").startswith("flows."):
+            called_by_flow = code.co_name
+        traceback = traceback.tb_next
+    return task_name or called_by_flow

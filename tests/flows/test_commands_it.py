@@ -69,6 +69,33 @@ def test_refresh_with_a_held_lease_exits_nonzero_naming_the_holder(prefect_api, 
     assert result.exit_code == 1 and "held by someone else's refresh" in result.output
 
 
+def test_refresh_json_failure_prints_one_object_with_the_error_and_the_step(prefect_api, refreshed, tmp_path):
+    """A held lease fails the take-lease task: stdout is one JSON object, published false, exit 1."""
+    from flows.lease import RefreshLease
+    from tests.flows.support import copy_store
+
+    store = copy_store(refreshed.store, tmp_path / "store")
+    before = open_store(store).current()
+    RefreshLease(open_store(store).backend, holder="someone else's refresh", ttl_s=600).acquire()
+    result = CliRunner().invoke(cli, ["refresh", "--sources", str(refreshed.sources), "--store", store, "--json"])
+    assert result.exit_code == 1, result.output
+    failure = json.loads(result.stdout)  # the whole of stdout: exactly one object
+    assert failure["published"] is False and failure["store"] == store and failure["flow_run_id"]
+    assert failure["error"]["type"] == "LeaseHeld" and failure["error"]["step"] == "take-lease"
+    assert "held by someone else's refresh" in failure["error"]["message"]
+    assert "refresh failed" in result.stderr and open_store(store).current() == before
+
+
+def test_refresh_json_failure_outside_a_task_names_the_function_the_flow_called(prefect_api, tmp_path, monkeypatch):
+    monkeypatch.delenv("RETROFRESH_SOURCES", raising=False)
+    result = CliRunner().invoke(cli, ["refresh", "--store", str(tmp_path / "store"), "--json"])
+    assert result.exit_code == 1, result.output
+    failure = json.loads(result.stdout)
+    assert failure["published"] is False
+    assert failure["error"]["type"] == "MissingInput" and failure["error"]["step"] == "resolve_inputs"
+    assert "no sources given" in failure["error"]["message"]
+
+
 def test_flows_list_shows_the_deployments_and_their_schedules():
     result = CliRunner().invoke(cli, ["flows", "list"])
     assert result.exit_code == 0, result.output
