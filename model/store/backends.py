@@ -162,7 +162,7 @@ class LocalBackend(Backend):
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=layout.TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -228,12 +228,16 @@ class LocalBackend(Backend):
                 if not matches(actual):
                     raise CasFailed(actual)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, dest)
+                fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=layout.TEMP_PREFIX)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, dest)
+                finally:  # a full disk fails the write or the fsync: leave no half-written file
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
                 _fsync_dir(dest.parent)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

@@ -2,6 +2,8 @@
 
 Never deleted: the version ``CURRENT`` names and everything it references, and any unreferenced
 file younger than ``min_age_s`` (an ingest may have written its shards but not yet its manifest).
+Half-written ``.tmp-*`` files a crash or a full disk left anywhere in a local store are collected
+once they are that old, like unreferenced files.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ LOG = logging.getLogger(__name__)
 
 
 def collect(store: "Store", *, keep: int, min_age_s: float = 3600.0, dry_run: bool = False) -> list[str]:
-    """Delete old versions and unreferenced shards, ledgers, quantizers and staging leftovers.
+    """Delete old versions, unreferenced shards, ledgers and quantizers, staging and ``.tmp-*`` leftovers.
 
     Args:
         store: the store.
@@ -66,6 +68,10 @@ def collect(store: "Store", *, keep: int, min_age_s: float = 3600.0, dry_run: bo
     for obj in store.backend.list(layout.STAGING + "/"):
         if obj.modified < cutoff:
             doomed.append(obj.key)
+    for obj in store.backend.list(""):  # leases/, versions/, the root: wherever a write was cut short
+        if layout.is_temporary(obj.key) and obj.modified < cutoff:
+            doomed.append(obj.key)
+    doomed = list(dict.fromkeys(doomed))  # a shard's .tmp-* file is listed twice
 
     if dry_run:
         return doomed

@@ -26,6 +26,7 @@ from model.store.errors import StoreError
 CURRENT = "CURRENT"
 CURRENT_LOCK = ".CURRENT.lock"  # local stores only: serialises compare-and-swap of CURRENT
 STAGING = ".staging"  # local stores only: files are built here, then hard-linked into place
+TEMP_PREFIX = ".tmp-"  # local stores only: a file being written beside its key, renamed or linked into place
 
 VERSIONS = "versions/"
 SHARDS = "shards/"
@@ -107,6 +108,11 @@ def shard_of_key(key: str) -> str | None:
     """The shard id of a ``shards/<id>/<file>`` key, else None."""
     parts = key.split("/")
     return parts[1] if len(parts) >= 3 and parts[0] + "/" == SHARDS else None
+
+
+def is_temporary(key: str) -> bool:
+    """A local store's half-written file (``<dir>/.tmp-*``): never a key anything references."""
+    return key.rsplit("/", 1)[-1].startswith(TEMP_PREFIX)
 
 
 # ledgers, trained quantizers, leases

@@ -129,3 +129,32 @@ def test_heartbeat_keeps_a_short_lease_alive_and_check_sees_a_takeover(backend):
     RefreshLease(backend, holder="other").acquire()
     with pytest.raises(LeaseLost, match="held by other"):
         lease.check()
+
+
+def test_a_full_disk_while_taking_the_lease_leaves_no_temp_file_and_the_index_untouched(tmp_path, monkeypatch):
+    """ENOSPC at the fsync of the lease's temporary file: the error surfaces, nothing is left behind."""
+    import errno
+    import os
+
+    from model.store import layout
+
+    backend = open_backend(parse_store_uri(str(tmp_path / "store")))
+    backend.put_bytes("versions/v000001-aaaa/manifest.json", b'{"version": "v000001-aaaa"}')
+    backend.swap(layout.CURRENT, b"v000001-aaaa\n", matches=lambda actual: actual is None)
+    published = {key: backend.read_bytes(key) for key in (layout.CURRENT, "versions/v000001-aaaa/manifest.json")}
+    real_fsync = os.fsync
+
+    def fsync_on_a_full_disk(fd: int) -> None:
+        if f"/{layout.LEASES}{layout.TEMP_PREFIX}" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_on_a_full_disk)
+    with pytest.raises(OSError) as info:
+        RefreshLease(backend, holder="refresh on a full disk").acquire()
+    assert info.value.errno == errno.ENOSPC
+    leftovers = [o.key for o in backend.list("") if layout.is_temporary(o.key)]
+    assert leftovers == [] and not backend.exists(LEASE_PATH)
+    assert {key: backend.read_bytes(key) for key in published} == published
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert RefreshLease(backend, holder="refresh after space was freed").acquire().holder == "refresh after space was freed"

@@ -55,3 +55,33 @@ def test_gc_keeps_ledgers_that_kept_versions_reference(store, corpus):
 def test_gc_needs_keep_of_at_least_one(store):
     with pytest.raises(ValueError, match="keep must be at least 1"):
         store.gc(keep=0)
+
+
+def test_gc_lists_and_removes_stale_temp_files_a_cut_short_write_left(store, corpus):
+    """A crash or a full disk between a write and its rename leaves ``.tmp-*`` files; gc collects the old ones."""
+    import os
+    import time
+
+    from model.store import layout
+
+    if store.backend.local_path(layout.CURRENT) is None:
+        pytest.skip("only a local store writes .tmp-* files")
+    first = publish(store, corpus, range(2))
+    current_bytes = store.backend.read_bytes(layout.CURRENT)
+    root = store.backend.local_path("")
+    stale = ["leases/.tmp-crashed", ".tmp-current", f"versions/{first.manifest.version}/.tmp-manifest",
+             f"shards/{first.manifest.shards[0].id}/.tmp-index"]  # the last beside a referenced shard
+    hour_ago = time.time() - 7200
+    for key in stale:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(b"half a record")
+        os.utime(root / key, (hour_ago, hour_ago))
+    (root / "leases/.tmp-in-flight").write_bytes(b"being written now")  # young: a write in progress
+
+    listed = store.gc(keep=1, dry_run=True)
+    assert sorted(listed) == sorted(stale) and all((root / key).exists() for key in stale)
+    assert sorted(store.gc(keep=1)) == sorted(stale)
+    assert not any((root / key).exists() for key in stale) and (root / "leases/.tmp-in-flight").exists()
+    assert store.backend.read_bytes(layout.CURRENT) == current_bytes
+    with store.open() as view:
+        assert view.count == len(first.chunks)
