@@ -357,7 +357,7 @@ def main() -> None:
     from beam_jobs.sample.world import SampleWorld
     from beam_jobs.sources import load_sources
     from flows.deployments import DEFAULT_DEPLOYMENTS
-    from flows.events import emit_changes
+    from flows.common.events import emit_changes
     from flows.watch import LocalRefresher, Watcher
     from model.client import RetroClient
 

@@ -71,7 +71,7 @@ def refresh_once(sources: str, store: str, edition: int | None) -> dict:
 
 
 def lease_timing(store: str) -> dict:
-    from flows.lease import RefreshLease
+    from flows.common.lease import RefreshLease
     from model.store import open_store
 
     backend = open_store(store).backend

@@ -77,7 +77,7 @@ def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, a
 
 def _echo_failure(error: BaseException, store: str | None, state) -> None:
     """Print the failure as the one JSON object of ``--json`` (the error follows on stderr)."""
-    from flows.summary import RefreshFailure
+    from flows.common.summary import RefreshFailure
 
     from model.config import get_settings
 

@@ -6,11 +6,11 @@ import logging
 
 from prefect import flow
 
-from flows.artifacts import record_summary
-from flows.inputs import resolve_inputs
-from flows.notify import notify_servers
-from flows.store_tasks import compact_version, count_shards, publish_version, read_current, release_lease, take_lease
-from flows.validate import validate_version
+from flows.tasks.artifacts import record_summary
+from flows.common.inputs import resolve_inputs
+from flows.tasks.notify import notify_servers
+from flows.tasks.store import compact_version, count_shards, publish_version, read_current, release_lease, take_lease
+from flows.tasks.validate import validate_version
 
 LOG = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from flows.events import SOURCE_CHANGED
+from flows.common.events import SOURCE_CHANGED
 
 LOG = logging.getLogger(__name__)
 

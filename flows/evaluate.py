@@ -15,10 +15,10 @@ from prefect import flow, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import record_summary
-from flows.inputs import resolve_inputs
-from flows.retry import retry_if_transient
-from flows.temporal import (
+from flows.tasks.artifacts import record_summary
+from flows.common.inputs import resolve_inputs
+from flows.common.retry import retry_if_transient
+from flows.common.temporal import (
     FactProbe,
     VersionScore,
     ViewRetriever,

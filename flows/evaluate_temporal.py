@@ -17,8 +17,8 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.inputs import resolve_inputs
-from flows.retry import retry_if_transient
+from flows.common.inputs import resolve_inputs
+from flows.common.retry import retry_if_transient
 
 LOG = logging.getLogger(__name__)
 

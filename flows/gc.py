@@ -10,9 +10,9 @@ import logging
 
 from prefect import flow
 
-from flows.artifacts import record_summary
-from flows.inputs import resolve_inputs
-from flows.store_tasks import collect_garbage, read_current
+from flows.tasks.artifacts import record_summary
+from flows.common.inputs import resolve_inputs
+from flows.tasks.store import collect_garbage, read_current
 
 LOG = logging.getLogger(__name__)
 

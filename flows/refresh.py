@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import record_refresh_artifacts
-from flows.ingest_job import IngestOutcome, run_ingest_job
-from flows.inputs import resolve_inputs
-from flows.notify import notify_servers
-from flows.retry import retry_if_transient
-from flows.store_tasks import compact_version, count_shards, publish_version, read_current, release_lease, take_lease
-from flows.summary import RefreshSummary, document_counts, freshness_lag_s
-from flows.validate import validate_version
+from flows.tasks.artifacts import record_refresh_artifacts
+from flows.tasks.ingest import IngestOutcome, run_ingest_job
+from flows.common.inputs import resolve_inputs
+from flows.tasks.notify import notify_servers
+from flows.common.retry import retry_if_transient
+from flows.tasks.store import compact_version, count_shards, publish_version, read_current, release_lease, take_lease
+from flows.common.summary import RefreshSummary, document_counts, freshness_lag_s
+from flows.tasks.validate import validate_version
 
 LOG = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def refresh_corpus(
         embedder_path, tokenizer_path: the encoder and tokenizer (default: the bundled ones).
 
     Returns:
-        The :class:`flows.summary.RefreshSummary` as a dict.
+        The :class:`flows.common.summary.RefreshSummary` as a dict.
     """
     started, clock = datetime.now(timezone.utc), time.monotonic()
     inputs = resolve_inputs(store, sources, servers, need_sources=True)
@@ -123,7 +123,7 @@ def summarize_refresh(
     seconds: float,
 ) -> RefreshSummary:
     """Put the refresh's numbers together, with the freshness lag of what was published."""
-    from flows.changes import newest_source_change
+    from flows.common.changes import newest_source_change
     from model.store import open_store
 
     summary = RefreshSummary(

@@ -2,7 +2,7 @@
 
 The ``refresh-changed`` deployment runs it on every ``retrofresh.source.changed`` event (a Prefect
 deployment trigger, :mod:`flows.deployments`). Each run first records its event's URLs in the
-store (:mod:`flows.pending`), absorbs the URLs of runs still waiting to start (and cancels them:
+store (:mod:`flows.common.pending`), absorbs the URLs of runs still waiting to start (and cancels them:
 a burst of events gives one refresh), then waits for the refresh lease, so only one refresh of a
 store runs at a time. Holding it, it takes every pending URL, fetches, diffs, embeds and publishes
 only those as a delta version, tells the servers, and deletes the entries it handled; it loops
@@ -21,14 +21,14 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import record_refresh_artifacts
-from flows.ingest_job import run_ingest_job
-from flows.inputs import resolve_inputs
-from flows.lease import LeaseHeld
-from flows.pending import PendingBatch, PendingChanges
+from flows.tasks.artifacts import record_refresh_artifacts
+from flows.tasks.ingest import run_ingest_job
+from flows.common.inputs import resolve_inputs
+from flows.common.lease import LeaseHeld
+from flows.common.pending import PendingBatch, PendingChanges
 from flows.refresh import publish_ingest, summarize_refresh
-from flows.retry import retry_if_transient
-from flows.store_tasks import IO_RETRIES, open_store, read_current, release_lease, take_lease
+from flows.common.retry import retry_if_transient
+from flows.tasks.store import IO_RETRIES, open_store, read_current, release_lease, take_lease
 
 LOG = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import logging
 
 from prefect import flow
 
-from flows.artifacts import record_summary
-from flows.inputs import resolve_inputs
-from flows.notify import notify_servers
-from flows.store_tasks import read_current, rollback_version
+from flows.tasks.artifacts import record_summary
+from flows.common.inputs import resolve_inputs
+from flows.tasks.notify import notify_servers
+from flows.tasks.store import read_current, rollback_version
 
 LOG = logging.getLogger(__name__)
 

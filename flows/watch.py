@@ -9,7 +9,7 @@ Per source, every ``interval_s``:
 - files: the glob's listing (Beam filesystems: local mtime, or a GCS object's update time, which
   every new generation moves), against the ledger's ``Last-Modified``; vanished files are re-checked.
 
-Changed URLs become ``retrofresh.source.changed`` events (:mod:`flows.events`), one batch per
+Changed URLs become ``retrofresh.source.changed`` events (:mod:`flows.common.events`), one batch per
 source and poll. Detection is level-triggered against what ``CURRENT`` serves: a URL stays
 "changed" until a refresh publishes it, so it is announced again after ``reannounce_after_s`` if
 the refresh it triggered failed. A source that cannot be polled backs off exponentially (up to
@@ -171,7 +171,7 @@ class Watcher:
             time.sleep(max(0.05, min(self.interval_s, due - self.clock())))
 
     def _emit(self, announcement: Announcement) -> None:
-        from flows.events import emit_changes
+        from flows.common.events import emit_changes
 
         LOG.info("source %s: %d changed URLs", announcement.source, len(announcement.urls))
         emit_changes(list(announcement.urls), source=announcement.source, origin="watch", store=self.store_uri,
@@ -294,7 +294,7 @@ class LocalRefresher:
     def __init__(self, sources: str, store_uri: str, *, servers: list[str] | None = None, retry_after_s: float = 5.0, **flow_kwargs):
         import threading
 
-        from flows.pending import PendingChanges
+        from flows.common.pending import PendingChanges
         from model.store import open_store
 
         self.sources, self.store_uri, self.servers = str(sources), store_uri, servers

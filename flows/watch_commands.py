@@ -74,7 +74,7 @@ def watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here)
     `refresh-changed` deployment: a targeted refresh of only those URLs. With --refresh-here the
     watch runs those refreshes itself (still as Prefect flow runs). Runs until interrupted.
     """
-    from flows.events import flush_events
+    from flows.common.events import flush_events
     from flows.watch import LocalRefresher, Watcher
 
     if not refresh_here:
@@ -110,7 +110,7 @@ def watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here)
 def _start_webhook(config, store: str, listen: str, refresher=None):
     import uvicorn
 
-    from flows.webhook import create_webhook_app
+    from flows.common.webhook import create_webhook_app
     from model.config import get_settings
 
     host, port = _listen(listen)
@@ -140,8 +140,8 @@ def notify(urls, sources, store):
 
     URLs that belong to no configured source are refused here, and again by the refresh.
     """
-    from flows.events import emit_changes, flush_events
-    from flows.webhook import split_known
+    from flows.common.events import emit_changes, flush_events
+    from flows.common.webhook import split_known
 
     _need_api()
     by_source, refused = split_known(_load(sources), list(urls))

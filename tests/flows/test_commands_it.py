@@ -60,7 +60,7 @@ def test_refresh_without_sources_exits_nonzero_saying_what_is_missing(prefect_ap
 
 
 def test_refresh_with_a_held_lease_exits_nonzero_naming_the_holder(prefect_api, refreshed, tmp_path):
-    from flows.lease import RefreshLease
+    from flows.common.lease import RefreshLease
     from tests.flows.support import copy_store
 
     store = copy_store(refreshed.store, tmp_path / "store")
@@ -71,7 +71,7 @@ def test_refresh_with_a_held_lease_exits_nonzero_naming_the_holder(prefect_api, 
 
 def test_refresh_json_failure_prints_one_object_with_the_error_and_the_step(prefect_api, refreshed, tmp_path):
     """A held lease fails the take-lease task: stdout is one JSON object, published false, exit 1."""
-    from flows.lease import RefreshLease
+    from flows.common.lease import RefreshLease
     from tests.flows.support import copy_store
 
     store = copy_store(refreshed.store, tmp_path / "store")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.lease import LEASE_PATH, RefreshLease
+from flows.common.lease import LEASE_PATH, RefreshLease
 from flows.refresh import refresh_corpus
 from model.store import layout, open_store
 from tests.flows.support import copy_store

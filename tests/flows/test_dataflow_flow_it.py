@@ -11,9 +11,9 @@ import pytest
 from prefect import flow
 
 from beam_jobs.ingest import IngestResult
-from flows.dataflow import DataflowJobFailed
-from flows.ingest_job import follow_dataflow
-from flows.lease import RefreshLease
+from flows.common.dataflow import DataflowJobFailed
+from flows.tasks.ingest import follow_dataflow
+from flows.common.lease import RefreshLease
 from flows.refresh import refresh_corpus
 from model.store import open_store
 from tests.flows.support import artifacts_of, copy_store, flow_run_id, write_sources

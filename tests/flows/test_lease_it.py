@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from flows.lease import LEASE_PATH, LeaseHeld, LeaseLost, LeaseRecord, RefreshLease
+from flows.common.lease import LEASE_PATH, LeaseHeld, LeaseLost, LeaseRecord, RefreshLease
 from model.store.backends import open_backend
 from model.store.uri import parse_store_uri
 

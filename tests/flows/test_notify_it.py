@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect import flow
 
-from flows.notify import notify_servers, request_reload
+from flows.tasks.notify import notify_servers, request_reload
 from model.client import RetroConnectionError, RetroHTTPError
 from tests.flows.support import TOKEN, dead_url
 
@@ -32,7 +32,7 @@ def test_a_server_that_refuses_the_new_version_is_not_ok_and_says_why(reload_ser
 
 
 def test_server_errors_and_unreachable_servers_raise_transient_errors(reload_server):
-    from flows.retry import is_transient
+    from flows.common.retry import is_transient
 
     with pytest.raises(RetroHTTPError) as info:
         request_reload(reload_server(status=503).url, token=TOKEN)

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from flows.lease import RefreshLease
-from flows.pending import PendingChanges
+from flows.common.lease import RefreshLease
+from flows.common.pending import PendingChanges
 from model.store import open_store
 from tests.flows.support import copy_store
 
@@ -113,7 +113,7 @@ def test_a_refresh_waits_for_the_lease_and_a_change_arriving_meanwhile_is_not_lo
 
 
 def test_a_lease_that_stays_held_fails_the_run_and_keeps_its_urls(refreshed, edition_2):
-    from flows.lease import LeaseHeld
+    from flows.common.lease import LeaseHeld
     from flows.refresh_changed import refresh_changed
 
     store, urls = edition_2

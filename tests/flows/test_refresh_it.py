@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.lease import RefreshLease
+from flows.common.lease import RefreshLease
 from flows.refresh import refresh_corpus
 from model.store import open_store
 from tests.flows.support import artifacts_of, copy_store, flow_run_id, task_run_names, write_sources

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.retry import is_transient
+from flows.common.retry import is_transient
 from model.client import RetroConnectionError, RetroHTTPError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect import flow
 
-from flows.store_tasks import publish_version
+from flows.tasks.store import publish_version
 from model.store import PublishConflict, open_store
 from tests.flows.support import copy_store
 

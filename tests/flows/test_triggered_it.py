@@ -24,7 +24,7 @@ def test_a_change_event_triggers_the_served_targeted_refresh(prefect_api, refres
     `refresh-changed` run in `retrofresh flows serve` -> the named page published; a stranger URL
     in the same event never fetched."""
     from flows.deployments import DEFAULT_DEPLOYMENTS
-    from flows.events import emit_changes
+    from flows.common.events import emit_changes
     from model.store import open_store
     from tests.flows.support import copy_store
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from beam_jobs.sources import load_sources
-from flows.events import batches
+from flows.common.events import batches
 from flows.watch import Watcher
 from tests.flows.support import copy_store, free_port, write_sources
 

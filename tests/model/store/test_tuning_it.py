@@ -58,7 +58,7 @@ def test_exact_shards_need_no_tuning(store, corpus):
 
 
 def test_validation_writes_the_tuned_nprobe_into_a_copy_to_publish(ivf_store):
-    from flows.validate import validate
+    from flows.tasks.validate import validate
 
     store, manifest = ivf_store
     chunks, vectors = Corpus(clusters=40, seed=3).docs(range(900, 910))

@@ -11,9 +11,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.notify import lagging_servers
-from flows.retry import retry_if_transient
-from flows.summary import OUTCOMES, RefreshSummary
+from flows.tasks.notify import lagging_servers
+from flows.common.retry import retry_if_transient
+from flows.common.summary import OUTCOMES, RefreshSummary
 
 LOG = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def record_refresh_artifacts(summary: RefreshSummary) -> None:
         key=REFRESH_DOCUMENTS,
         description=f"Document outcomes of the refresh that produced {summary.version}",
     )
-    # The Dataflow link was attached when the job was submitted (flows/ingest_job.py).
+    # The Dataflow link was attached when the job was submitted (flows/tasks/ingest.py).
     create_markdown_artifact(summary_markdown(summary), key=REFRESH_SUMMARY, description="Refresh summary")
 
 

@@ -11,10 +11,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import DATAFLOW_JOB
-from flows.dataflow import JobStateSource, RestJobStateSource, job_location, wait_for_job
-from flows.lease import RefreshLease
-from flows.retry import retry_if_transient
+from flows.tasks.artifacts import DATAFLOW_JOB
+from flows.common.dataflow import JobStateSource, RestJobStateSource, job_location, wait_for_job
+from flows.common.lease import RefreshLease
+from flows.common.retry import retry_if_transient
 
 LOG = logging.getLogger(__name__)
 

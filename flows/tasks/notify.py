@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.retry import retry_if_transient
+from flows.common.retry import retry_if_transient
 
 LOG = logging.getLogger(__name__)
 

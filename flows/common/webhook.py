@@ -61,7 +61,7 @@ def create_webhook_app(config: SourcesConfig, store_uri: str | None, token: str 
         token: the admin token callers must present; None closes the endpoint.
         announce: ``(source, urls) -> events emitted`` (default: emit ``retrofresh.source.changed``).
     """
-    from flows.events import emit_changes
+    from flows.common.events import emit_changes
 
     def emit(source: str, urls: list[str]) -> int:
         return len(emit_changes(urls, source=source, origin="webhook", store=store_uri))

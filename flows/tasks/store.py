@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.lease import RefreshLease
-from flows.retry import retry_if_transient
+from flows.common.lease import RefreshLease
+from flows.common.retry import retry_if_transient
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def holder_name(purpose: str) -> str:
 
 @task(name="take-lease", **IO_RETRIES)
 def take_lease(store_uri: str, purpose: str, ttl_s: float = 600.0) -> RefreshLease:
-    """Acquire the store's refresh lease or fail fast with :class:`flows.lease.LeaseHeld`."""
+    """Acquire the store's refresh lease or fail fast with :class:`flows.common.lease.LeaseHeld`."""
     lease = RefreshLease(
         open_store(store_uri).backend,
         holder=holder_name(purpose),
