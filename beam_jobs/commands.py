@@ -86,32 +86,14 @@ def corpus(seeds: str, size: int, edition: int, notes: bool, out_file: Path) -> 
     seeds 1-60 of edition 0: worlds of the same kind as the demo's seed 0, none of which states
     any of seed 0's facts.
     """
-    import random
-
-    from beam_jobs.extract import ExtractionError, document_text, extract_html
-    from beam_jobs.sample.world import ATTRIBUTES, SampleWorld
+    from beam_jobs.sample.corpus import world_documents
 
     chosen = _seed_list(seeds)
     written = 0
     with out_file.open("w", encoding="utf-8") as out:
         for seed in chosen:
-            world = SampleWorld(seed, size)
-            data = world.edition(edition)
-            for path in data.document_paths():
-                url = f"http://world-{seed}.sample{path}"  # one host per seed: doc ids never collide
-                try:
-                    text = document_text(extract_html(data.pages[path].body, "utf-8", url))
-                except ExtractionError:
-                    continue
-                published = data.pages[path].lastmod
-                out.write(json.dumps({"text": text, "url": url, "published_at": published.date().isoformat() if published else None}) + "\n")
-                written += 1
-            for entity in world.entities if notes else ():
-                attributes = list(ATTRIBUTES[entity.kind])
-                random.Random(f"{seed}:{entity.key}").shuffle(attributes)  # any fact may follow the description
-                facts = " ".join(data.sentence(entity.key, attribute) for attribute in attributes)
-                url = f"http://world-{seed}.sample/notes/{entity.key}"
-                out.write(json.dumps({"text": f"{world.describe(entity.key)} {facts}", "url": url, "published_at": data.date.isoformat()}) + "\n")
+            for document in world_documents(seed, size, edition, notes=notes):
+                out.write(json.dumps(document) + "\n")
                 written += 1
     click.echo(f"wrote {written} documents of {len(chosen)} worlds (size {size}, edition {edition}) to {out_file}", err=True)
 

@@ -60,6 +60,17 @@ HEADLINES = {
     ("team", "coach"): "{name} appoints {value} as head coach",
     ("team", "captain"): "{value} named captain of {name}",
 }
+# With ``news_lead``: headlines that do not give the new value away, for articles whose value comes
+# after a background paragraph (see SampleWorld).
+LEAD_HEADLINES = {
+    ("city", "mayor"): "{name} has a new mayor",
+    ("city", "population"): "New census figures for {name}",
+    ("company", "ceo"): "A change at the top of {name}",
+    ("company", "headquarters"): "{name} moves its headquarters",
+    ("company", "employees"): "{name} reports a new head count",
+    ("team", "coach"): "{name} appoints a new head coach",
+    ("team", "captain"): "{name} names a new captain",
+}
 SECTIONS = {"city": "cities", "company": "companies", "team": "teams"}
 
 _FIRST = (
@@ -243,14 +254,22 @@ class SampleWorld:
         changes_per_edition: facts that change between consecutive editions; default
             max(2, entities // 5).
         news_retention: editions a news article stays online before it is removed.
+        news_lead: news articles open with a background paragraph about the entity (its
+            ``describe()``, over one 64-token chunk) under a headline that does not name the new
+            value, so the value comes after the first chunk. A RETRO model retrieves for the
+            previous chunk, so the first 64 tokens of a document see no neighbours: only with a
+            lead can an index tell a model an article's new value. Off by default (the demo's
+            site and its model's training corpus are the plain articles).
     """
 
-    def __init__(self, seed: int = 0, size: int = 1, *, changes_per_edition: int | None = None, news_retention: int = HISTORY_STEPS):
+    def __init__(self, seed: int = 0, size: int = 1, *, changes_per_edition: int | None = None, news_retention: int = HISTORY_STEPS,
+                 news_lead: bool = False):
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.seed = seed
         self.size = size
         self.news_retention = max(1, news_retention)
+        self.news_lead = news_lead
         self._rng = random.Random(f"retrofresh-sample:{seed}:{size}")
         self._people: set[str] = set()
         self.entities = self._make_entities()
@@ -313,7 +332,7 @@ class SampleWorld:
         )
 
     def headline(self, change: FactChange) -> str:
-        return HEADLINES[(change.kind, change.attribute)].format(name=change.entity, value=change.new)
+        return (LEAD_HEADLINES if self.news_lead else HEADLINES)[(change.kind, change.attribute)].format(name=change.entity, value=change.new)
 
     def news_path(self, change: FactChange) -> str:
         slug = "-".join(self.headline(change).lower().replace(",", "").split())
@@ -552,8 +571,9 @@ class _Renderer:
     def article(self, c: FactChange) -> Page:
         world, entity = self.world, self.world.entity(c.entity_key)
         path = world.news_path(c)
+        lead = f"<p>{html.escape(world.describe(c.entity_key))}</p>" if world.news_lead else ""
         body = (
-            f"<p><time datetime=\"{c.date.isoformat()}\">{c.date:%d %B %Y}</time></p>"
+            f"<p><time datetime=\"{c.date.isoformat()}\">{c.date:%d %B %Y}</time></p>{lead}"
             f"<p>{html.escape(fact_sentence(c.kind, c.attribute, c.entity, c.new))} The change took effect on {c.date.isoformat()}; "
             f"until then the {html.escape(_label(c.attribute))} was {html.escape(c.old)}.</p>"
             f"<p>Read the full profile of {self.link(entity)} for its other facts and its history. "
