@@ -13,6 +13,7 @@ into memory, until compaction rewrites them as ``chunks.arrow``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -53,6 +54,36 @@ def read(path: Path) -> pa.Table:
     if path.name == layout.PARQUET_CHUNKS_FILE:
         return pq.read_table(path, memory_map=True)
     raise StoreError(f"{path} is not a chunk file this store knows ({layout.CHUNKS_FILE} or {layout.PARQUET_CHUNKS_FILE})")
+
+
+def take(table: pa.Table, rows: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
+    """Rows of a shard's table by position, in the order given, copying only those rows.
+
+    ``Table.take`` first concatenates each column's record batches into one array (Arrow does so
+    for string and list columns): for a memory-mapped ``chunks.arrow`` that pages in and copies
+    whole columns (~75 MB of text for a 250,000-chunk shard, 1.5 s cold) to return two rows, and
+    the allocator keeps the copy's memory as anonymous RSS. Zero-copy one-row slices, concatenated,
+    touch only the rows asked for.
+
+    Args:
+        table: the rows (e.g. :attr:`model.store.pool.ShardData.table`).
+        rows: positions, each in ``[0, table.num_rows)``; repeats allowed.
+        columns: only these columns (default: all).
+
+    Returns:
+        A table of ``len(rows)`` rows, one chunk per column.
+
+    Raises:
+        IndexError: a position outside the table.
+    """
+    if columns is not None:
+        table = table.select(list(columns))
+    positions = [int(row) for row in rows]
+    if not positions:
+        return table.slice(0, 0)
+    if min(positions) < 0 or max(positions) >= table.num_rows:
+        raise IndexError(f"rows {min(positions)}..{max(positions)} are outside a table of {table.num_rows} rows")
+    return pa.concat_tables([table.slice(row, 1) for row in positions]).combine_chunks()
 
 
 def chunks_file(files: dict) -> str:

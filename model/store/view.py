@@ -22,6 +22,7 @@ from model.store import faiss_index, layout, rows
 from model.store.errors import StoreError
 from model.store.manifest import Manifest, ShardInfo
 from model.store.pool import ShardData, file_stamp
+from model.store.rows import take as take_rows
 from model.store.shards import ShardMeta
 
 LOG = logging.getLogger(__name__)
@@ -381,7 +382,7 @@ class IndexView:
             where = np.nonzero((shard_no == s) & wanted[:, None])
             if not len(where[0]):
                 continue
-            docs = shard.table.column("doc_id").take(pa.array(rows[where], pa.int64()))
+            docs = take_rows(shard.table, rows[where], columns=["doc_id"]).column("doc_id")
             targets = pa.array([excluded[j] for j in where[0]], pa.string())
             mask[where] = pc.equal(docs, targets).to_numpy(zero_copy_only=False)
         return mask
@@ -444,7 +445,7 @@ class IndexView:
         records: dict[tuple[int, int], dict] = {}
         for s, rows in wanted.items():
             rows = sorted(rows)
-            for row, record in zip(rows, self._shards[s].table.take(pa.array(rows, pa.int64())).to_pylist()):
+            for row, record in zip(rows, take_rows(self._shards[s].table, rows).to_pylist()):
                 records[(s, row)] = record
         result = []
         for per_query in picks:
