@@ -1,7 +1,8 @@
 """``retrofresh refresh`` (one refresh through the Prefect flow) and ``retrofresh flows`` (serve them).
 
 Prefect, Beam and torch load only inside the commands, so ``retrofresh --help`` stays fast. With no
-Prefect server configured (``PREFECT_API_URL`` unset), Prefect starts a temporary local API.
+Prefect server configured (``PREFECT_API_URL`` unset), ``refresh`` starts a temporary local API
+that stops with it, even when it is killed (``flows/common/temporary_api.py``).
 """
 
 from __future__ import annotations
@@ -31,30 +32,27 @@ LOG = logging.getLogger(__name__)
                    '{"published": false, "error": {"type", "message", "step"}, ...} and the exit status is 1')
 def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, as_json):
     """Ingest the sources, validate the new index version and publish it (one Prefect flow run)."""
-    import os
-
-    # Without a Prefect server, Prefect starts a temporary one; its 20 s start-up limit is too
-    # tight on a busy machine (it takes 11-23 s on an idle 2-core one).
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.refresh import refresh_corpus
+    from flows.common.temporary_api import prefect_api
 
     kwargs = {"runner": runner}
     if compact_threshold is not None:
         kwargs["compact_threshold"] = compact_threshold
     state = None
     try:
-        state = refresh_corpus(
-            sources=str(sources) if sources else None,
-            store=store,
-            pipeline_args=list(pipeline_args) or None,
-            servers=list(servers) or None,
-            return_state=True,
-            **kwargs,
-        )
-        if not state.is_completed():
-            state.result()  # raises the flow's cause
-            raise RuntimeError(f"refresh ended {state.type.value}: {state.message}")
-        summary = state.result()
+        with prefect_api():  # without PREFECT_API_URL: a temporary one that stops with this process
+            state = refresh_corpus(
+                sources=str(sources) if sources else None,
+                store=store,
+                pipeline_args=list(pipeline_args) or None,
+                servers=list(servers) or None,
+                return_state=True,
+                **kwargs,
+            )
+            if not state.is_completed():
+                state.result()  # raises the flow's cause
+                raise RuntimeError(f"refresh ended {state.type.value}: {state.message}")
+            summary = state.result()
     except Exception as error:  # noqa: BLE001 - report the flow's cause, whatever it was
         if as_json:
             _echo_failure(error, store, state)

@@ -7,6 +7,7 @@ infra/prefect/prefect.yaml) runs a targeted refresh on each.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -74,13 +75,20 @@ def watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here)
     `refresh-changed` deployment: a targeted refresh of only those URLs. With --refresh-here the
     watch runs those refreshes itself (still as Prefect flow runs). Runs until interrupted.
     """
+    if not refresh_here:
+        _need_api()
+    with contextlib.ExitStack() as stack:
+        if refresh_here:  # its flow runs need an API: the configured one, or a temporary one that stops with us
+            from flows.common.temporary_api import prefect_api
+
+            stack.enter_context(prefect_api())
+        _watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here)
+
+
+def _watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here) -> None:
     from flows.common.events import flush_events
     from flows.watch import LocalRefresher, Watcher
 
-    if not refresh_here:
-        _need_api()
-    else:
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     config, store = _load(sources), _store(store)
     refresher = None
     if refresh_here:
