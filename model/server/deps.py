@@ -1,7 +1,8 @@
-"""FastAPI dependencies: the server state, admission, the pinned index version, the admin token."""
+"""FastAPI dependencies: the server state, a JSON body's content type, admission, the pinned index version, the admin token."""
 
 from __future__ import annotations
 
+import email.message
 import secrets
 from typing import Annotated, AsyncIterator
 
@@ -27,6 +28,30 @@ def get_runtime(server: ServerDep) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def require_json_body(request: Request) -> None:
+    """Refuse a body that does not say it is JSON with a 415 that says what to send.
+
+    FastAPI only parses a body as JSON when ``Content-Type`` says so (a request without one is
+    how a web page reaches a loopback server without a CORS preflight), and a body it did not
+    parse fails validation with a 422 about "a valid dictionary", which hides the cause.
+    """
+    sent = request.headers.get("content-type")
+    if sent:
+        parsed = email.message.Message()
+        parsed["content-type"] = sent
+        subtype = parsed.get_content_subtype()
+        if parsed.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json")):
+            return
+    raise HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        f"the body must be JSON: send Content-Type: application/json "
+        f"({'the request had no Content-Type' if not sent else f'got Content-Type: {sent}'})",
+    )
+
+
+JsonBody = Depends(require_json_body)
 
 
 async def admit(server: ServerDep) -> AsyncIterator[None]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from model.schemas import ErrorBody, GenerateRequest, GenerateResponse
-from model.server.deps import Admitted, Pinned, RuntimeDep, ServerDep
+from model.server.deps import Admitted, JsonBody, Pinned, RuntimeDep, ServerDep
 from model.server.limits import LimitExceeded
 from model.server.routes.common import RETRIEVAL_OFF_NOTE, neighbour_out, run_model_work
 
-router = APIRouter(tags=["generate"])
+router = APIRouter(tags=["generate"], dependencies=[JsonBody])  # 415 unless the body is sent as JSON
 
 DEFAULT_NEW_TOKENS = 64
 
@@ -17,7 +17,7 @@ DEFAULT_NEW_TOKENS = 64
 @router.post(
     "/v1/generate",
     response_model=GenerateResponse,
-    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def generate(body: GenerateRequest, server: ServerDep, runtime: RuntimeDep, _: Admitted, loaded: Pinned) -> GenerateResponse:
     """Continue a prompt; neighbours are retrieved once per completed 64-token chunk."""

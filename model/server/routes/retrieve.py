@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from model.schemas import ErrorBody, RetrieveRequest, RetrieveResponse
-from model.server.deps import Admitted, Pinned, RuntimeDep, ServerDep
+from model.server.deps import Admitted, JsonBody, Pinned, RuntimeDep, ServerDep
 from model.server.routes.common import RETRIEVAL_OFF_NOTE, neighbour_out
 
-router = APIRouter(tags=["retrieve"])
+router = APIRouter(tags=["retrieve"], dependencies=[JsonBody])  # 415 unless the body is sent as JSON
 
 
 @router.post(
     "/v1/retrieve",
     response_model=RetrieveResponse,
-    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def retrieve(body: RetrieveRequest, server: ServerDep, runtime: RuntimeDep, _: Admitted, loaded: Pinned) -> RetrieveResponse:
     """k neighbours for each text; requests arriving together share one embed + search batch."""

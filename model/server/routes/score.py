@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from model.schemas import ErrorBody, ScoreRequest, ScoreResponse
-from model.server.deps import Admitted, Pinned, RuntimeDep, ServerDep
+from model.server.deps import Admitted, JsonBody, Pinned, RuntimeDep, ServerDep
 from model.server.routes.common import RETRIEVAL_OFF_NOTE, run_model_work
 
-router = APIRouter(tags=["score"])
+router = APIRouter(tags=["score"], dependencies=[JsonBody])  # 415 unless the body is sent as JSON
 
 
 @router.post(
     "/v1/score",
     response_model=ScoreResponse,
-    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def score(body: ScoreRequest, server: ServerDep, runtime: RuntimeDep, _: Admitted, loaded: Pinned) -> ScoreResponse:
     """Mean next-token loss (nats) and bits per UTF-8 byte of ``text``."""

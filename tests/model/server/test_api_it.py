@@ -209,6 +209,27 @@ def test_malformed_json_is_400(api):
     assert binary.status_code == 400
 
 
+@pytest.mark.parametrize("path", ["/v1/retrieve", "/v1/generate", "/v1/score"])
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_body_not_sent_as_json_is_415_saying_what_to_send(api, path, content_type):
+    """Valid JSON without ``Content-Type: application/json`` (none, or another) is not parsed: 415, not a 422."""
+    server, *_ = api
+    body = json.dumps({"text": "hello there"}) if path == "/v1/score" else json.dumps({"prompt": "hi"} if path == "/v1/generate" else {"text": "x"})
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = httpx.post(f"{server.url}{path}", content=body.encode(), headers=headers, timeout=30)
+    assert response.status_code == 415, response.text
+    detail = response.json()["detail"]
+    assert "send Content-Type: application/json" in detail
+    assert ("no Content-Type" in detail) if content_type is None else (f"got Content-Type: {content_type}" in detail)
+
+
+def test_json_media_types_with_parameters_or_a_json_suffix_are_accepted(api):
+    server, _, _, version = api
+    for content_type in ("application/json; charset=utf-8", "application/vnd.retrofresh+json"):
+        response = httpx.post(f"{server.url}/v1/retrieve", content=b'{"text": "museum", "k": 1}', headers={"Content-Type": content_type})
+        assert response.status_code == 200 and response.json()["index_version"] == version, response.text
+
+
 def test_oversized_bodies_are_413(api):
     server, *_ = api
     big = json.dumps({"text": "x" * 30_000}).encode()
