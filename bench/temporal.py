@@ -14,7 +14,8 @@ fresh version's chunk count) and retrained, with leakage control on.
   paragraph first, so an article's new value comes after its first 64-token chunk, the one that
   sees no neighbours), pages extracted with the ingest's own extractor. Stale = edition 0's
   version; fresh = edition FRESH_EDITION's version without the evaluated documents, which are the
-  news articles published after edition 0 (held out). Control = edition 0 plus edition 0 pages of
+  news articles published after edition 0 (held out); the site keeps its news archive, so both
+  versions hold edition 0's articles. Control = edition 0 plus edition 0 pages of
   other seeds of the world, to the fresh version's size. The model is trained, like the demo's,
   on edition 0: this world's and that of TRAIN_SEEDS other worlds (pages and one note per
   entity); the retrained control on that plus this world's fresh edition.

@@ -11,7 +11,7 @@ import random
 from typing import Iterator
 
 from beam_jobs.extract import ExtractionError, document_text, extract_html
-from beam_jobs.sample.world import ATTRIBUTES, SampleWorld
+from beam_jobs.sample.world import ATTRIBUTES, HISTORY_STEPS, SampleWorld
 
 
 def world_documents(seed: int, size: int = 1, edition: int = 0, *, notes: bool = True, news_lead: bool = False) -> Iterator[dict]:
@@ -51,8 +51,13 @@ def temporal_corpus(seed: int, size: int, fresh_edition: int, *, base_url: str, 
     ``train_seeds`` worlds, size 1, with notes: more pre-cutoff training text, as the demo's model
     is trained on), ``cutoff``, ``fresh_adds`` (False: the later edition replaces edition 0) and
     ``setup``.
+
+    The site keeps its news archive (retention through ``fresh_edition``): the fresh version
+    holds edition 0's articles too, so the two versions differ by what changed (the facts on
+    profiles and index pages, and the new articles, held out), not by the older articles'
+    template text only the stale one would have.
     """
-    world = SampleWorld(seed, size, news_lead=True)
+    world = SampleWorld(seed, size, news_lead=True, news_retention=HISTORY_STEPS + fresh_edition)
 
     def pages(w: SampleWorld, edition: int, base: str) -> dict[str, str]:
         ed = w.edition(edition)
@@ -78,5 +83,5 @@ def temporal_corpus(seed: int, size: int, fresh_edition: int, *, base_url: str, 
         "stale": stale, "fresh": fresh, "evaluated": evaluated, "evaluated_values": values, "padding": padding,
         "train_extra": train_extra, "cutoff": cutoff.isoformat(), "fresh_adds": False,
         "setup": {"seed": seed, "size": size, "stale_edition": 0, "fresh_edition": fresh_edition, "cutoff": cutoff.isoformat(),
-                  "news_lead": True, "train_worlds": f"seeds {seeds[0]}-{seeds[-1]} (size 1, edition 0, with notes)" if seeds else "none"},
+                  "news_lead": True, "news_retention": world.news_retention, "train_worlds": f"seeds {seeds[0]}-{seeds[-1]} (size 1, edition 0, with notes)" if seeds else "none"},
     }  # fmt: skip

@@ -34,6 +34,13 @@ def test_evaluated_articles_state_their_new_value_after_the_first_chunk(corpus):
     assert all(value in fresh_text for value in corpus["evaluated_values"].values())
 
 
+def test_the_fresh_version_keeps_the_articles_the_stale_one_has(corpus):
+    # Otherwise fresh vs stale compares "no article at all" with "articles of the same template".
+    stale_articles = {u for u in corpus["stale"] if "/news/" in u and not u.endswith("/news/")}
+    assert stale_articles and stale_articles <= set(corpus["fresh"])
+    assert all(corpus["fresh"][u] == corpus["stale"][u] for u in stale_articles)
+
+
 def test_without_a_lead_the_value_is_in_the_first_chunk_and_the_default_site_is_unchanged():
     # What the evaluation had before news_lead, and what the demo's site still serves.
     tokenizer = RetroTokenizer.load()
