@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     port: int = 8000
     admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload")
     reload_interval_s: float = Field(5.0, description="how often the server checks CURRENT")
+    reverify_interval_s: float = Field(
+        3600.0, ge=0,
+        description="how often the server hashes the served version's shard files again (0: never; ~1.7 s per GB)",
+    )
     device: str = Field("cpu", description="torch device for the model and the embedder")
     # Read by the Prefect flows when a deployment leaves them out (flows/).
     sources: str | None = Field(None, description="sources file (YAML) that a refresh ingests")

@@ -51,6 +51,31 @@ class SwapError(BaseModel):
     at: datetime
 
 
+class CorruptFile(BaseModel):
+    """A served shard file whose bytes no longer match the sha256 its ``shard.json`` records."""
+
+    shard: str
+    file: str
+    path: str
+    error: str
+
+
+class IndexVerification(BaseModel):
+    """The background re-verification of the served version's shard files (``RETROFRESH_REVERIFY_INTERVAL_S``)."""
+
+    interval_s: float = Field(description="seconds between passes; 0: off (POST /admin/reverify still runs one)")
+    passes: int = Field(0, description="passes completed since the process started")
+    version: str | None = Field(None, description="the version the last pass checked")
+    started_at: datetime | None = None
+    verified_at: datetime | None = Field(None, description="when the last pass finished; null before the first")
+    seconds: float | None = None
+    files: int = 0
+    bytes: int = 0
+    shards_ok: int = 0
+    shards_corrupt: list[str] = Field(default_factory=list, description="shards with a file that no longer matches")
+    corrupt_files: list[CorruptFile] = Field(default_factory=list)
+
+
 class IndexInfo(BaseModel):
     """``GET /v1/index``: the version being served."""
 
@@ -65,6 +90,7 @@ class IndexInfo(BaseModel):
     swaps: int = Field(0, description="versions swapped in since the process started (the first load included)")
     checked_at: datetime | None = Field(None, description="last time the server read CURRENT")
     last_error: SwapError | None = None
+    verification: IndexVerification | None = Field(None, description="the last re-verification of the served shards")
 
 
 # retrieve

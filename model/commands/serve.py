@@ -18,6 +18,8 @@ from model.config import Settings
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="local shard cache [RETROFRESH_CACHE_DIR].")
 @click.option("--embedder", "embedder_path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="query encoder directory (default: bundled all-MiniLM-L6-v2).")
 @click.option("--reload-interval", "reload_interval_s", type=float, help="seconds between checks of CURRENT [RETROFRESH_RELOAD_INTERVAL_S].")
+@click.option("--reverify-interval", "reverify_interval_s", type=click.FloatRange(min=0),
+              help="seconds between re-verifications of the served shards' sha256, 0: off [RETROFRESH_REVERIFY_INTERVAL_S, default 3600].")
 @click.option("--device", help="torch device [RETROFRESH_DEVICE].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
 def serve(log_level: str, **flags) -> None:

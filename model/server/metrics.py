@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server: requests, latencies, the version served, swaps and index age."""
+"""Prometheus metrics of one server: requests, latencies, the version served, swaps, index age, re-verification."""
 
 from __future__ import annotations
 
@@ -58,6 +58,23 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.age.set_function(self._age)
+        # Re-verification of the served shards (model/server/reverify.py).
+        self.verifications = Counter(
+            "retrofresh_index_verifications_total", "Re-verification passes over the served version's shard files",
+            registry=self.registry,
+        )
+        self.corrupt_found = Counter(
+            "retrofresh_index_corrupt_shards_found_total",
+            "Served shards a re-verification found corrupt that the pass before had not", registry=self.registry,
+        )
+        self.corrupt_shards = Gauge(
+            "retrofresh_index_corrupt_shards", "Shards of the served version the last re-verification found corrupt",
+            registry=self.registry,
+        )
+        self.last_verified = Gauge(
+            "retrofresh_index_last_verified_timestamp_seconds",
+            "Unix time the last re-verification of the served shards finished (0: none yet)", registry=self.registry,
+        )
         self._labelled_version: str | None = None
 
     def _age(self) -> float:

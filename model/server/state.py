@@ -1,4 +1,4 @@
-"""One server's state (runtime, index holder, batcher, limits, metrics) and its start-up and shutdown."""
+"""One server's state (runtime, index holder, re-verifier, batcher, limits, metrics) and its start-up and shutdown."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from model.config import Settings
 from model.server.batching import RetrieveBatcher
 from model.server.limits import Admission, Limits
 from model.server.metrics import ServerMetrics
+from model.server.reverify import Reverifier
 from model.server.runtime import Runtime, load_runtime
 from model.server.swap import IndexHolder, LoadedVersion, SwapFailure, Watcher
 
@@ -32,6 +33,7 @@ class ServerState:
     runtime: Runtime | None = None
     holder: IndexHolder | None = None
     watcher: Watcher | None = None
+    reverifier: Reverifier | None = None
     batcher: RetrieveBatcher | None = None
 
     @classmethod
@@ -75,8 +77,13 @@ class ServerState:
         # and /readyz says when it is in.
         self.watcher = Watcher(self.holder, self.settings.reload_interval_s)
         self.watcher.start()
+        self.reverifier = Reverifier(self.holder, self.settings.reverify_interval_s, self.metrics,
+                                     verifier=self.runtime.store.cache.verifier)
+        self.reverifier.start()
 
     async def stop(self) -> None:
+        if self.reverifier is not None:
+            await self.reverifier.stop()
         if self.watcher is not None:
             await self.watcher.stop()
         if self.batcher is not None:

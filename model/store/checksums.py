@@ -46,6 +46,18 @@ class Verifier:
                 self._memo[key] = known
         return known
 
+    def forget(self, path: Path) -> None:
+        """Drop what is remembered of ``path`` as it is now: its next use hashes it again.
+
+        For a file found corrupt without being rewritten (bit rot keeps size and mtime).
+        """
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._memo.pop((stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns), None)
+
     def verify(self, path: Path, expected: str, *, what: str) -> None:
         """Raise :class:`ChecksumMismatch` naming ``what`` unless ``path`` hashes to ``expected``.
 

@@ -487,6 +487,15 @@ class IndexView:
             seen = np.union1d(seen, shard.ids[keep])
             yield from shard.table.filter(pa.array(keep)).to_batches(max_chunksize=batch_size)
 
+    def local_files(self) -> list[tuple[str, str, Path, str]]:
+        """``(shard id, file name, local path, recorded sha256)`` of every file this view maps.
+
+        The paths were verified when the shards were loaded; :mod:`model.store.checksums` can
+        check them again (``model/server/reverify.py`` does, in the background).
+        """
+        return [(shard.meta.id, name, path, shard.meta.files[name].sha256)
+                for shard in list(self._shards) for name, path in shard.data.files.items()]
+
     def close(self) -> None:
         """Release the shards (after searches in flight finish). Idempotent."""
         with self._cond:

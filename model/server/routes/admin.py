@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from model.schemas import ErrorBody, ReloadResponse
+from model.schemas import ErrorBody, IndexVerification, ReloadResponse
 from model.server.deps import AdminOnly, ServerDep
 from model.server.routes.index import swap_error
 
@@ -22,3 +22,16 @@ async def reload(server: ServerDep, _: AdminOnly) -> ReloadResponse:
         raise HTTPException(503, "the server is still starting")
     result = await server.watcher.check_now(force=True)
     return ReloadResponse(current=result.current, version=result.version, swapped=result.swapped, error=swap_error(result.error))
+
+
+@router.post(
+    "/reverify",
+    response_model=IndexVerification,
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def reverify(server: ServerDep, _: AdminOnly) -> IndexVerification:
+    """Hash the served version's shard files again now and report what matches (off or not in the background)."""
+    if server.reverifier is None:
+        raise HTTPException(503, "the server is still starting")
+    await server.reverifier.verify_now()
+    return server.reverifier.report()

@@ -13,11 +13,15 @@ router = APIRouter(tags=["index"])
 
 @router.get("/v1/index", response_model=IndexInfo)
 async def index_info(server: ServerDep) -> IndexInfo:
-    """The version served now (version, created_at, documents, chunks, watermark, loaded_at) and the last swap error."""
+    """The version served now (version, created_at, documents, chunks, watermark, loaded_at), the last swap
+    error and the last re-verification of its shard files."""
     holder = server.holder
     if holder is None:
         return IndexInfo(version=None)
-    return describe(holder)
+    info = describe(holder)
+    if server.reverifier is not None:
+        info.verification = server.reverifier.report()
+    return info
 
 
 def describe(holder: IndexHolder) -> IndexInfo:
