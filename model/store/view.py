@@ -276,21 +276,48 @@ class IndexView:
         Returns:
             int64 (n, k), best first; -1 where fewer than k live chunks exist.
         """
+        return self.search_scored(queries, k, nprobe=nprobe)[0]
+
+    def search_scored(self, queries: np.ndarray, k: int, *, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like :meth:`search_ids`, with each neighbour's score and the shard that holds it.
+
+        Returns:
+            (chunk ids int64 (n, k), scores float32 (n, k), shard positions int32 (n, k), as in
+            :attr:`shards`), best first; id -1, score -inf and shard -1 where fewer than k exist.
+        """
         queries = self._check_queries(queries)
         with self._cond:
             if self._closed:
                 raise StoreError(f"index view {self.version} is closed")
             self._active += 1
         try:
-            out = np.full((len(queries), k), -1, np.int64)
+            ids = np.full((len(queries), k), -1, np.int64)
+            scores = np.full((len(queries), k), -np.inf, np.float32)
+            shard_no = np.full((len(queries), k), -1, np.int32)
             if len(queries) and k and self._shards:
                 for i, picked in enumerate(self._top_k(queries, k, [None] * len(queries), nprobe)):
-                    out[i, : len(picked)] = [self._shards[s].ids[row] for _, s, row in picked]
-            return out
+                    ids[i, : len(picked)] = [self._shards[s].ids[row] for _, s, row in picked]
+                    scores[i, : len(picked)] = [score for score, _, _ in picked]
+                    shard_no[i, : len(picked)] = [s for _, s, _ in picked]
+            return ids, scores, shard_no
         finally:
             with self._cond:
                 self._active -= 1
                 self._cond.notify_all()
+
+    def score_errors(self, queries: np.ndarray) -> np.ndarray:
+        """Per query and shard, the standard deviation of the error the shard's codes add to scores.
+
+        0 for exact shards; see :func:`model.store.faiss_index.score_error_std`.
+
+        Returns:
+            float64 (n, shards), shards in the order of :attr:`shards`.
+        """
+        queries = self._check_queries(queries)
+        out = np.zeros((len(queries), len(self._shards)))
+        for s, shard in enumerate(self._shards):
+            out[:, s] = faiss_index.score_error_std(shard.index, queries)
+        return out
 
     @property
     def max_nlist(self) -> int:

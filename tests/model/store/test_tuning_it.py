@@ -99,3 +99,48 @@ def test_any_version_id_can_be_tuned(ivf_store):
     odd = manifest.retuned(version="hand-made-1", nprobe=1, parent=manifest.version)  # not v{seq}-{hex}
     store.write_manifest(odd)
     assert store.tune("hand-made-1").met
+
+
+def test_the_score_error_model_matches_what_sq_codes_do():
+    import faiss
+
+    from model.store.faiss_index import score_error_std
+
+    corpus = Corpus(clusters=20, seed=5)
+    _, keys = corpus.docs(range(1000))
+    queries = corpus.queries(50, seed=9)
+    for codec, flat in (("SQ8", False), ("SQ4", False), ("Flat", True)):
+        index = faiss.index_factory(keys.shape[1], f"IVF16,{codec}", faiss.METRIC_INNER_PRODUCT)
+        index.train(keys)
+        decoded = index.sa_decode(index.sa_encode(keys))  # what search scores against
+        errors = queries @ (keys - decoded).T  # (queries, keys): exact minus coded score
+        predicted = score_error_std(index, queries)
+        if flat:
+            assert np.allclose(errors, 0, atol=1e-6) and not predicted.any()
+            continue
+        ratio = errors.std(axis=1) / predicted
+        assert 0.8 < np.median(ratio) < 1.25, (codec, np.median(ratio))
+
+
+def test_tuning_counts_the_codec_error_so_fresh_queries_get_the_recall(tmp_path):
+    # SQ4 codes are coarse enough that ranking by them loses recall no nprobe buys back: tuning
+    # must report that ceiling, and its estimate must be what held-out queries see against exact
+    # search over the float keys (measured against exhaustive search of the codes it was 1.0).
+    store = open_store(tmp_path / "store", cache_dir=tmp_path / "cache", policy=IndexPolicy(flat_max=400, codec="SQ4", nlist=32))
+    corpus = Corpus(clusters=40, seed=3)
+    chunks, vectors = corpus.docs(range(1500))
+    lineage = store.train_lineage(vectors, embedder=SPEC)
+    infos = [store.write_shard([chunks[i] for i in part], vectors[part], embedder=SPEC, lineage=lineage)
+             for part in np.array_split(np.arange(len(chunks)), 3)]
+    # A fixed version id: the probe sample is seeded by it.
+    store.publish(next_manifest(store, None, infos, search={"nprobe": 1}, version="v000001-00c0dec0"), expected_current=None)
+    result = store.tune(target=0.95)
+    assert not result.met and result.ceiling < 0.8 and dict(result.curve)[32] == result.ceiling
+    assert result.recall >= result.ceiling - 0.005
+    queries = corpus.queries(400, seed=5)
+    ids = np.array([c.chunk_id for c in chunks])
+    truth = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :2]]
+    with store.open() as view:
+        for nprobe in (result.nprobe, 32):
+            measured = recall_at_k(view.search_ids(queries, 2, nprobe=nprobe), truth)
+            assert abs(dict(result.curve)[nprobe] - measured) < 0.04, (nprobe, dict(result.curve)[nprobe], measured)
