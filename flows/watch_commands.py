@@ -77,19 +77,20 @@ def watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here)
     """
     if not refresh_here:
         _need_api()
+    config, store = _load(sources), _store(store)
     with contextlib.ExitStack() as stack:
         if refresh_here:  # its flow runs need an API: the configured one, or a temporary one that stops with us
             from flows.common.temporary_api import prefect_api
 
             stack.enter_context(prefect_api())
-        _watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here)
+        _watch(config, store, sources=sources, interval_s=interval_s, max_backoff_s=max_backoff_s, listen=listen,
+               once=once, refresh_here=refresh_here)
 
 
-def _watch(sources, store, interval_s, max_backoff_s, listen, once, refresh_here) -> None:
+def _watch(config, store: str, *, sources, interval_s, max_backoff_s, listen, once, refresh_here) -> None:
     from flows.common.events import flush_events
     from flows.watch import LocalRefresher, Watcher
 
-    config, store = _load(sources), _store(store)
     refresher = None
     if refresh_here:
         from model.config import get_settings

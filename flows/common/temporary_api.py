@@ -40,7 +40,7 @@ DEFAULT_STARTUP_TIMEOUT_S = 120.0
 
 
 @contextmanager
-def prefect_api(startup_timeout_s: float | None = None) -> Iterator[str]:
+def prefect_api(startup_timeout_s: float | None = None) -> Iterator[str | None]:
     """The Prefect API the block's flows talk to: the configured one, or a temporary one for the block.
 
     Args:
@@ -48,15 +48,17 @@ def prefect_api(startup_timeout_s: float | None = None) -> Iterator[str]:
             ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` if set, else 120 s.
 
     Yields:
-        The API URL. A temporary one is set as ``PREFECT_API_URL`` (environment and Prefect's
+        The API URL (None when none is configured and ``PREFECT_SERVER_ALLOW_EPHEMERAL_MODE`` is
+        off: the flow then fails with Prefect's own message). A temporary one is set as ``PREFECT_API_URL`` (environment and Prefect's
         global settings) while the block runs; afterwards Prefect's queued events and logs are
         sent and the server stops.
     """
     from prefect.context import refresh_global_settings_context
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     configured = PREFECT_API_URL.value()
-    if configured:
+    if configured or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        # Configured; or temporary servers are turned off, and Prefect's own error says to set one.
         yield configured
         return
     if startup_timeout_s is None:
@@ -179,10 +181,10 @@ class TemporaryPrefectAPI:
 
 
 def _announce(message: str) -> None:
-    # Through Prefect's logger, which prints INFO to the console (as its own temporary server does).
-    from prefect.logging import get_logger
-
-    get_logger("temporary_api").info(message)
+    # On stderr, as Prefect announces its own temporary server (its console logging may not be
+    # set up yet when the server starts before the first flow is imported).
+    LOG.info(message)
+    print(message, file=sys.stderr, flush=True)
 
 
 # the server process
