@@ -86,6 +86,33 @@ def test_refresh_json_failure_prints_one_object_with_the_error_and_the_step(pref
     assert "refresh failed" in result.stderr and open_store(store).current() == before
 
 
+def test_a_full_disk_at_the_lease_fails_the_refresh_cleanly(prefect_api, refreshed, tmp_path, monkeypatch):
+    """ENOSPC writing the lease: one JSON failure naming take-lease, no .tmp-* file left, the index as it was."""
+    import errno
+
+    from model.store import layout
+    from tests.flows.support import copy_store
+
+    store = copy_store(refreshed.store, tmp_path / "store")
+    before = {p.relative_to(store).as_posix(): p.read_bytes() for p in Path(store).rglob("*") if p.is_file()}
+    real_fsync = os.fsync
+
+    def fsync_on_a_full_disk(fd: int) -> None:
+        if f"/{layout.LEASES}{layout.TEMP_PREFIX}" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_on_a_full_disk)
+    result = CliRunner().invoke(cli, ["refresh", "--sources", str(refreshed.sources), "--store", store, "--json"])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert result.exit_code == 1, result.output
+    failure = json.loads(result.stdout)
+    assert failure["published"] is False and failure["error"]["type"] == "OSError"
+    assert failure["error"]["step"] == "take-lease" and "No space left on device" in failure["error"]["message"]
+    after = {p.relative_to(store).as_posix(): p.read_bytes() for p in Path(store).rglob("*") if p.is_file()}
+    assert after == before  # no .tmp-* file, no lease, CURRENT and every version as they were
+
+
 def test_refresh_json_failure_outside_a_task_names_the_function_the_flow_called(prefect_api, tmp_path, monkeypatch):
     monkeypatch.delenv("RETROFRESH_SOURCES", raising=False)
     result = CliRunner().invoke(cli, ["refresh", "--store", str(tmp_path / "store"), "--json"])
