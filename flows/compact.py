@@ -9,7 +9,7 @@ from prefect import flow
 from flows.tasks.artifacts import record_summary
 from flows.common.inputs import resolve_inputs
 from flows.tasks.notify import notify_servers
-from flows.tasks.store import compact_version, count_shards, publish_version, read_current, release_lease, take_lease
+from flows.tasks.store import compact_version, count_shards, holding_lease, publish_version, read_current
 from flows.tasks.validate import validate_version
 
 LOG = logging.getLogger(__name__)
@@ -42,22 +42,18 @@ def compact_index(
         ``{"version", "parent", "compacted", "shards_before", "shards_after"}``.
     """
     inputs = resolve_inputs(store, servers=servers)
-    lease = take_lease(inputs.store, "compact-index", lease_ttl_s)
-    try:
-        with lease.heartbeat():  # renewed every ttl/3 while this run is alive
-            current = read_current(inputs.store)
-            shards = count_shards(inputs.store, current) if current else 0
-            result = {"version": current, "parent": current, "compacted": False, "shards_before": shards, "shards_after": shards}
-            if current and shards >= min_shards:
-                candidate = compact_version(inputs.store, current)
-                validation = validate_version(inputs.store, candidate, parent=current, chunks_added=0, chunks_removed=0,
-                                              probe_queries=probe_queries, embedder_path=embedder_path)
-                candidate = validation["publish"]  # its copy with the tuned nprobe, if that changed
-                publish_version(inputs.store, candidate, current, lease)
-                notified = notify_servers(inputs.servers, inputs.token)
-                result |= {"version": candidate, "compacted": True, "shards_after": count_shards(inputs.store, candidate),
-                           "live_chunks": validation["live_chunks"], "servers_ok": sum(n.ok for n in notified)}
-            record_summary(COMPACTION_SUMMARY, f"Compaction of {inputs.store}", result)
-            return result
-    finally:
-        release_lease(lease)
+    with holding_lease(inputs.store, "compact-index", lease_ttl_s) as lease:
+        current = read_current(inputs.store)
+        shards = count_shards(inputs.store, current) if current else 0
+        result = {"version": current, "parent": current, "compacted": False, "shards_before": shards, "shards_after": shards}
+        if current and shards >= min_shards:
+            candidate = compact_version(inputs.store, current)
+            validation = validate_version(inputs.store, candidate, parent=current, chunks_added=0, chunks_removed=0,
+                                          probe_queries=probe_queries, embedder_path=embedder_path)
+            candidate = validation["publish"]  # its copy with the tuned nprobe, if that changed
+            publish_version(inputs.store, candidate, current, lease)
+            notified = notify_servers(inputs.servers, inputs.token)
+            result |= {"version": candidate, "compacted": True, "shards_after": count_shards(inputs.store, candidate),
+                       "live_chunks": validation["live_chunks"], "servers_ok": sum(n.ok for n in notified)}
+        record_summary(COMPACTION_SUMMARY, f"Compaction of {inputs.store}", result)
+        return result

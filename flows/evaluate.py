@@ -13,11 +13,10 @@ import httpx
 
 from prefect import flow, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows.tasks.artifacts import record_summary
 from flows.common.inputs import resolve_inputs
-from flows.common.retry import retry_if_transient
+from flows.common.retry import IO_RETRIES, QUICK_RETRIES
 from flows.common.temporal import (
     FactProbe,
     VersionScore,
@@ -99,7 +98,7 @@ def plot_path(output_dir: str | None) -> Path:
     return base / f"freshness-{runtime.flow_run.id or 'local'}.png"
 
 
-@task(name="list-changed-facts", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="list-changed-facts", **IO_RETRIES)
 def changed_facts(seed: int, size: int, edition: int | None, site_url: str | None, sources: str | None) -> list[FactProbe] | None:
     """The probes: every fact the world changed up to the edition that is the truth.
 
@@ -137,7 +136,7 @@ def edition_from_sources(sources: str, world) -> int | None:
     return None
 
 
-@task(name="score-versions", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="score-versions", **IO_RETRIES)
 def score_versions(store_uri: str, probes: list[FactProbe], *, k: int, last_versions: int, embedder_path: str | None) -> list[VersionScore]:
     """Fresh / stale / missing per probe, for each of the newest versions (oldest first)."""
     from model.embedder import Embedder
@@ -158,7 +157,7 @@ def score_versions(store_uri: str, probes: list[FactProbe], *, k: int, last_vers
     return scores
 
 
-@task(name="score-preferences", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="score-preferences", **IO_RETRIES)
 def score_preferences(store_uri: str, probes: list[FactProbe], server: str | None, checkpoint: str | None, embedder_path: str | None) -> list[bool | None]:
     """Per probe, whether the model prefers the current value (None: the fact has no older value)."""
     if server:
@@ -177,7 +176,7 @@ def score_preferences(store_uri: str, probes: list[FactProbe], server: str | Non
         return [model_prefers_new(nats, p) for p in probes]
 
 
-@task(name="record-freshness-artifacts", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="record-freshness-artifacts", **QUICK_RETRIES)
 def record_freshness_artifacts(scores: list[VersionScore], probes: list[FactProbe], preferences: list | None, plot: Path) -> None:
     """Table per version, table per fact (newest version), and the plot as markdown."""
     create_table_artifact([s.row() for s in scores], key=FRESHNESS_VERSIONS, description="Changed facts retrieved fresh, stale or missing, per version")

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows.common.inputs import resolve_inputs
-from flows.common.retry import retry_if_transient
+from flows.common.retry import IO_RETRIES, QUICK_RETRIES
 
 LOG = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def output_directory(output_dir: str | None) -> Path:
     return get_settings().cache_dir / "evaluations" / f"temporal-{runtime.flow_run.id or 'local'}"
 
 
-@task(name="score-conditions", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="score-conditions", **IO_RETRIES)
 def score_conditions(request) -> dict:
     """Score every document under every condition (reads the store: transient errors retry)."""
     from model.evaluation.conditions import run_temporal
@@ -110,7 +109,7 @@ def score_conditions(request) -> dict:
     return result
 
 
-@task(name="write-temporal-outputs", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="write-temporal-outputs", **QUICK_RETRIES)
 def write_temporal_outputs(result: dict, directory: Path) -> dict[str, Path]:
     """temporal.json, report.md and temporal.png in ``directory``."""
     from model.evaluation.report import write_outputs
@@ -129,7 +128,7 @@ def overlap_rows(result: dict) -> list[dict]:
     ]
 
 
-@task(name="record-temporal-artifacts", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="record-temporal-artifacts", **QUICK_RETRIES)
 def record_temporal_artifacts(result: dict, paths: dict[str, Path]) -> None:
     """The conditions table, the overlap table, and the report with the plot embedded as a data URI."""
     from model.evaluation.report import condition_rows, markdown

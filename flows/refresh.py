@@ -13,14 +13,13 @@ import time
 from datetime import datetime, timezone
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
 from flows.tasks.artifacts import record_refresh_artifacts
 from flows.tasks.ingest import IngestOutcome, run_ingest_job
 from flows.common.inputs import resolve_inputs
 from flows.tasks.notify import notify_servers
-from flows.common.retry import retry_if_transient
-from flows.tasks.store import compact_version, count_shards, publish_version, read_current, release_lease, take_lease
+from flows.common.retry import IO_RETRIES
+from flows.tasks.store import compact_version, count_shards, holding_lease, publish_version, read_current
 from flows.common.summary import RefreshSummary, document_counts, freshness_lag_s
 from flows.tasks.validate import validate_version
 
@@ -63,24 +62,20 @@ def refresh_corpus(
     """
     started, clock = datetime.now(timezone.utc), time.monotonic()
     inputs = resolve_inputs(store, sources, servers, need_sources=True)
-    lease = take_lease(inputs.store, "refresh-corpus", lease_ttl_s)
-    try:
-        with lease.heartbeat():  # renewed every ttl/3 while this run is alive
-            parent = read_current(inputs.store)
-            ingest = run_ingest_job(
-                inputs.sources, inputs.store, runner=runner, pipeline_args=pipeline_args, lease=lease,
-                poll_interval_s=poll_interval_s, embedder_path=embedder_path, tokenizer_path=tokenizer_path,
-            )
-            published, compacted_from, validation, notified = publish_ingest(
-                inputs, ingest, parent, lease, compact_threshold=compact_threshold, probe_queries=probe_queries,
-                embedder_path=embedder_path, recall_target=recall_target,
-            )
-            seconds = time.monotonic() - clock
-            summary = summarize_refresh(inputs.store, ingest, parent, published, compacted_from, validation, notified, started, seconds)
-            record_refresh_artifacts(summary)
-            return summary.to_dict()
-    finally:
-        release_lease(lease)
+    with holding_lease(inputs.store, "refresh-corpus", lease_ttl_s) as lease:
+        parent = read_current(inputs.store)
+        ingest = run_ingest_job(
+            inputs.sources, inputs.store, runner=runner, pipeline_args=pipeline_args, lease=lease,
+            poll_interval_s=poll_interval_s, embedder_path=embedder_path, tokenizer_path=tokenizer_path,
+        )
+        published, compacted_from, validation, notified = publish_ingest(
+            inputs, ingest, parent, lease, compact_threshold=compact_threshold, probe_queries=probe_queries,
+            embedder_path=embedder_path, recall_target=recall_target,
+        )
+        seconds = time.monotonic() - clock
+        summary = summarize_refresh(inputs.store, ingest, parent, published, compacted_from, validation, notified, started, seconds)
+        record_refresh_artifacts(summary)
+        return summary.to_dict()
 
 
 def publish_ingest(
@@ -110,7 +105,7 @@ def publish_ingest(
     return published, (draft if too_many else None), validation, notify_servers(inputs.servers, inputs.token)
 
 
-@task(name="summarize-refresh", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="summarize-refresh", **IO_RETRIES)
 def summarize_refresh(
     store_uri: str,
     ingest: IngestOutcome,

@@ -19,16 +19,14 @@ import time
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, runtime, task
-from prefect.cache_policies import NO_CACHE
 
 from flows.tasks.artifacts import record_refresh_artifacts
 from flows.tasks.ingest import run_ingest_job
 from flows.common.inputs import resolve_inputs
-from flows.common.lease import LeaseHeld
 from flows.common.pending import PendingBatch, PendingChanges
 from flows.refresh import publish_ingest, summarize_refresh
-from flows.common.retry import retry_if_transient
-from flows.tasks.store import IO_RETRIES, open_store, read_current, release_lease, take_lease
+from flows.common.retry import IO_RETRIES, QUICK_RETRIES
+from flows.tasks.store import holding_lease, open_store, read_current
 
 LOG = logging.getLogger(__name__)
 
@@ -68,31 +66,27 @@ def refresh_changed(
     inputs = resolve_inputs(store, sources, servers, need_sources=True)
     recorded = record_changes(inputs.store, urls or [])
     absorbed = absorb_waiting_runs(inputs.store)
-    lease = wait_for_lease(inputs.store, lease_ttl_s, lease_wait_s)
     passes, refused = [], []
-    try:
-        with lease.heartbeat():
-            for _ in range(max_passes):
-                batch = take_pending(inputs.store, max_urls)
-                if not batch.urls:
-                    break
-                started, clock = datetime.now(timezone.utc), time.monotonic()
-                parent = read_current(inputs.store)
-                ingest = run_ingest_job(inputs.sources, inputs.store, urls=list(batch.urls), max_targets=max_urls,
-                                        embedder_path=embedder_path, tokenizer_path=tokenizer_path, lease=lease)
-                published, compacted_from, validation, notified = publish_ingest(
-                    inputs, ingest, parent, lease, compact_threshold=compact_threshold, probe_queries=probe_queries, embedder_path=embedder_path,
-                )
-                clear_pending(inputs.store, batch, list(ingest.deferred))
-                summary = summarize_refresh(inputs.store, ingest, parent, published, compacted_from, validation, notified,
-                                            started, time.monotonic() - clock)
-                record_refresh_artifacts(summary)
-                record_job_steps(ingest.metrics, len(batch.urls))
-                refused.extend(ingest.refused)
-                fetched = len(batch.urls) - len(ingest.refused) - len(ingest.deferred)  # the rest wait for the next pass
-                passes.append(summary.to_dict() | {"urls": fetched, "refused": len(ingest.refused), "deferred": len(ingest.deferred)})
-    finally:
-        release_lease(lease)
+    with holding_lease(inputs.store, "refresh-changed", lease_ttl_s, wait_s=lease_wait_s) as lease:
+        for _ in range(max_passes):
+            batch = take_pending(inputs.store, max_urls)
+            if not batch.urls:
+                break
+            started, clock = datetime.now(timezone.utc), time.monotonic()
+            parent = read_current(inputs.store)
+            ingest = run_ingest_job(inputs.sources, inputs.store, urls=list(batch.urls), max_targets=max_urls,
+                                    embedder_path=embedder_path, tokenizer_path=tokenizer_path, lease=lease)
+            published, compacted_from, validation, notified = publish_ingest(
+                inputs, ingest, parent, lease, compact_threshold=compact_threshold, probe_queries=probe_queries, embedder_path=embedder_path,
+            )
+            clear_pending(inputs.store, batch, list(ingest.deferred))
+            summary = summarize_refresh(inputs.store, ingest, parent, published, compacted_from, validation, notified,
+                                        started, time.monotonic() - clock)
+            record_refresh_artifacts(summary)
+            record_job_steps(ingest.metrics, len(batch.urls))
+            refused.extend(ingest.refused)
+            fetched = len(batch.urls) - len(ingest.refused) - len(ingest.deferred)  # the rest wait for the next pass
+            passes.append(summary.to_dict() | {"urls": fetched, "refused": len(ingest.refused), "deferred": len(ingest.deferred)})
     if not passes:
         get_run_logger().info("nothing pending: an earlier run already published these changes")
     return {"passes": passes, "recorded": recorded, "absorbed_runs": absorbed, "refused": [list(r) for r in refused]}
@@ -116,7 +110,7 @@ def record_changes(store_uri: str, urls: list[str]) -> int:
     return len(urls) if PendingChanges(open_store(store_uri).backend).add(urls, origin=origin) else 0
 
 
-@task(name="absorb-waiting-runs", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="absorb-waiting-runs", **QUICK_RETRIES)
 def absorb_waiting_runs(store_uri: str) -> int:
     """Take over the URLs of this deployment's runs that have not started yet, and cancel them.
 
@@ -150,23 +144,6 @@ def absorb_waiting_runs(store_uri: str) -> int:
     if cancelled:
         get_run_logger().info("absorbed %d waiting runs", cancelled)
     return cancelled
-
-
-@task(name="wait-for-lease", cache_policy=NO_CACHE)
-def wait_for_lease(store_uri: str, ttl_s: float, wait_s: float, poll_s: float = 0.25):
-    """The refresh lease, waiting up to ``wait_s`` for the refresh that holds it to finish.
-
-    Raises:
-        LeaseHeld: still held after ``wait_s`` (the pending entries stay for the next run).
-    """
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return take_lease.fn(store_uri, "refresh-changed", ttl_s)
-        except LeaseHeld:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(poll_s)
 
 
 @task(name="take-pending", **IO_RETRIES)

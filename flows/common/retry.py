@@ -83,3 +83,19 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     if not transient:
         LOG.info("not retrying %s: %r is not a transient failure", getattr(task, "name", task), exc)
     return transient
+
+
+def transient_retries(*delays_s: float) -> dict[str, Any]:
+    """Prefect task options: retry once per delay (seconds before each try), transient failures only.
+
+    Results are never cached: a task reads or writes the store, whose state is the truth.
+    """
+    from prefect.cache_policies import NO_CACHE
+
+    return {"retries": len(delays_s), "retry_delay_seconds": list(delays_s), "retry_condition_fn": retry_if_transient, "cache_policy": NO_CACHE}
+
+
+# The retry policy of every task that retries; only I/O tasks do (STYLE.md). A task names one of these.
+IO_RETRIES = transient_retries(2, 10)  # store, Prefect API and model I/O: a hiccup passes in seconds
+QUICK_RETRIES = transient_retries(1, 5)  # artifacts, notifications, run lookups: cheap calls, retried soon
+JOB_RETRIES = transient_retries(30)  # a whole ingest job: one more try, after the service had time to recover

@@ -8,11 +8,10 @@ from __future__ import annotations
 import logging
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.tasks.notify import lagging_servers
-from flows.common.retry import retry_if_transient
+from flows.common.retry import QUICK_RETRIES
 from flows.common.summary import OUTCOMES, RefreshSummary
 
 LOG = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def summary_markdown(summary: RefreshSummary) -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="record-refresh-artifacts", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="record-refresh-artifacts", **QUICK_RETRIES)
 def record_refresh_artifacts(summary: RefreshSummary) -> None:
     """Attach the document-outcome table and the markdown summary to the running flow."""
     create_table_artifact(
@@ -103,7 +102,7 @@ def facts_markdown(title: str, facts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="record-summary", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="record-summary", **QUICK_RETRIES)
 def record_summary(key: str, title: str, facts: dict) -> None:
     """Attach a markdown summary under a stable key (compaction-summary, rollback-summary, gc-summary)."""
     create_markdown_artifact(facts_markdown(title, facts), key=key, description=title)

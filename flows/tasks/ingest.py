@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows.tasks.artifacts import DATAFLOW_JOB
 from flows.common.dataflow import JobStateSource, RestJobStateSource, job_location, wait_for_job
 from flows.common.lease import RefreshLease
-from flows.common.retry import retry_if_transient
+from flows.common.retry import JOB_RETRIES
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class IngestOutcome:
     deferred: list = field(default_factory=list)  # targeted runs: URLs over the run's limit
 
 
-@task(name="run-ingest", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="run-ingest", **JOB_RETRIES)
 def run_ingest_job(
     sources: str,
     store_uri: str,

@@ -10,9 +10,8 @@ import logging
 from dataclasses import asdict, dataclass
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
-from flows.common.retry import retry_if_transient
+from flows.common.retry import QUICK_RETRIES
 
 LOG = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def request_reload(server: str, *, token: str | None, timeout_s: float = 30.0) -
     return ReloadOutcome(server, answer.version == answer.current, 200, detail, answer.version, answer.swapped)
 
 
-@task(name="notify-server", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="notify-server", **QUICK_RETRIES)
 def notify_server(server: str, token: str | None, timeout_s: float = 30.0) -> ReloadOutcome:
     """Ask one server to reload the published version (retries while it cannot be reached)."""
     outcome = request_reload(server, token=token, timeout_s=timeout_s)

@@ -10,17 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import Iterator
 
 from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common.lease import RefreshLease
-from flows.common.retry import retry_if_transient
+from flows.common.lease import LeaseHeld, RefreshLease
+from flows.common.retry import IO_RETRIES
 
 LOG = logging.getLogger(__name__)
-
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_if_transient, "cache_policy": NO_CACHE}
 
 
 def open_store(store_uri: str):
@@ -55,6 +56,42 @@ def take_lease(store_uri: str, purpose: str, ttl_s: float = 600.0) -> RefreshLea
 def release_lease(lease: RefreshLease) -> bool:
     """Release the lease if it is still ours."""
     return lease.release()
+
+
+@task(name="wait-for-lease", cache_policy=NO_CACHE)
+def wait_for_lease(store_uri: str, purpose: str, ttl_s: float, wait_s: float, poll_s: float = 0.25) -> RefreshLease:
+    """The refresh lease, waiting up to ``wait_s`` for the refresh that holds it to finish.
+
+    Raises:
+        LeaseHeld: still held after ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return take_lease.fn(store_uri, purpose, ttl_s)
+        except LeaseHeld:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll_s)
+
+
+@contextmanager
+def holding_lease(store_uri: str, purpose: str, ttl_s: float, *, wait_s: float | None = None) -> Iterator[RefreshLease]:
+    """Hold the store's refresh lease for the block: take it, renew it every ttl/3, always release it.
+
+    Args:
+        store_uri: the store.
+        purpose: who holds it (the flow's name), shown to anyone the lease refuses.
+        ttl_s: how long the lease outlives a crashed holder.
+        wait_s: wait this long for a holder to finish (``wait-for-lease``); None: fail at once
+            with :class:`flows.common.lease.LeaseHeld` (``take-lease``).
+    """
+    lease = take_lease(store_uri, purpose, ttl_s) if wait_s is None else wait_for_lease(store_uri, purpose, ttl_s, wait_s)
+    try:
+        with lease.heartbeat():  # renewed every ttl/3 while this run is alive
+            yield lease
+    finally:
+        release_lease(lease)
 
 
 @task(name="read-current", **IO_RETRIES)
