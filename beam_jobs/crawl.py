@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_jobs.discover import MAX_SITEMAP_BYTES, extract_links, file_kind, parse_feed, parse_sitemap
 from beam_jobs.fetch import Fetcher, format_http_date, parse_http_date, utcnow
 from beam_jobs.metrics import count, count_failure
-from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource
+from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, NOT_MODIFIED, FetchResult, KnownDoc, Seed
 from model.ids import doc_id
 
@@ -260,3 +260,52 @@ class ReadFileDoFn(beam.DoFn):
             # needs no such care: its failure is observed under its own doc_id and it is kept.)
             yield beam.pvalue.TaggedOutput(INCOMPLETE, source.name)
         yield result
+
+
+class Crawl(beam.PTransform):
+    """A full run's reads: the parent ledger's rows -> every source's FetchResults.
+
+    Each site and feed is crawled by one worker (its pacing needs no coordination), with the
+    parent's documents of that source as conditional-request validators and removal probes;
+    each files source is listed on one worker and its files read in parallel.
+
+    Args:
+        config: the run's sources and fetch settings.
+
+    Returns:
+        ``{"results": FetchResults, "incomplete": names of files sources whose listing or
+        reading failed in part}``.
+
+    Example::
+
+        fetched = ledger_rows | "Crawl" >> Crawl(config)
+    """
+
+    def __init__(self, config: SourcesConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, ledger):
+        web = [s for s in self.config.sources if s.kind in ("site", "feed")]
+        files = [s for s in self.config.sources if s.kind == "files"]
+        known = ledger | "KnownBySource" >> beam.Map(lambda row: (row.source, row.known()))
+        crawled = (
+            ledger.pipeline
+            | "WebSources" >> beam.Create(web, reshuffle=False)
+            | "SpreadSources" >> beam.Reshuffle()
+            | "CrawlWeb" >> beam.ParDo(CrawlDoFn(self.config.fetch), known=beam.pvalue.AsMultiMap(known))
+        )
+        listed = (
+            ledger.pipeline
+            | "FileSources" >> beam.Create(files, reshuffle=False)
+            | "ListFiles" >> beam.ParDo(ListFilesDoFn()).with_outputs(INCOMPLETE, main="files")
+        )
+        read = (
+            listed.files
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadFiles" >> beam.ParDo(ReadFileDoFn()).with_outputs(INCOMPLETE, main="results")
+        )
+        return {
+            "results": (crawled, read.results) | "AllFetched" >> beam.Flatten(),
+            "incomplete": (listed[INCOMPLETE], read[INCOMPLETE]) | "AllIncomplete" >> beam.Flatten(),
+        }

@@ -23,7 +23,8 @@ def describe_job(result, options: PipelineOptions) -> dict:
     Beam's DataflowRunner with ``--dry_run=True`` builds the job (pipeline proto, options,
     container environment) and returns before staging or submitting anything. This renders the
     parts that would be sent: name, project, region, temp location, SDK container image(s), the
-    job's environment block, and the pipeline's steps.
+    job's environment block, and the pipeline's steps (``steps``: every composite step and the
+    labelled steps inside it, by label; ``graph``: composite -> its labelled steps).
 
     Args:
         result: what ``Pipeline.run()`` returned for the dry run (it carries ``.job``).
@@ -48,9 +49,10 @@ def describe_job(result, options: PipelineOptions) -> dict:
             payload = beam_runner_api_pb2.DockerPayload.FromString(environment.payload)
             images.append(payload.container_image)
     transforms = pipeline.components.transforms
-    steps = [transforms[t].unique_name for root in pipeline.root_transform_ids for t in transforms[root].subtransforms] or [
-        transforms[root].unique_name for root in pipeline.root_transform_ids
-    ]
+    top = [t for root in pipeline.root_transform_ids for t in transforms[root].subtransforms] or list(pipeline.root_transform_ids)
+    # The job's composite steps with the labelled steps inside each, as the Dataflow graph nests them.
+    graph = {transforms[t].unique_name: [transforms[s].unique_name.rsplit("/", 1)[-1] for s in transforms[t].subtransforms] for t in top}
+    steps = list(dict.fromkeys(name for composite, inner in graph.items() for name in (composite, *inner)))
     try:  # the environment block create_job would attach (rendered without staging anything)
         environment = MessageToDict(
             apiclient.Environment(
@@ -74,5 +76,6 @@ def describe_job(result, options: PipelineOptions) -> dict:
         "sdk_container_image": worker.sdk_container_image,
         "container_images": sorted(set(images)),
         "steps": steps,
+        "graph": graph,
         "environment": environment,
     }

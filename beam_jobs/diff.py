@@ -141,3 +141,40 @@ class DiffDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(TOMBSTONES, decision.tombstones)
         if decision.outcome in (NEW, CHANGED, DELETED):
             yield decision.outcome  # main output: the run's changes, so the writer knows if any
+
+
+class DiffAgainstLedger(beam.PTransform):
+    """This run's observations against the parent ledger, one document at a time (:func:`classify`).
+
+    The input is a dict of PCollections: ``ledger`` (the parent's LedgerRows), ``observations``
+    and ``incomplete`` (source names, as :class:`beam_jobs.extract.Extract` returns them).
+
+    Args:
+        source_kinds: configured source name -> kind.
+        source_order: the configured source names, in order (the earliest wins a duplicate).
+        now: the run's start (first_seen of new documents).
+
+    Returns:
+        ``{"changes": one outcome per new, changed or deleted document, "ledger": rows carried
+        over, "to_chunk": ToChunk of new and changed documents, "tombstones": chunk id tuples}``.
+    """
+
+    def __init__(self, source_kinds: dict[str, str], source_order: list[str], now: datetime):
+        super().__init__()
+        self.source_kinds = dict(source_kinds)
+        self.source_order = list(source_order)
+        self.now = now
+
+    def expand(self, parts: dict):
+        diff = (
+            {
+                "old": parts["ledger"] | "OldByDoc" >> beam.Map(lambda row: (row.doc_id, row)),
+                "new": parts["observations"] | "NewByDoc" >> beam.Map(lambda obs: (obs.doc_id, obs)),
+            }
+            | "JoinLedger" >> beam.CoGroupByKey()
+            | "Diff"
+            >> beam.ParDo(
+                DiffDoFn(self.source_kinds, self.source_order, self.now), incomplete=beam.pvalue.AsList(parts["incomplete"])
+            ).with_outputs(LEDGER, TO_CHUNK, TOMBSTONES, main="changes")
+        )
+        return {"changes": diff.changes, LEDGER: diff[LEDGER], TO_CHUNK: diff[TO_CHUNK], TOMBSTONES: diff[TOMBSTONES]}

@@ -7,10 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.utils import shared
 
+from beam_jobs.chunk import LEDGER as CHUNK_LEDGER, ChunkDoFn
 from beam_jobs.metrics import timed
 from model.chunking import Chunk
 from model.embedder import DEFAULT_EMBEDDER_NAME, EmbedderSpec, default_embedder_path, weights_sha256
@@ -144,3 +146,31 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
 
     def share_model_across_processes(self) -> bool:
         return self.share_across_processes
+
+
+class ChunkAndEmbed(beam.PTransform):
+    """New and changed documents (ToChunk) -> their chunks' key vectors and new ledger rows.
+
+    Args:
+        tokenizer_json, tokenizer_name, tokenizer_sha256: the model's tokenizer, as for
+            :class:`beam_jobs.chunk.ChunkDoFn`.
+        handler: the RunInference handler that embeds chunks (:class:`ChunkEmbeddingHandler`).
+
+    Returns:
+        ``{"embedded": (Chunk, float32 vector) pairs, "ledger": one LedgerRow per document, with
+        its chunk ids}``.
+
+    Example::
+
+        parts = to_chunk | "ChunkAndEmbed" >> ChunkAndEmbed(json_text, name, sha256, ChunkEmbeddingHandler(path))
+    """
+
+    def __init__(self, tokenizer_json: str, tokenizer_name: str, tokenizer_sha256: str, handler: ModelHandler):
+        super().__init__()
+        self.tokenizer = (tokenizer_json, tokenizer_name, tokenizer_sha256)
+        self.handler = handler
+
+    def expand(self, to_chunk):
+        chunked = to_chunk | "Chunk" >> beam.ParDo(ChunkDoFn(*self.tokenizer)).with_outputs(CHUNK_LEDGER, main="chunks")
+        embedded = chunked.chunks | "Embed" >> RunInference(self.handler)
+        return {"embedded": embedded, "ledger": chunked[CHUNK_LEDGER]}

@@ -375,3 +375,36 @@ class ExtractDoFn(beam.DoFn):
             elif result.outcome == FETCHED:
                 count("extracted")
             yield observation
+
+
+class Extract(beam.PTransform):
+    """What a Crawl read -> Observations, and every source whose documents must not be deleted.
+
+    Args:
+        documents: the per-document limits (``SourcesConfig.documents``).
+        tokenizer_json: the model tokenizer's ``tokenizer.json`` text (to count chunks exactly).
+
+    Returns:
+        ``{"observations": Observations, "incomplete": distinct source names}``: the input's
+        incomplete sources plus those with a record that could not be extracted.
+
+    Example::
+
+        documents = (ledger_rows | Crawl(config)) | "Extract" >> Extract(config.documents, tokenizer_json)
+    """
+
+    def __init__(self, documents, tokenizer_json: str | None = None):
+        super().__init__()
+        self.documents = documents
+        self.tokenizer_json = tokenizer_json
+
+    def expand(self, fetched: dict):
+        extracted = fetched["results"] | "ExtractText" >> beam.ParDo(
+            ExtractDoFn(self.documents.max_bytes, self.documents.max_chunks, self.tokenizer_json)
+        ).with_outputs(INCOMPLETE, main="observations")
+        incomplete = (
+            (fetched["incomplete"], extracted[INCOMPLETE])
+            | "AllIncomplete" >> beam.Flatten()
+            | "IncompleteSources" >> beam.Distinct()
+        )
+        return {"observations": extracted.observations, "incomplete": incomplete}

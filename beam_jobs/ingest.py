@@ -1,7 +1,10 @@
 """The ingest job: sources -> one delta shard, ledger and tombstones in the store (a draft version).
 
-    discover+fetch (crawl) -> extract -> diff vs parent ledger -> chunk -> embed (RunInference)
-    -> write delta (one worker)
+    ReadLedger -> Crawl (discover + fetch; FetchTargets for a targeted run) -> Extract
+    -> DiffAgainstLedger -> ChunkAndEmbed (RunInference) -> WriteDelta (one worker)
+
+Each step is a composite PTransform in its stage's module (beam_jobs/write.py, crawl.py,
+targets.py, extract.py, diff.py, embed.py); ``build_pipeline`` chains them.
 
 Run it in-process (``runner="local"``, Beam's FnApiRunner), with one worker process per core
 (``"multiprocess"``), or on Dataflow with the standard Beam options::
@@ -25,20 +28,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import StandardOptions
 
 from beam_jobs import metrics
-from beam_jobs.chunk import LEDGER as CHUNK_LEDGER, ChunkDoFn
-from beam_jobs.crawl import CrawlDoFn, ListFilesDoFn, ReadFileDoFn
-from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffDoFn
-from beam_jobs.embed import ChunkEmbeddingHandler, embedder_spec
-from beam_jobs.extract import ExtractDoFn
+from beam_jobs.crawl import Crawl
+from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffAgainstLedger
+from beam_jobs.embed import ChunkAndEmbed, ChunkEmbeddingHandler, embedder_spec
+from beam_jobs.extract import Extract
 from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_options
 from beam_jobs.sources import SourcesConfig, load_sources
-from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargetsDoFn, StatTargetFilesDoFn, Targets, resolve_targets
-from beam_jobs.types import INCOMPLETE
-from beam_jobs.write import DELTA_KEY, DraftSpec, ReadLedgerDoFn, WriteDeltaDoFn
+from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargets, Targets, resolve_targets
+from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
 from model.embedder import EmbedderSpec
 from model.store.errors import IncompatibleIndex
 from model.tokenizer import RetroTokenizer
@@ -70,8 +70,12 @@ class IngestResult:
         seconds: wall time of the run (launch only, with ``wait=False``).
         job_id: Dataflow job id (None locally and for a dry run).
         dataflow_url: the job's page in the Cloud console.
-        state: the Beam pipeline state at return (DONE, RUNNING, ...).
+        state: the Beam pipeline state at return (DONE, RUNNING, ...); for a Dataflow job that
+            was followed to its end, its last state.
         dataflow_job: for a Dataflow ``--dry_run=True``: the job it would have submitted.
+        refused: a targeted run's URLs that belong to no source, with why: never fetched.
+        deferred: a targeted run's accepted URLs over its limit, left for the next run.
+        states: every state the job was seen in, in order (``[state]`` unless it was followed).
     """
 
     version: str | None
@@ -84,8 +88,13 @@ class IngestResult:
     dataflow_url: str | None = None
     state: str = "DONE"
     dataflow_job: dict | None = field(default=None, repr=False)
-    refused: list[tuple[str, str]] = field(default_factory=list)  # targeted runs: (url, why), never fetched
-    deferred: list[str] = field(default_factory=list)  # targeted runs: accepted URLs over the run's limit
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.states:
+            self.states = [self.state]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,143 +158,51 @@ def check_embedder(spec: EmbedderSpec, parent_manifest) -> None:
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
-    """Add the ingest job's transforms to a pipeline.
+    """Add the ingest job's transforms to a pipeline: the procedure, one composite per step.
 
     Args:
         pipeline: an empty pipeline with the run's options.
         plan: what to read, where to write, and with which tokenizer and encoder.
     """
     config = plan.config
-    web = [s for s in config.sources if s.kind in ("site", "feed")]
-    files = [s for s in config.sources if s.kind == "files"]
-
-    ledger = (
-        pipeline
-        | "ParentVersion" >> beam.Create([plan.parent] if plan.parent else [], reshuffle=False)
-        | "ReadLedger" >> beam.ParDo(ReadLedgerDoFn(plan.store_uri))
-        | "SpreadLedger" >> beam.Reshuffle()
+    ledger = pipeline | "ReadLedger" >> ReadLedger(plan.store_uri, plan.parent)
+    read = Crawl(config) if plan.targets is None else FetchTargets(config, plan.targets)
+    fetched = ledger | "Crawl" >> read
+    documents = fetched | "Extract" >> Extract(config.documents, plan.tokenizer_json)
+    diff = {"ledger": ledger, **documents} | "DiffAgainstLedger" >> DiffAgainstLedger(
+        {s.name: s.kind for s in config.sources}, config.names, plan.started_at
     )
-    known = ledger | "KnownBySource" >> beam.Map(lambda row: (row.source, row.known()))
-
-    if plan.targets is None:
-        crawled, read_results, unlisted = _read_sources(pipeline, config, web, files, known)
-    else:
-        crawled, read_results, unlisted = _read_targets(pipeline, config, plan.targets, known)
-    extracted = (
-        (crawled, read_results)
-        | "AllFetched" >> beam.Flatten()
-        | "Extract"
-        >> beam.ParDo(ExtractDoFn(config.documents.max_bytes, config.documents.max_chunks, plan.tokenizer_json)).with_outputs(
-            INCOMPLETE, main="observations"
-        )
+    chunked = diff[TO_CHUNK] | "ChunkAndEmbed" >> ChunkAndEmbed(
+        plan.tokenizer_json, plan.tokenizer_name, plan.tokenizer_sha256, embedding_handler(plan)
     )
-    incomplete = (
-        (*unlisted, extracted[INCOMPLETE])
-        | "AllIncomplete" >> beam.Flatten()
-        | "IncompleteSources" >> beam.Distinct()
-    )
+    rows = (diff[LEDGER], chunked["ledger"]) | "AllLedgerRows" >> beam.Flatten()
+    delta = {"embedded": chunked["embedded"], "ledger": rows, "tombstones": diff[TOMBSTONES], "changes": diff["changes"]}
+    delta | "WriteDelta" >> WriteDelta(draft_spec(plan))
 
-    diff = (
-        {
-            "old": ledger | "OldByDoc" >> beam.Map(lambda row: (row.doc_id, row)),
-            "new": extracted.observations | "NewByDoc" >> beam.Map(lambda obs: (obs.doc_id, obs)),
-        }
-        | "JoinLedger" >> beam.CoGroupByKey()
-        | "Diff"
-        >> beam.ParDo(
-            DiffDoFn({s.name: s.kind for s in config.sources}, config.names, plan.started_at),
-            incomplete=beam.pvalue.AsList(incomplete),
-        ).with_outputs(LEDGER, TO_CHUNK, TOMBSTONES, main="changes")
-    )
-    chunked = diff[TO_CHUNK] | "Chunk" >> beam.ParDo(
-        ChunkDoFn(plan.tokenizer_json, plan.tokenizer_name, plan.tokenizer_sha256)
-    ).with_outputs(CHUNK_LEDGER, main="chunks")
-    embedded = chunked.chunks | "Embed" >> RunInference(
-        ChunkEmbeddingHandler(
-            plan.embedder_path,
-            max_length=plan.embedder.max_length,
-            encode_batch_size=plan.embed_batch_size,
-            min_batch_size=4 * plan.embed_batch_size,
-            max_batch_size=16 * plan.embed_batch_size,
-            torch_threads=plan.torch_threads,
-        )
-    )
-    rows = (diff[LEDGER], chunked[CHUNK_LEDGER]) | "AllLedgerRows" >> beam.Flatten()
 
-    def keyed(label: str, pcoll):
-        return pcoll | label >> beam.Map(lambda value: (DELTA_KEY, value))
-
-    (
-        {
-            "embedded": keyed("KeyEmbedded", embedded),
-            "ledger": keyed("KeyLedger", rows),
-            "tombstones": keyed("KeyTombstones", diff[TOMBSTONES]),
-            "changes": keyed("KeyChanges", diff.changes),
-        }
-        | "GatherDelta" >> beam.CoGroupByKey()
-        | "WriteDelta"
-        >> beam.ParDo(
-            WriteDeltaDoFn(
-                DraftSpec(
-                    store_uri=plan.store_uri,
-                    version=plan.version,
-                    parent=plan.parent,
-                    embedder=plan.embedder,
-                    tokenizer_name=plan.tokenizer_name,
-                    tokenizer_sha256=plan.tokenizer_sha256,
-                    sources=tuple(config.names),
-                )
-            )
-        )
+def embedding_handler(plan: IngestPlan) -> ChunkEmbeddingHandler:
+    """The RunInference handler of a run: its encoder, in Beam batches of 4 to 16 encoder passes."""
+    return ChunkEmbeddingHandler(
+        plan.embedder_path,
+        max_length=plan.embedder.max_length,
+        encode_batch_size=plan.embed_batch_size,
+        min_batch_size=4 * plan.embed_batch_size,
+        max_batch_size=16 * plan.embed_batch_size,
+        torch_threads=plan.torch_threads,
     )
 
 
-def _read_sources(pipeline: beam.Pipeline, config: SourcesConfig, web: list, files: list, known):
-    """A full run: crawl every site and feed, list and read every files source.
-
-    Returns:
-        (web FetchResults, file FetchResults, PCollections of incomplete source names).
-    """
-    crawled = (
-        pipeline
-        | "WebSources" >> beam.Create(web, reshuffle=False)
-        | "SpreadSources" >> beam.Reshuffle()
-        | "Crawl" >> beam.ParDo(CrawlDoFn(config.fetch), known=beam.pvalue.AsMultiMap(known))
+def draft_spec(plan: IngestPlan) -> DraftSpec:
+    """What the writer records in the draft version besides the data."""
+    return DraftSpec(
+        store_uri=plan.store_uri,
+        version=plan.version,
+        parent=plan.parent,
+        embedder=plan.embedder,
+        tokenizer_name=plan.tokenizer_name,
+        tokenizer_sha256=plan.tokenizer_sha256,
+        sources=tuple(plan.config.names),
     )
-    listed = (
-        pipeline
-        | "FileSources" >> beam.Create(files, reshuffle=False)
-        | "ListFiles" >> beam.ParDo(ListFilesDoFn()).with_outputs(INCOMPLETE, main="files")
-    )
-    read = (
-        listed.files
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadFiles" >> beam.ParDo(ReadFileDoFn()).with_outputs(INCOMPLETE, main="results")
-    )
-    return crawled, read.results, (listed[INCOMPLETE], read[INCOMPLETE])
-
-
-def _read_targets(pipeline: beam.Pipeline, config: SourcesConfig, targets: Targets, known):
-    """A targeted run: fetch only the named URLs (one element per web source, for its pacing),
-    look up and read only the named files. Every source counts as incomplete, so a document that
-    was not named is kept as it is, never deleted for being absent.
-    """
-    web = [(config.source(name), urls) for name, urls in targets.by_source.items() if config.source(name).kind != "files"]
-    paths = [(config.source(name), path) for name, urls in targets.by_source.items() if config.source(name).kind == "files" for path in urls]
-    crawled = (
-        pipeline
-        | "TargetSources" >> beam.Create(web, reshuffle=False)
-        | "FetchTargets" >> beam.ParDo(FetchTargetsDoFn(config.fetch), known=beam.pvalue.AsMultiMap(known))
-    )
-    stat = (
-        pipeline
-        | "TargetFiles" >> beam.Create(paths, reshuffle=False)
-        | "StatFiles" >> beam.ParDo(StatTargetFilesDoFn()).with_outputs("results", main="files")
-    )
-    read = stat.files | "ReadFiles" >> beam.ParDo(ReadFileDoFn()).with_outputs(INCOMPLETE, main="results")
-    results = (stat.results, read.results) | "FileResults" >> beam.Flatten()
-    everything = pipeline | "AllSourcesIncomplete" >> beam.Create(list(config.names), reshuffle=False)
-    return crawled, results, (everything, read[INCOMPLETE])
 
 
 def run_ingest(

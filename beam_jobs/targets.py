@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.crawl import count_fetch
+from beam_jobs.crawl import ReadFileDoFn, count_fetch
 from beam_jobs.fetch import Fetcher, utcnow
 from beam_jobs.metrics import count, timed
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
-from beam_jobs.types import GONE, FetchResult, KnownDoc
+from beam_jobs.types import GONE, INCOMPLETE, FetchResult, KnownDoc
 from model.ids import canonical_url, doc_id
 
 LOG = logging.getLogger(__name__)
@@ -200,3 +200,47 @@ class StatTargetFilesDoFn(beam.DoFn):
         result = FetchResult(url=path, source=source.name, outcome=GONE, status=404, fetched_at=datetime.now(timezone.utc))
         count_fetch(result)
         yield beam.pvalue.TaggedOutput("results", result)
+
+
+class FetchTargets(beam.PTransform):
+    """A targeted run's reads: the parent ledger's rows -> FetchResults of only the named URLs.
+
+    One element per web source (for its pacing) fetches that source's named URLs; named files
+    are looked up and read. Every configured source counts as incomplete, so a document that was
+    not named is kept as it is, never deleted for being absent.
+
+    Args:
+        config: the run's sources and fetch settings.
+        targets: the accepted URLs by source (:func:`resolve_targets`).
+
+    Returns:
+        ``{"results": FetchResults, "incomplete": every source's name}``, as :class:`beam_jobs.crawl.Crawl`.
+    """
+
+    def __init__(self, config: SourcesConfig, targets: Targets):
+        super().__init__()
+        self.config = config
+        self.targets = targets
+
+    def expand(self, ledger):
+        config, pipeline = self.config, ledger.pipeline
+        by_source = [(config.source(name), urls) for name, urls in self.targets.by_source.items()]
+        web = [(source, urls) for source, urls in by_source if source.kind != "files"]
+        paths = [(source, path) for source, urls in by_source if source.kind == "files" for path in urls]
+        known = ledger | "KnownBySource" >> beam.Map(lambda row: (row.source, row.known()))
+        crawled = (
+            pipeline
+            | "TargetSources" >> beam.Create(web, reshuffle=False)
+            | "FetchTargets" >> beam.ParDo(FetchTargetsDoFn(config.fetch), known=beam.pvalue.AsMultiMap(known))
+        )
+        stat = (
+            pipeline
+            | "TargetFiles" >> beam.Create(paths, reshuffle=False)
+            | "StatFiles" >> beam.ParDo(StatTargetFilesDoFn()).with_outputs("results", main="files")
+        )
+        read = stat.files | "ReadFiles" >> beam.ParDo(ReadFileDoFn()).with_outputs(INCOMPLETE, main="results")
+        everything = pipeline | "AllSourcesIncomplete" >> beam.Create(list(config.names), reshuffle=False)
+        return {
+            "results": (crawled, stat.results, read.results) | "AllFetched" >> beam.Flatten(),
+            "incomplete": (everything, read[INCOMPLETE]) | "AllIncomplete" >> beam.Flatten(),
+        }

@@ -40,18 +40,51 @@ def ledger_rows_to_table(rows: list[LedgerRow]):
 
 
 class ReadLedgerDoFn(beam.DoFn):
-    """Parent version id -> its ledger rows (as LedgerRow)."""
+    """Parent version id -> its ledger rows (as LedgerRow). The store is opened once per worker."""
 
     def __init__(self, store_uri: str):
         self.store_uri = store_uri
+        self._store = None
 
-    def process(self, version: str) -> Iterator[LedgerRow]:
+    def setup(self) -> None:
         from model.store import open_store
 
-        table = open_store(self.store_uri).read_ledger(version)
+        self._store = open_store(self.store_uri)
+
+    def process(self, version: str) -> Iterator[LedgerRow]:
+        table = self._store.read_ledger(version)
         count("parent_documents", table.num_rows)
         for row in table.to_pylist():
             yield LedgerRow.from_dict(row)
+
+    def teardown(self) -> None:
+        self._store = None
+
+
+class ReadLedger(beam.PTransform):
+    """The parent version's ledger as LedgerRows, spread over the workers (none for an empty store).
+
+    Args:
+        store_uri: the index store.
+        parent: the version the run is diffed against (``CURRENT`` at launch), or None.
+
+    Example::
+
+        rows = pipeline | "ReadLedger" >> ReadLedger("gs://bucket/index", "v000003-1a2b")
+    """
+
+    def __init__(self, store_uri: str, parent: str | None):
+        super().__init__()
+        self.store_uri = store_uri
+        self.parent = parent
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ParentVersion" >> beam.Create([self.parent] if self.parent else [], reshuffle=False)
+            | "ReadRows" >> beam.ParDo(ReadLedgerDoFn(self.store_uri))
+            | "Spread" >> beam.Reshuffle()
+        )
 
 
 @dataclass(frozen=True)
@@ -76,6 +109,15 @@ class WriteDeltaDoFn(beam.DoFn):
 
     def __init__(self, spec: DraftSpec):
         self.spec = spec
+        self._store = None
+
+    def setup(self) -> None:
+        from model.store import open_store
+
+        self._store = open_store(self.spec.store_uri)
+
+    def teardown(self) -> None:
+        self._store = None
 
     def process(self, element) -> Iterator[dict]:
         with timed("write"):
@@ -84,7 +126,7 @@ class WriteDeltaDoFn(beam.DoFn):
             yield written
 
     def _write(self, element) -> dict | None:
-        from model.store import Manifest, open_store
+        from model.store import Manifest
 
         _, grouped = element
         rows: list[LedgerRow] = list(grouped["ledger"])
@@ -97,7 +139,7 @@ class WriteDeltaDoFn(beam.DoFn):
         spec = self.spec
         embedded = sorted(grouped["embedded"], key=lambda pair: pair[0].chunk_id)
         tombstones = sorted({int(t) for ids in grouped["tombstones"] for t in ids})
-        store = open_store(spec.store_uri)
+        store = self._store
         parent = store.manifest(spec.parent) if spec.parent else None
         shards = []
         if embedded:
@@ -126,3 +168,30 @@ class WriteDeltaDoFn(beam.DoFn):
         count("drafts_written")
         LOG.info("draft %s: %d chunks in %d shard(s), %d tombstones, %d documents", spec.version, len(embedded), len(shards), len(tombstones), len(rows))
         return {"version": spec.version, "chunks": len(embedded), "tombstones": len(tombstones), "documents": len(rows), "at": datetime.now().isoformat()}
+
+
+class WriteDelta(beam.PTransform):
+    """The run's delta -> one draft version in the store (nothing when no document changed).
+
+    The input is a dict of PCollections: ``embedded`` (chunk, vector) pairs, ``ledger`` rows of
+    every live document, ``tombstones`` (tuples of chunk ids) and ``changes`` (one outcome per new,
+    changed or deleted document). They are gathered under one key, so one worker writes the
+    shard, the ledger and the manifest. The output holds one summary dict per draft written.
+
+    Example::
+
+        summary = {"embedded": pairs, "ledger": rows, "tombstones": ids, "changes": outcomes} | WriteDelta(spec)
+    """
+
+    PARTS = ("embedded", "ledger", "tombstones", "changes")
+
+    def __init__(self, spec: DraftSpec):
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, parts: dict):
+        missing = set(self.PARTS) - set(parts)
+        if missing:
+            raise ValueError(f"WriteDelta needs the PCollections {', '.join(self.PARTS)}; missing {', '.join(sorted(missing))}")
+        keyed = {name: parts[name] | f"Key{name.capitalize()}" >> beam.Map(lambda value: (DELTA_KEY, value)) for name in self.PARTS}
+        return keyed | "GatherDelta" >> beam.CoGroupByKey() | "Write" >> beam.ParDo(WriteDeltaDoFn(self.spec))

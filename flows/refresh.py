@@ -11,17 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from prefect import flow, task
 
 from flows.tasks.artifacts import record_refresh_artifacts
-from flows.tasks.ingest import IngestOutcome, run_ingest_job
+from flows.tasks.ingest import run_ingest_job
 from flows.common.inputs import resolve_inputs
 from flows.tasks.notify import notify_servers
 from flows.common.retry import IO_RETRIES
 from flows.tasks.store import compact_version, count_shards, holding_lease, publish_version, read_current
 from flows.common.summary import RefreshSummary, document_counts, freshness_lag_s
 from flows.tasks.validate import validate_version
+
+if TYPE_CHECKING:
+    from beam_jobs.ingest import IngestResult
 
 LOG = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ def refresh_corpus(
 
 
 def publish_ingest(
-    inputs, ingest: IngestOutcome, parent: str | None, lease, *, compact_threshold: int, probe_queries: int,
+    inputs, ingest: IngestResult, parent: str | None, lease, *, compact_threshold: int, probe_queries: int,
     embedder_path: str | None, recall_target: float = 0.95,
 ) -> tuple[tuple[str, str] | None, str | None, dict | None, list]:
     """What follows an ingest that wrote a draft: compact if needed, validate (and tune), publish, notify.
@@ -108,7 +112,7 @@ def publish_ingest(
 @task(name="summarize-refresh", **IO_RETRIES)
 def summarize_refresh(
     store_uri: str,
-    ingest: IngestOutcome,
+    ingest: IngestResult,
     parent: str | None,
     published: tuple[str, str] | None,
     compacted_from: str | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -15,28 +15,13 @@ from flows.common.dataflow import JobStateSource, RestJobStateSource, job_locati
 from flows.common.lease import RefreshLease
 from flows.common.retry import JOB_RETRIES
 
+if TYPE_CHECKING:  # the Beam job loads only when a task runs
+    from beam_jobs.ingest import IngestResult
+
 LOG = logging.getLogger(__name__)
 
 RUNNERS = ("local", "multiprocess", "dataflow")
 NAMESPACE = "retrofresh"  # the ingest job's counter namespace (beam_jobs.metrics.NAMESPACE)
-
-
-@dataclass
-class IngestOutcome:
-    """What the ingest job did, in plain data (IngestResult after the job finished)."""
-
-    version: str | None
-    parent: str | None
-    metrics: dict[str, int]
-    chunks_added: int
-    chunks_removed: int
-    seconds: float
-    job_id: str | None = None
-    dataflow_url: str | None = None
-    states: list[str] = field(default_factory=list)
-    dataflow_job: dict | None = None  # a dry run: the job it would have submitted
-    refused: list = field(default_factory=list)  # targeted runs: (url, why), never fetched
-    deferred: list = field(default_factory=list)  # targeted runs: URLs over the run's limit
 
 
 @task(name="run-ingest", **JOB_RETRIES)
@@ -54,7 +39,7 @@ def run_ingest_job(
     state_source: JobStateSource | None = None,
     urls: list[str] | None = None,
     max_targets: int | None = None,
-) -> IngestOutcome:
+) -> IngestResult:
     """Run the Beam ingest job against CURRENT and return what it wrote (a draft, or nothing).
 
     Locally the job runs in this process (FnApiRunner). On Dataflow it is submitted with
@@ -73,7 +58,7 @@ def run_ingest_job(
         urls, max_targets: a targeted run (only these URLs; see :func:`beam_jobs.ingest.run_ingest`).
 
     Returns:
-        The outcome; ``version`` is None when nothing changed.
+        The :class:`beam_jobs.ingest.IngestResult`; ``version`` is None when nothing changed.
     """
     from beam_jobs.ingest import run_ingest
 
@@ -83,10 +68,7 @@ def run_ingest_job(
     common = dict(pipeline_args=pipeline_args, runner=runner, embedder_path=embedder_path, tokenizer_path=tokenizer_path,
                   urls=urls, max_targets=max_targets)
     if runner != "dataflow":
-        result = run_ingest(sources, store_uri, wait=True, **common)
-        return IngestOutcome(result.version, result.parent, dict(result.metrics), result.chunks_added,
-                             result.chunks_removed, result.seconds, states=[str(result.state)],
-                             refused=list(result.refused), deferred=list(result.deferred))
+        return run_ingest(sources, store_uri, wait=True, **common)
 
     launched = run_ingest(sources, store_uri, wait=False, **common)
     if launched.state == "DRY_RUN":
@@ -95,7 +77,7 @@ def run_ingest_job(
                            lease=lease, poll_interval_s=poll_interval_s, timeout_s=timeout_s, started=started)
 
 
-def record_dry_run(launched) -> IngestOutcome:
+def record_dry_run(launched: IngestResult) -> IngestResult:
     """A ``--dry_run=True`` submission: show the job Dataflow would have received; nothing ran."""
     job = launched.dataflow_job or {}
     steps = ", ".join(job.get("steps", []))
@@ -105,13 +87,15 @@ def record_dry_run(launched) -> IngestOutcome:
         f"- SDK container image: `{job.get('sdk_container_image')}`\n- steps: {steps}\n\n"
         f"```json\n{json.dumps(job, indent=1, default=str)[:20000]}\n```\n"
     )
+    from beam_jobs.ingest import IngestResult
+
     create_markdown_artifact(markdown, key=DATAFLOW_JOB, description="The Dataflow job a dry run would submit")
     get_run_logger().info("Dataflow dry run: built job %s, submitted nothing", job.get("name"))
-    return IngestOutcome(None, launched.parent, dict(launched.metrics), 0, 0, launched.seconds, states=["DRY_RUN"], dataflow_job=job)
+    return IngestResult(None, launched.parent, dict(launched.metrics), 0, 0, launched.seconds, state="DRY_RUN", dataflow_job=job)
 
 
 def follow_dataflow(
-    launched,
+    launched: IngestResult,
     *,
     store_uri: str,
     pipeline_args: list[str] | None,
@@ -120,7 +104,7 @@ def follow_dataflow(
     poll_interval_s: float,
     timeout_s: float,
     started: float,
-) -> IngestOutcome:
+) -> IngestResult:
     """Follow a submitted job: link artifact at once, poll until done (renewing the lease), collect.
 
     Args:
@@ -148,13 +132,14 @@ def follow_dataflow(
 
 
 def finish_dataflow(
-    store_uri: str, launched, counters: dict[str, int], states: list[str], url: str, seconds: float
-) -> IngestOutcome:
+    store_uri: str, launched: IngestResult, counters: dict[str, int], states: list[str], url: str, seconds: float
+) -> IngestResult:
     """The outcome of a finished Dataflow ingest: its counters, and whether it wrote its draft.
 
     The job writes the draft version it was launched with only when something changed; the
     store says whether it did.
     """
+    from beam_jobs.ingest import IngestResult
     from beam_jobs.metrics import CORE_COUNTERS
     from model.store import StoreError, open_store
 
@@ -166,7 +151,7 @@ def finish_dataflow(
             written = True
         except StoreError:
             written = False
-    return IngestOutcome(
+    return IngestResult(
         version=launched.version if written else None,
         parent=launched.parent,
         metrics=metrics,
@@ -175,5 +160,6 @@ def finish_dataflow(
         seconds=seconds,
         job_id=launched.job_id,
         dataflow_url=launched.dataflow_url or url,
-        states=states,
+        state=states[-1] if states else launched.state,
+        states=list(states),
     )
