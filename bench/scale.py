@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from model.server.ports import free_port
 
 # knobs
 FULL_SIZES = (1_000_000, 10_000_000)
@@ -220,12 +221,6 @@ def build_store(root: Path, n: int, spec, tokenizer, nlist: int | None = NLIST) 
 
 
 # the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_anon_mb(pid: int) -> float:

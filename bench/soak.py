@@ -21,7 +21,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from model.server.ports import free_port
 
 # knobs
 CLIENTS = 20  # concurrent client loops
@@ -56,12 +57,6 @@ WORDS = (
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_mb(pid: int) -> tuple[float, float]:

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from model.server.ports import free_port
 
 # knobs
 CLIENTS = 8  # concurrent client loops
@@ -58,12 +59,6 @@ class Sample:
     ok: bool
     version: str | None = None
     right_version: bool = True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # preparing the checkpoint and the versions

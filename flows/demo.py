@@ -30,6 +30,7 @@ from rich.table import Table
 
 import model
 from flows.common.factcheck import FactCheck, ask_facts, plot_facts, report_markdown
+from model.server.ports import free_port
 
 console = Console()
 
@@ -39,14 +40,6 @@ TRAIN_SEEDS = "1-60"
 TRAIN_RECIPE = ["--preset", "mini", "--seq-len", "256", "--batch-size", "8", "--lr", "1e-3", "--warmup", "100",
                 "--own-passage-rate", "0.5", "--neighbour-dropout", "0.1"]
 TRAIN_STEPS = 1200
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -159,7 +152,7 @@ def demo(workdir: Path, out_dir: Path, size: int, checkpoint: Path | None, train
                 console.print(f"{checkpoint}: d_model {config['d_model']}, {config['n_layers']} layers, CCA at {config['cca_layers']}, "
                               f"k={config['k']}; it has never seen this world's facts (README, \"The demo's model\")")
 
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         with _step(4, "Serve it over the first version", f"retrofresh serve --checkpoint {checkpoint} --store {store} --port {port}"):
             log = open(workdir / "server.log", "w")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from beam_jobs.sample.world import BROKEN_PATH, PDF_PATH
+from model.server.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +44,8 @@ def test_switching_editions_changes_what_is_served(sample_site):
         assert change.sentence in client.get(path).text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_serves_an_edition(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "site", "serve", "--edition", "1", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
 
 import yaml
+
+from model.server.ports import free_port
 
 FAST_FETCH = {"crawl_delay_s": 0, "timeout_s": 2, "deadline_s": 10, "retries": 1, "backoff_s": 0.01, "max_backoff_s": 0.05}
 
@@ -94,13 +95,5 @@ class ReloadServer:
 
 
 def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (at the time of asking)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback URL nothing listens on (at the time of asking)."""
+    return f"http://127.0.0.1:{free_port()}"
