@@ -18,9 +18,10 @@ refresh and for none before.
 
 from __future__ import annotations
 
-import io
-from textwrap import shorten
 from dataclasses import asdict, dataclass, field
+from textwrap import shorten
+
+from model.evaluation.figures import figure_png
 
 PREFER_SHARE = 0.8  # share of changed facts whose preference must follow the index
 GENERATE_SHARE = 2 / 3  # share of changed facts greedy generation must write in the new form after
@@ -155,17 +156,15 @@ class FactCheck:
 
 def plot_facts(check: FactCheck) -> bytes:
     """PNG: per fact, log p(new) − log p(old) before and after the refresh (and with retrieval off)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     labels = [a.fact for a in check.after]
     series = [("before (stale index)", check.before, "#999999"), ("after (fresh index)", check.after, "#1f77b4")]
     if check.control:
         series.append(("after, retrieval off", check.control, "#ff7f0e"))
     height = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(labels) + 1.6))
+    fig = Figure(figsize=(8, 0.6 * len(labels) + 1.6))
+    ax = fig.subplots()
     for i, (name, answers, colour) in enumerate(series):
         ax.barh([y + i * height for y in range(len(labels))], [a.margin for a in answers], height=height, label=name, color=colour)
     ax.axvline(0, color="black", linewidth=0.8)
@@ -175,10 +174,7 @@ def plot_facts(check: FactCheck) -> bytes:
     ax.set_title("Same weights, before and after one index refresh")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(labels)), ncol=len(series), fontsize=8, frameon=False)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=110)
 
 
 def report_markdown(check: FactCheck, *, lag_s: float | None, versions: tuple[str, str]) -> str:

@@ -10,7 +10,6 @@ With a RETRO server, the model's score also says whether it prefers the new valu
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from model.evaluation.figures import figure_png
 
 LOG = logging.getLogger(__name__)
 
@@ -169,12 +170,7 @@ def plot_freshness(scores: list[VersionScore], path: Path) -> bytes:
     axes.set_title("Retrieval freshness by index version")
     axes.legend(fontsize=7, loc="center left")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    data = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return data
+    return figure_png(figure, path)
 
 
 def png_markdown(png: bytes, path: Path, scores: list[VersionScore]) -> str:

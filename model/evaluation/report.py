@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from model.evaluation.figures import figure_png
 from model.evaluation.temporal import CONDITIONS, LEAK_NGRAM, months_spanned
 
 LOG = logging.getLogger(__name__)
@@ -83,8 +84,6 @@ def plot(result: dict, path: Path) -> bytes:
     Returns:
         The PNG's bytes (also written to ``path``).
     """
-    import io
-
     from matplotlib.figure import Figure
 
     per_month = months_spanned(result) >= 2 and len(result.get("by_month", [])) >= 1
@@ -115,12 +114,7 @@ def plot(result: dict, path: Path) -> bytes:
         axes[1].set_title("per month of publication (95% intervals)", fontsize=9)
         axes[1].legend(fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    data = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return data
+    return figure_png(figure, path)
 
 
 def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
