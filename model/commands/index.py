@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from model.commands.formatting import one_line
 from model.config import Settings
 
 STORE_HELP = "index store: a directory, file:///path or gs://bucket/prefix [env: RETROFRESH_STORE]."
@@ -171,7 +172,7 @@ def search(store, as_json: bool, text: str, k: int, version: str | None, embedde
 
     table = Table("#", "score", "url", "text", title=f"{len(hits)} nearest chunks in {manifest.version}")
     for rank, h in enumerate(hits, 1):
-        table.add_row(str(rank), f"{h.score:.3f}", h.url, _one_line(h.text))
+        table.add_row(str(rank), f"{h.score:.3f}", h.url, one_line(h.text))
     Console().print(table)
 
 
@@ -308,8 +309,3 @@ def _size(n: int) -> str:
 
 def _when(iso: str) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _one_line(text: str, width: int = 100) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"

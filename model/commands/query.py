@@ -6,6 +6,7 @@ import json
 
 import click
 
+from model.commands.formatting import one_line
 from model.config import Settings
 
 
@@ -44,7 +45,7 @@ def query(text: str, urls: tuple[str, ...], retrieve_only: bool, k: int | None, 
     if retrieve_only:
         click.echo(f"index version {answer.index_version}")
         for rank, hit in enumerate(answer.results[0], 1):
-            click.echo(f"{rank}. [{hit.score:.3f}] {hit.url}\n   {_one_line(hit.text)}")
+            click.echo(f"{rank}. [{hit.score:.3f}] {hit.url}\n   {one_line(hit.text)}")
         return
     click.echo(answer.text)
     source = f"index version {answer.index_version}" if answer.retrieval else (answer.note or "retrieval off")
@@ -52,8 +53,3 @@ def query(text: str, urls: tuple[str, ...], retrieve_only: bool, k: int | None, 
     for i, chunk in enumerate(answer.neighbours):
         for hit in chunk:
             click.echo(f"   chunk {i}: [{hit.score:.3f}] {hit.url}", err=True)
-
-
-def _one_line(text: str, width: int = 100) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
