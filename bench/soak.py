@@ -25,11 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from bench.swap import prepare, publish
 from model.server.ports import free_port
 
 # knobs
@@ -73,64 +73,9 @@ def memory_mb(pid: int) -> tuple[float, float]:
 # preparing the checkpoint and the versions
 
 
-def prepare(root: Path, labels: list[str], knobs: dict):
-    """A tiny random checkpoint, and one shard per label written ahead (publishing is then cheap)."""
-    import torch
-
-    from model.chunking import Chunk, chunk_document
-    from model.config import RetroConfig
-    from model.embedder import Embedder
-    from model.ids import chunk_id, content_hash, doc_id
-    from model.retro import Retro
-    from model.store import open_store
-    from model.tokenizer import RetroTokenizer
-
-    embedder = Embedder()
-    tokenizer = RetroTokenizer.load()
-    torch.manual_seed(0)
-    config = RetroConfig.preset("tiny", vocab_size=tokenizer.vocab_size, embedder=embedder.spec.to_dict())
-    Retro(config).save_pretrained(root / "checkpoint", tokenizer=tokenizer)
-    store = open_store(root / "store", cache_dir=root / "writer-cache")
-    rng = np.random.default_rng(0)
-    shards = {}
-    for label in labels:
-        chunks: list[Chunk] = []
-        for i in range(knobs["REAL_DOCS_PER_VERSION"]):
-            url = f"https://v-{label.lower()}.example.test/doc-{i}"
-            words = [WORDS[(i * 7 + j) % len(WORDS)] for j in range(200)]
-            text = f"Edition {label}, report {i}: " + " ".join(words)
-            chunks += chunk_document(tokenizer.encode(text), doc_id=doc_id(url), url=url, content_hash=content_hash(text), tokenizer=tokenizer)
-        base = embedder.encode([c.text for c in chunks])
-        copies, vectors = [], [base]
-        for j in range(len(chunks), knobs["CHUNKS_PER_VERSION"]):
-            src = chunks[j % len(chunks)]
-            copies.append(Chunk(chunk_id(src.doc_id, 10_000 + j, label), src.doc_id, 10_000 + j, src.tokens, src.continuation, src.text, src.url))
-        if copies:
-            noisy = base[np.arange(len(copies)) % len(base)] + 0.05 * rng.standard_normal((len(copies), base.shape[1])).astype(np.float32)
-            vectors.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
-        shards[label] = store.write_shard(chunks + copies, np.vstack(vectors).astype(np.float32), embedder=embedder.spec)
-        log(f"prepared version {label}: {len(chunks) + len(copies)} chunks")
-    return store, embedder.spec, tokenizer, shards
-
-
-def publish(store, spec, tokenizer, shard, label: str) -> str:
-    from model.store import Manifest
-
-    current = store.current()
-    manifest = Manifest.next(
-        None,
-        version=store.new_version_id(),
-        embedder=spec,
-        tokenizer={"name": tokenizer.name, "sha256": tokenizer.sha256},
-        add_shards=[shard],
-        tombstones=[],
-        ledger=None,
-        documents=shard.count,
-        watermark=datetime.now(timezone.utc),
-        sources=[f"soak-{label}"],
-    )
-    store.publish(manifest, expected_current=current, check_parent=False)
-    return manifest.version
+def soak_text(label: str, i: int) -> str:
+    """Document ``i`` of version ``label``: 200 of the query words, so every query finds neighbours."""
+    return f"Edition {label}, report {i}: " + " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(200))
 
 
 # traffic
@@ -174,7 +119,7 @@ async def drive(pid: int, store, spec, tokenizer, shards, labels: list[str], kno
             if swapped < knobs["SWAPS"] and elapsed >= next_swap:
                 swapped += 1
                 label = labels[swapped]
-                version = await asyncio.to_thread(publish, store, spec, tokenizer, shards[label], label)
+                version = await asyncio.to_thread(publish, store, spec, tokenizer, shards[label], label, source="soak")
                 log(f"published {version} ({label})")
                 next_swap += spacing
             await asyncio.sleep(SAMPLE_EVERY_S)
@@ -233,8 +178,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         root = Path(tmp)
-        store, spec, tokenizer, shards = prepare(root, labels, knobs)
-        publish(store, spec, tokenizer, shards["A"], "A")
+        store, spec, tokenizer, shards = prepare(root, labels, knobs, document=soak_text)
+        publish(store, spec, tokenizer, shards["A"], "A", source="soak")
         knobs["port"] = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(root / "checkpoint"), "--store", str(root / "store"),

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -64,10 +65,24 @@ class Sample:
 # preparing the checkpoint and the versions
 
 
-def prepare(root: Path, labels: list[str], knobs: dict, store_uri: str | None = None):
+def report_text(label: str, i: int) -> str:
+    """Document ``i`` of version ``label``: one of the queries, and an answer only that version has."""
+    return f"Edition {label}, report {i}: {QUERIES[i % len(QUERIES)]} In edition {label} the answer is item {label}-{i}. " * 4
+
+
+def prepare(root: Path, labels: list[str], knobs: dict, store_uri: str | None = None, *,
+            document: Callable[[str, int], str] = report_text):
     """A tiny random checkpoint, and one shard per label written ahead (publishing is then cheap).
 
-    The store is ``root/store`` unless ``store_uri`` names another (bench.replicas: a gs:// one).
+    Shared by the serving benchmarks (bench.swap, bench.soak, bench.replicas).
+
+    Args:
+        root: the run's folder (``checkpoint/``, ``store/``, ``writer-cache/``).
+        labels: one version per label.
+        knobs: ``REAL_DOCS_PER_VERSION`` (documents embedded for real) and ``CHUNKS_PER_VERSION``
+            (padded with noisy copies of their chunks).
+        store_uri: another store than ``root/store`` (bench.replicas: a gs:// one).
+        document: the text of document ``i`` of a version.
     """
     import torch
 
@@ -91,7 +106,7 @@ def prepare(root: Path, labels: list[str], knobs: dict, store_uri: str | None = 
         chunks: list[Chunk] = []
         for i in range(knobs["REAL_DOCS_PER_VERSION"]):
             url = f"https://v-{label.lower()}.example.test/doc-{i}"
-            text = f"Edition {label}, report {i}: {QUERIES[i % len(QUERIES)]} In edition {label} the answer is item {label}-{i}. " * 4
+            text = document(label, i)
             chunks += chunk_document(tokenizer.encode(text), doc_id=doc_id(url), url=url, content_hash=content_hash(text), tokenizer=tokenizer)
         base = embedder.encode([c.text for c in chunks])
         copies, vectors = [], [base]
@@ -106,7 +121,8 @@ def prepare(root: Path, labels: list[str], knobs: dict, store_uri: str | None = 
     return store, embedder.spec, tokenizer, shards
 
 
-def publish(store, spec, tokenizer, shard, label: str) -> str:
+def publish(store, spec, tokenizer, shard, label: str, *, source: str = "bench") -> str:
+    """Publish a version made of one prepared shard (``sources``: ``<source>-<label>``); its id."""
     from model.store import Manifest
 
     current = store.current()
@@ -120,7 +136,7 @@ def publish(store, spec, tokenizer, shard, label: str) -> str:
         ledger=None,
         documents=shard.count,
         watermark=datetime.now(timezone.utc),
-        sources=[f"bench-{label}"],
+        sources=[f"{source}-{label}"],
     )
     store.publish(manifest, expected_current=current, check_parent=False)
     return manifest.version
