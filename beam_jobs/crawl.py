@@ -20,10 +20,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.discover import MAX_SITEMAP_BYTES, extract_links, file_kind, parse_feed, parse_sitemap
-from beam_jobs.fetch import Fetcher, format_http_date, parse_http_date, utcnow
+from beam_jobs.fetch import Fetcher, format_http_date, parse_http_date
 from beam_jobs.metrics import count, count_failure
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, NOT_MODIFIED, FetchResult, KnownDoc, Seed
+from model.clock import utcnow
 from model.ids import doc_id
 
 LOG = logging.getLogger(__name__)

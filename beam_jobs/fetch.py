@@ -23,6 +23,7 @@ from protego import Protego
 from beam_jobs.netguard import AddressPolicy, BlockedAddress, GuardedTransport, resolve_allowed
 from beam_jobs.sources import FetchSettings
 from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED, FetchResult
+from model.clock import utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ def parse_http_date(value: str | None) -> datetime | None:
 def format_http_date(value: datetime) -> str:
     """An aware datetime as an HTTP date (If-Modified-Since, Last-Modified)."""
     return email.utils.format_datetime(value.astimezone(timezone.utc), usegmt=True)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass

@@ -22,10 +22,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.crawl import ReadFileDoFn, count_fetch
-from beam_jobs.fetch import Fetcher, utcnow
+from beam_jobs.fetch import Fetcher
 from beam_jobs.metrics import count, timed
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import GONE, INCOMPLETE, FetchResult, KnownDoc
+from model.clock import utcnow
 from model.ids import canonical_url, doc_id
 
 LOG = logging.getLogger(__name__)

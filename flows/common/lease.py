@@ -27,19 +27,16 @@ import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
+from model.clock import utcnow
 from model.store import layout
 from model.store.backends import Backend, CasFailed
 
 LOG = logging.getLogger(__name__)
 
 LEASE_PATH = layout.lease_key("refresh")  # leases/refresh.json
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class LeaseHeld(RuntimeError):
