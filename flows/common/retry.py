@@ -92,7 +92,7 @@ def transient_retries(*delays_s: float) -> dict[str, Any]:
     """
     from prefect.cache_policies import NO_CACHE
 
-    return {"retries": len(delays_s), "retry_delay_seconds": list(delays_s), "retry_condition_fn": retry_if_transient, "cache_policy": NO_CACHE}
+    return {"retries": len(delays_s), "retry_delay_seconds": list(delays_s) or 0, "retry_condition_fn": retry_if_transient, "cache_policy": NO_CACHE}
 
 
 # The retry policy of every task that retries; only I/O tasks do (STYLE.md). A task names one of these.

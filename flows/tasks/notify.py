@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from prefect import get_run_logger, task
 
-from flows.common.retry import QUICK_RETRIES
+from flows.common.retry import QUICK_RETRIES, transient_retries
 
 LOG = logging.getLogger(__name__)
 
@@ -89,13 +89,14 @@ def notify_servers(
         servers: base URLs of the servers.
         token: bearer token for ``/admin/reload``.
         timeout_s: per request.
-        retry_delays_s: waits between attempts at an unreachable server (one retry per entry).
+        retry_delays_s: waits between attempts at an unreachable server (one retry per entry; the
+            policy's other terms as :data:`flows.common.retry.QUICK_RETRIES`).
 
     Returns:
         One outcome per server, in order; a server that stayed unreachable after the retries is an
         outcome with ``ok=False`` and the error as detail.
     """
-    task = notify_server.with_options(retries=len(retry_delays_s), retry_delay_seconds=list(retry_delays_s) or 0)
+    task = notify_server.with_options(**transient_retries(*retry_delays_s))
     futures = [task.submit(server, token, timeout_s) for server in servers]
     outcomes = []
     for server, future in zip(servers, futures):
