@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.fixtures.waiting import stop_process_group, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -77,11 +77,12 @@ def test_flows_serve_registers_schedules_and_runs_what_is_triggered(prefect_api,
     process = subprocess.Popen([str(retrofresh), "flows", "serve", "--config", str(config_file), "--store", str(store)],
                                cwd=tmp_path, env=env_for(prefect_api), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while len(found := read_deployments(["gc-store", "rollback-index"])) < 2 or "gc-store/served-gc" not in found:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve did not register its deployments"
-            time.sleep(0.5)
+        def registered():
+            found = read_deployments(["gc-store", "rollback-index"])
+            return found if len(found) >= 2 and "gc-store/served-gc" in found else None
+
+        found = wait_for(registered, timeout=180, interval=0.5, what="serve to register its deployments", alive=process,
+                         log=(tmp_path / "serve.log").read_text)
         gc = found["gc-store/served-gc"]
         assert [s.schedule.cron for s in gc.schedules] == ["0 4 * * *"]
         assert gc.parameters == {"keep": 3, "min_age_s": 0, "store": str(store)}
@@ -91,11 +92,6 @@ def test_flows_serve_registers_schedules_and_runs_what_is_triggered(prefect_api,
         with get_client(sync_client=True) as client:
             assert client.read_flow_run(run.id).deployment_id == gc.id
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process)
         log.close()
 

@@ -4,15 +4,13 @@ retrofresh.source.changed event -> the refresh-changed deployment's trigger -> a
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
+from tests.fixtures.waiting import stop_process_group, wait_for
 from tests.flows.test_deployments_it import ROOT, env_for, read_deployments
 
 pytestmark = pytest.mark.integration
@@ -41,11 +39,9 @@ def test_a_change_event_triggers_the_served_targeted_refresh(prefect_api, refres
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     site = refreshed.site
     try:
-        deadline = time.monotonic() + 180
-        while "refresh-changed/served-changed" not in read_deployments(["refresh-changed"]):
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve did not register the deployment"
-            time.sleep(0.5)
+        serve_log = (tmp_path / "serve.log").read_text
+        wait_for(lambda: "refresh-changed/served-changed" in read_deployments(["refresh-changed"]), timeout=180, interval=0.5,
+                 what="serve to register the deployment", alive=process, log=serve_log)
         site.set_edition(2)
         site.clear_log()
         page = site.base_url + "/"
@@ -57,20 +53,12 @@ def test_a_change_event_triggers_the_served_targeted_refresh(prefect_api, refres
                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0 and "refused http://169.254.169.254/" in refused.stderr
         emit_changes([page, "http://10.1.2.3/internal"], source="sample", origin="test")  # a forged event: the stranger is refused in the run
-        deadline = time.monotonic() + 240
-        while open_store(store).current() == before:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-4000:]
-            time.sleep(0.5)
+        wait_for(lambda: open_store(store).current() != before, timeout=240, interval=0.5,
+                 what="the triggered run to publish", alive=process, log=lambda: serve_log()[-4000:])
         ledger = {row["url"]: row for row in open_store(store).read_ledger(open_store(store).current()).to_pylist()}
         assert ledger[page]["content_hash"] != {r["url"]: r for r in open_store(store).read_ledger(before).to_pylist()}[page]["content_hash"]
         assert {r.path for r in site.requests} <= {"/", "/robots.txt"}
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process)
         log.close()
         site.set_edition(1)

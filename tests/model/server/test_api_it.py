@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from model.client import AsyncRetroClient, RetroClient, RetroHTTPError
-from tests.fixtures.server import ADMIN_TOKEN, label_of, start_server, wait_for
+from tests.fixtures.server import ADMIN_TOKEN, label_of, start_server
+from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from model.client import RetroClient
-from tests.fixtures.server import LabelledStore, label_of, wait_for
+from tests.fixtures.server import LabelledStore, label_of
+from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from model.client import RetroClient
-from tests.fixtures.server import ADMIN_TOKEN, LabelledStore, label_of, wait_for
+from tests.fixtures.server import ADMIN_TOKEN, LabelledStore, label_of
+from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
