@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from model.chunking import chunk_document
-from model.ids import content_hash, doc_id
 from model.tokenizer import RetroTokenizer
 
 LOG = logging.getLogger(__name__)
@@ -74,37 +71,15 @@ def index_documents(store, documents: Sequence[tuple[str, str]], tokenizer: Retr
         The published version id.
 
     Raises:
-        ValueError: the store already has a published version (train from it with ``--store``).
+        ValueError: the store already has a published version (train from it with ``--store``), or
+            a URL is listed twice.
     """
-    from model.store import Manifest
+    from model.evaluation.versions import publish_documents
 
     if store.current() is not None:
         raise ValueError(
             f"store {store.uri} already has version {store.current()}; train on it without --input, "
             "or index the files into a new store directory"
         )
-    chunks = []
-    seen: set[str] = set()
-    for url, text in documents:
-        did = doc_id(url)
-        if did in seen:
-            raise ValueError(f"document {url} appears twice")
-        seen.add(did)
-        chunks.extend(chunk_document(tokenizer.encode(text), doc_id=did, url=url, content_hash=content_hash(text), tokenizer=tokenizer))
-    LOG.info("indexing %d documents (%d chunks) into %s", len(documents), len(chunks), store.uri)
-    vectors = embedder.encode([c.text for c in chunks], progress=progress)
-    shard = store.write_shard(chunks, vectors, embedder=embedder.spec)
-    manifest = Manifest.next(
-        None,
-        version=store.new_version_id(),
-        embedder=embedder.spec,
-        tokenizer={"name": tokenizer.name, "sha256": tokenizer.sha256},
-        add_shards=[shard],
-        tombstones=[],
-        ledger=None,
-        documents=len(documents),
-        watermark=datetime.now(timezone.utc),
-        sources=["files"],
-    )
-    store.publish(manifest, expected_current=None)
-    return manifest.version
+    LOG.info("indexing %d documents into %s", len(documents), store.uri)
+    return publish_documents(store, documents, tokenizer, embedder, source="files", progress=progress)
