@@ -6,8 +6,8 @@ import logging
 
 from prefect import flow
 
-from flows.tasks.artifacts import record_summary
 from flows.common.inputs import resolve_inputs
+from flows.tasks.artifacts import record_summary
 from flows.tasks.notify import notify_servers
 from flows.tasks.store import compact_version, count_shards, holding_lease, publish_version, read_current
 from flows.tasks.validate import validate_version

@@ -14,9 +14,9 @@ import httpx
 from prefect import flow, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.tasks.artifacts import record_summary
 from flows.common.inputs import resolve_inputs
 from flows.common.retry import IO_RETRIES, QUICK_RETRIES
+from flows.tasks.artifacts import record_summary
 from flows.common.temporal import (
     FactProbe,
     VersionScore,

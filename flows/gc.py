@@ -10,8 +10,8 @@ import logging
 
 from prefect import flow
 
-from flows.tasks.artifacts import record_summary
 from flows.common.inputs import resolve_inputs
+from flows.tasks.artifacts import record_summary
 from flows.tasks.store import collect_garbage, read_current
 
 LOG = logging.getLogger(__name__)

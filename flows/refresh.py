@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from prefect import flow, task
 
+from flows.common.inputs import resolve_inputs
+from flows.common.retry import IO_RETRIES
+from flows.common.summary import RefreshSummary, document_counts, freshness_lag_s
 from flows.tasks.artifacts import record_refresh_artifacts
 from flows.tasks.ingest import run_ingest_job
-from flows.common.inputs import resolve_inputs
 from flows.tasks.notify import notify_servers
-from flows.common.retry import IO_RETRIES
 from flows.tasks.store import compact_version, count_shards, holding_lease, publish_version, read_current
-from flows.common.summary import RefreshSummary, document_counts, freshness_lag_s
 from flows.tasks.validate import validate_version
 
 if TYPE_CHECKING:

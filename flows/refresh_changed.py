@@ -20,12 +20,12 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, runtime, task
 
-from flows.tasks.artifacts import record_refresh_artifacts
-from flows.tasks.ingest import run_ingest_job
 from flows.common.inputs import resolve_inputs
 from flows.common.pending import PendingBatch, PendingChanges
-from flows.refresh import publish_ingest, summarize_refresh
 from flows.common.retry import IO_RETRIES, QUICK_RETRIES
+from flows.refresh import publish_ingest, summarize_refresh
+from flows.tasks.artifacts import record_refresh_artifacts
+from flows.tasks.ingest import run_ingest_job
 from flows.tasks.store import holding_lease, open_store, read_current
 
 LOG = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import logging
 
 from prefect import flow
 
-from flows.tasks.artifacts import record_summary
 from flows.common.inputs import resolve_inputs
+from flows.tasks.artifacts import record_summary
 from flows.tasks.notify import notify_servers
 from flows.tasks.store import read_current, rollback_version
 

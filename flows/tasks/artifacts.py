@@ -10,9 +10,9 @@ import logging
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.tasks.notify import lagging_servers
 from flows.common.retry import QUICK_RETRIES
 from flows.common.summary import OUTCOMES, RefreshSummary
+from flows.tasks.notify import lagging_servers
 
 LOG = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.tasks.artifacts import DATAFLOW_JOB
 from flows.common.dataflow import JobStateSource, RestJobStateSource, job_location, wait_for_job
 from flows.common.lease import RefreshLease
 from flows.common.retry import JOB_RETRIES
+from flows.tasks.artifacts import DATAFLOW_JOB
 
 if TYPE_CHECKING:  # the Beam job loads only when a task runs
     from beam_jobs.ingest import IngestResult

@@ -12,9 +12,9 @@ from prefect import flow
 
 from beam_jobs.ingest import IngestResult
 from flows.common.dataflow import DataflowJobFailed
-from flows.tasks.ingest import follow_dataflow
 from flows.common.lease import RefreshLease
 from flows.refresh import refresh_corpus
+from flows.tasks.ingest import follow_dataflow
 from model.store import open_store
 from tests.flows.support import artifacts_of, copy_store, flow_run_id, write_sources
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.common.temporal import edition_from_sitemap
 from flows.compact import compact_index
 from flows.evaluate import evaluate_freshness
 from flows.gc import gc_store
 from flows.refresh import refresh_corpus
 from flows.rollback import rollback_index
-from flows.common.temporal import edition_from_sitemap
 from model.client import RetroClient
 from model.store import open_store
 from tests.flows.support import artifacts_of, copy_store, flow_run_id
