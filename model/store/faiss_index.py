@@ -229,6 +229,51 @@ def score_error_std(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
     return np.sqrt((queries**2) @ ((vdiff / steps) ** 2 / 12.0))
 
 
+def centroids(quantizer: faiss.Index) -> np.ndarray | None:
+    """A view of a coarse quantizer's centroids, (nlist, dim); None when it is not a flat index."""
+    quantizer = faiss.downcast_index(quantizer)
+    if not isinstance(quantizer, faiss.IndexFlat):
+        return None
+    return faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d).reshape(quantizer.ntotal, quantizer.d)
+
+
+def coarse_quantizer(index: faiss.Index) -> faiss.Index:
+    """An IVF index's coarse quantizer (a proxy that does not own it)."""
+    return faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+
+
+def copy_quantizer(quantizer: faiss.Index) -> faiss.Index:
+    """A flat quantizer with the same centroids, owned by the returned Python object."""
+    quantizer = faiss.downcast_index(quantizer)
+    copy = faiss.IndexFlat(quantizer.d, quantizer.metric_type)
+    copy.add(centroids(quantizer))
+    return copy
+
+
+def share_quantizer(index: faiss.Index, shared: faiss.Index):
+    """Make an IVF index search through ``shared`` (equal centroids) and free its own copy's centroids.
+
+    The index's own quantizer object stays, emptied, and the index no longer frees its quantizer;
+    the returned function undoes both (call it before dropping the index, so the index frees its
+    own, empty quantizer and never ``shared``). Keep ``shared`` alive as long as the index.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    own = faiss.downcast_index(ivf.quantizer)
+    owned = bool(ivf.own_fields)
+    ivf.quantizer = shared
+    ivf.own_fields = False
+    own.reset()
+    storage = faiss.UInt8Vector()
+    own.codes.owned_data.swap(storage)  # the centroids' buffer leaves with `storage`: freed now
+    del storage
+
+    def restore() -> None:
+        ivf.quantizer = own
+        ivf.own_fields = owned
+
+    return restore
+
+
 def read_writable(path: Path) -> faiss.Index:
     """Read an index fully into memory (for compaction, which modifies it)."""
     return faiss.read_index(str(path))

@@ -453,7 +453,7 @@ class Store:
     def _load_shard(self, info: ShardInfo, embedder: EmbedderSpec):
         meta = shards.read_meta(self.backend, info, embedder=embedder)
         files = self.cache.shard_files(self.backend, meta)
-        return load_shard_data(meta, info.sha256, files)
+        return load_shard_data(meta, info.sha256, files, self.pool.quantizers)
 
     def tune(self, version: str | None = None, *, target: float | None = None, k: int | None = None,
              queries: int | None = None, view: IndexView | None = None):

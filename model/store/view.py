@@ -21,7 +21,7 @@ from model.retrieval import Neighbour
 from model.store import faiss_index, layout, rows
 from model.store.errors import StoreError
 from model.store.manifest import Manifest, ShardInfo
-from model.store.pool import ShardData, file_stamp
+from model.store.pool import QuantizerPool, ShardData, file_stamp
 from model.store.rows import take as take_rows
 from model.store.shards import ShardMeta
 
@@ -30,13 +30,14 @@ LOG = logging.getLogger(__name__)
 POST_FILTER_MAX = 4096  # flat shards with at most this many hidden ids filter after searching
 
 
-def load_shard_data(meta: ShardMeta, sha256: str, files: dict[str, Path]) -> ShardData:
+def load_shard_data(meta: ShardMeta, sha256: str, files: dict[str, Path], quantizers: QuantizerPool | None = None) -> ShardData:
     """Map one verified shard: its index read-only, its chunk rows (see :mod:`model.store.rows`).
 
     Args:
         meta: its ``shard.json``.
         sha256: the digest of ``shard.json`` (what manifests pin the shard by).
         files: verified local paths of ``index.faiss`` and the chunk file.
+        quantizers: where IVF shards of one lineage share one coarse quantizer (None: each keeps its own).
 
     Returns:
         The shard's data, to be shared through :class:`model.store.pool.ShardPool`.
@@ -53,7 +54,11 @@ def load_shard_data(meta: ShardMeta, sha256: str, files: dict[str, Path]) -> Sha
         # Written by this module, the table is sorted; sort here rather than trust a foreign one.
         order = np.argsort(ids, kind="stable")
         table, ids = table.take(pa.array(order)), ids[order]
-    return ShardData(meta=meta, sha256=sha256, index=index, table=table, ids=ids, files=dict(files), stamps=stamps)
+    shared, unshare = (None, None)
+    if quantizers is not None and not faiss_index.is_flat(meta.factory):
+        shared, unshare = quantizers.share(meta.lineage, index)
+    return ShardData(meta=meta, sha256=sha256, index=index, table=table, ids=ids, files=dict(files), stamps=stamps,
+                     quantizer=shared, unshare=unshare)
 
 
 @dataclass

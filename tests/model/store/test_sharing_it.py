@@ -133,3 +133,45 @@ def test_arrow_rows_are_memory_mapped_not_read(store, corpus):
         # Zero-copy: the column's buffer lies inside the file's mapping, not in freshly allocated memory.
         assert column.buffers()[2].is_cpu and not column.buffers()[2].is_mutable
         assert np.array_equal(view._shards[0].ids, np.sort(view._shards[0].ids))
+
+
+def test_ivf_shards_of_one_lineage_share_one_coarse_quantizer(tmp_path):
+    import faiss
+
+    from model.store import IndexPolicy
+    from model.store.faiss_index import centroids, coarse_quantizer
+    from model.store.pool import QuantizerPool
+
+    from .conftest import Corpus
+
+    store = open_store(tmp_path / "store", cache_dir=tmp_path / "cache", policy=IndexPolicy(flat_max=400, codec="SQ8", nlist=32))
+    corpus = Corpus(clusters=30, seed=4)
+    chunks, vectors = corpus.docs(range(600))
+    lineage = store.train_lineage(vectors, embedder=SPEC)
+    infos = [store.write_shard([chunks[i] for i in part], vectors[part], embedder=SPEC, lineage=lineage)
+             for part in np.array_split(np.arange(len(chunks)), 3)]
+    store.publish(next_manifest(store, None, infos, search={"nprobe": 4}), expected_current=None)
+    queries = corpus.queries(20)
+    unshared = open_store(tmp_path / "store", cache_dir=tmp_path / "cache2")
+    unshared.pool.quantizers = None  # each shard keeps the quantizer its file holds
+    with unshared.open() as reference:
+        want = reference.search_scored(queries, 3)
+    with store.open() as view:
+        held = [s.data for s in view._shards]
+        assert all(d.quantizer is held[0].quantizer for d in held)  # one quantizer in memory...
+        assert all(int(coarse_quantizer(d.index).this) == int(held[0].quantizer.this) for d in held)  # ...searched through
+        got = view.search_scored(queries, 3)
+        assert np.array_equal(got[0], want[0]) and np.allclose(got[1], want[1])
+        with store.open() as second:  # another version of the same shards shares them all
+            assert second._shards[0].data.quantizer is held[0].quantizer
+    assert len(store.pool.quantizers._held) == 0  # freed with the last shard using it
+    assert all(d.index is None and d.quantizer is None for d in held)
+    # A shard claiming the lineage but holding other centroids keeps its own.
+    pool = QuantizerPool()
+    first = faiss.read_index(str(store.backend.local_path(layout.shard_key(infos[0].id, layout.INDEX_FILE))))
+    kept, restore = pool.share(lineage, first)
+    assert kept is not None
+    other = faiss.index_factory(SPEC.dim, "IVF32,SQ8", faiss.METRIC_INNER_PRODUCT)
+    other.train(corpus.queries(2000, seed=11))
+    assert pool.share(lineage, other) == (None, None) and centroids(coarse_quantizer(other)).shape == (32, SPEC.dim)
+    restore()

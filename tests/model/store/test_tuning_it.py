@@ -38,11 +38,13 @@ def recall_with(view, nprobe: int, k: int = 2, n: int = 200) -> float:
 def test_tuning_finds_the_smallest_nprobe_meeting_the_target(ivf_store):
     store, manifest = ivf_store
     result = store.tune(target=0.95)
-    assert result.met and result.recall >= 0.95 and 1 < result.nprobe < 64
+    # The estimate must clear the target by one standard error of 200 probes.
+    assert result.goal == pytest.approx(0.95 + (0.95 * 0.05 / result.queries) ** 0.5) and result.queries == 200
+    assert result.met and result.recall >= result.goal and 1 < result.nprobe < 64
     assert dict(result.curve)[result.nprobe] == result.recall
     below = [r for p, r in result.curve if p < result.nprobe]
-    assert below and max(below) < 0.95  # every smaller nprobe tried misses it
-    assert dict(result.curve).get(result.nprobe - 1, 0) < 0.95  # and the one just below was tried
+    assert below and max(below) < result.goal  # every smaller nprobe tried misses it
+    assert dict(result.curve).get(result.nprobe - 1, 0) < result.goal  # and the one just below was tried
     with store.open() as view:
         own, keys = view.sample_keys(50, seed=1)
         assert manifest.tombstones[0] not in set(own.tolist())  # never a tombstoned chunk
