@@ -4,7 +4,7 @@ Batch-1 decoding of a small model is bound by kernel launches, not arithmetic: e
 about twenty small kernels per layer, and on a GPU launching each from Python costs more than
 running it. A CUDA graph records the kernels of one step once and replays them with a single
 launch. A graph fixes every tensor's address and shape, so this step differs from
-``Retro._step`` (which it must equal; a test compares them) in four ways:
+``Retro.step`` with an int position (which it must equal; a test compares them) in four ways:
 
 - the position is a device tensor, not a Python int: rotary angles are gathered with it and the
   KV cache is written with ``index_copy_``;
@@ -12,7 +12,7 @@ launch. A graph fixes every tensor's address and shape, so this step differs fro
 - the CCA keys/values, their mask and the chunk validity are copied into buffers owned here,
   overwritten in place each time a chunk completes;
 - a token that completes a chunk is not graphed: it triggers retrieval and neighbour encoding
-  (Python work, new shapes), so ``Retro._step`` runs it.
+  (Python work, new shapes), so ``Retro.forward`` runs it.
 
 On a CPU the same step runs without a graph.
 """
@@ -23,6 +23,7 @@ import contextlib
 
 import torch
 
+from model.chunks import ChunkMemory, EncodedNeighbours
 from model.retro import Retro, RetroCache
 
 
@@ -48,6 +49,7 @@ class StaticDecoder:
         self.cca_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cca_mask: torch.Tensor | None = None  # (B, 1, 1, k·r) bool
         self.cca_valid: torch.Tensor | None = None  # (B,) bool: the chunk has neighbours
+        self.cca_enc: EncodedNeighbours | None = None  # the two above as CCA reads them (its states are not read)
         self._copied: list[torch.Tensor] = []  # the cache's CCA tensors last copied (held, so `is` is safe)
         self.graphs: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
@@ -97,30 +99,18 @@ class StaticDecoder:
         else:  # first chunk, or new shapes: new buffers, so recorded graphs are stale
             self.cca_kv = {layer: (k.clone(), v.clone()) for layer, (k, v) in fresh.items()}
             self.cca_mask, self.cca_valid = mask.clone(), cache.enc.chunk_valid.clone()
+            self.cca_enc = EncodedNeighbours(cache.enc.states, cache.enc.token_mask, self.cca_valid, self.cca_mask)
             self.graphs.pop(True, None)
         self._copied = current
         return True
 
     def _step(self, attend: bool) -> torch.Tensor:
-        """The math of ``Retro._step`` for a token that completes no chunk, with no host sync."""
+        """``Retro.step`` for a token that completes no chunk, with no host sync: CCA reads the buffers here."""
         model, cache = self.model, self.cache
-        m = model.config.chunk_tokens
-        pos = self.pos
-        cos, sin = model.rotary.cos.index_select(0, pos), model.rotary.sin.index_select(0, pos)  # (1, d/2)
-        q_pos = (pos + 1) % m + (m - 1)  # its place in the attending window (ChunkedCrossAttention)
-        q_cos, q_sin = model.rotary.cos.index_select(0, q_pos), model.rotary.sin.index_select(0, q_pos)
-        filled = (self.slots <= pos).expand(self.token.shape[0], -1)  # (B, S) keys written so far
-        x = model.wte(self.token)
-        for i, block in enumerate(model.blocks):
-            x = x + block.attn(block.ln_attn(x), cos, sin, key_mask=filled, cache=cache.layers[i], pos=pos)
-            if i == model.first_cca:
-                cache.chunk_h.index_copy_(1, pos % m, x.to(cache.chunk_h.dtype))
-            if attend and block.cca is not None:
-                k, v = self.cca_kv[i]
-                y = block.cca.attn.attend(block.ln_cca(x), k, v, q_cos, q_sin, self.cca_mask)  # (B, 1, D)
-                x = x + y * self.cca_valid[:, None, None].to(y.dtype)
-            x = x + block.mlp(block.ln_mlp(x))
-        return model.lm_head(model.ln_f(x))[:, -1]
+        filled = (self.slots <= self.pos).expand(self.token.shape[0], -1)  # (B, S) keys written so far
+        memory = ChunkMemory(chunk_h=cache.chunk_h, enc=self.cca_enc if attend else None, cca=self.cca_kv)
+        chunks = model.chunk_pass(None, None, memory, tokens=1, step=True, pos=self.pos)
+        return model.step(self.token, chunks, cache.layers, self.pos, key_mask=filled)[:, -1]
 
     def _capture(self, attend: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm up on a side stream first (kernel selection, workspaces), as CUDA graphs require.

@@ -1,7 +1,8 @@
 """The RETRO network (Borgeaud et al. 2022) in one file: decoder, neighbour encoder, chunked cross-attention.
 
 Read bottom-up: rotary positions, attention (self, cross, chunked cross), MLP, the decoder and
-encoder blocks, the neighbour encoder, then :class:`Retro`. Axis names used in shape comments and
+encoder blocks, the neighbour encoder, then :class:`Retro`. When a chunk's neighbours are encoded
+and what each CCA layer reads is ``model.chunks.ChunkPass``, shared with RETRO-fit. Axis names used in shape comments and
 einops patterns:
 
     B batch · T tokens · L chunks (T // m) · m chunk tokens (64) · k neighbours per chunk
@@ -26,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from model.chunks import ChunkMemory, ChunkPass, EncodedNeighbours, expand_mask
 from model.config import RetroConfig
 
 if TYPE_CHECKING:
@@ -75,22 +77,6 @@ def pack_neighbours(
     return ids, mask
 
 
-def _expand_mask(neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None) -> torch.Tensor:
-    """A (B, L, k, r) token mask from None (all valid), (B, L, k) per-neighbour or (B, L, k, r)."""
-    if neighbour_mask is None:
-        return torch.ones(neighbours.shape, dtype=torch.bool, device=neighbours.device)
-    if neighbour_mask.dtype != torch.bool:
-        raise TypeError(f"neighbour_mask must be bool, got {neighbour_mask.dtype}")
-    if neighbour_mask.shape == neighbours.shape[:3]:
-        return neighbour_mask.unsqueeze(-1).expand(neighbours.shape)
-    if neighbour_mask.shape == neighbours.shape:
-        return neighbour_mask
-    raise ValueError(
-        f"neighbour_mask has shape {tuple(neighbour_mask.shape)}; expected {tuple(neighbours.shape[:3])} "
-        f"(per neighbour) or {tuple(neighbours.shape)} (per token)"
-    )
-
-
 # rotary positions
 
 
@@ -110,6 +96,12 @@ class Rotary(nn.Module):
         if end > self.cos.shape[0]:
             raise ValueError(f"position {end - 1} is beyond the rotary table ({self.cos.shape[0]} positions)")
         return self.cos[start:end], self.sin[start:end]
+
+    def at(self, pos: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Angles of one position, each (1, d/2); pos may be a (1,) device tensor (gathered: no host sync)."""
+        if isinstance(pos, torch.Tensor):
+            return self.cos.index_select(0, pos), self.sin.index_select(0, pos)
+        return self(pos, pos + 1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -200,27 +192,6 @@ class CrossAttention(nn.Module):
         q = apply_rotary(self.q(x).view(N, Q, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)  # (N, H, Q, d)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(N, Q, -1))  # (N, Q, H·d)
-
-
-@dataclass
-class EncodedNeighbours:
-    """Encoded neighbours of L chunks per sequence, and which of them may be attended."""
-
-    states: torch.Tensor  # (N, k·r, De) encoder output, N = B·L
-    token_mask: torch.Tensor  # (N, k·r) bool, True where a real neighbour token is
-    chunk_valid: torch.Tensor  # (N,) bool, False where a chunk has no neighbour at all
-    # (N, 1, 1, k·r) SDPA mask, rows of empty chunks fully open (their output is zeroed after);
-    # None when every slot is valid. Set once per encoding (a host sync), read by every CCA layer.
-    attn_mask: torch.Tensor | None = field(init=False)
-
-    def __post_init__(self):
-        # All valid: the unmasked kernel is faster. A compiled graph keeps the mask rather than
-        # break on the host sync (same result).
-        if not torch.compiler.is_compiling() and bool(self.token_mask.all()):
-            self.attn_mask = None
-            return
-        open_rows = self.token_mask | ~self.chunk_valid[:, None]  # an all-False row would give NaN
-        self.attn_mask = rearrange(open_rows, "n s -> n 1 1 s")
 
 
 class ChunkedCrossAttention(nn.Module):
@@ -326,11 +297,18 @@ class MLP(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm ATTN → (CCA if this layer has one) → FFW, as in the paper's RETRO block."""
+    """Pre-norm ATTN → (CCA if this layer has one) → FFW, as in the paper's RETRO block.
 
-    def __init__(self, config: RetroConfig, has_cca: bool):
+    Args:
+        config: the network's shape.
+        layer: this block's 1-based number; it has CCA when it is one of ``config.cca_layers``.
+    """
+
+    def __init__(self, config: RetroConfig, layer: int):
         super().__init__()
         D = config.d_model
+        self.layer = layer
+        has_cca = layer in config.cca_layers
         self.ln_attn = nn.LayerNorm(D, eps=config.norm_eps, bias=False)
         self.attn = SelfAttention(D, config.n_heads, config.head_dim, causal=True, dropout=config.dropout)
         self.ln_cca = nn.LayerNorm(D, eps=config.norm_eps, bias=False) if has_cca else None
@@ -338,6 +316,30 @@ class DecoderBlock(nn.Module):
         self.ln_mlp = nn.LayerNorm(D, eps=config.norm_eps, bias=False)
         self.mlp = MLP(D, config.mlp_ratio, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, chunks: ChunkPass, cache: "LayerCache | None" = None) -> torch.Tensor:
+        """The residual stream x (B, T, D) of tokens 0 … T−1 through this block; cache: filled from position 0."""
+        x = x + self.dropout(self.attn(self.ln_attn(x), cos, sin, cache=cache, pos=0))
+        if self.cca is not None:
+            x = chunks.cross_attend(self.layer, x, self.ln_cca, self.cca, self.dropout)
+        return x + self.mlp(self.ln_mlp(x))
+
+    def step(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        chunks: ChunkPass,
+        cache: "LayerCache",
+        pos: int | torch.Tensor,
+        *,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One new token per sequence, x (B, 1, D), at position pos; key_mask: the cache slots written (static steps)."""
+        x = x + self.attn(self.ln_attn(x), cos, sin, key_mask=key_mask, cache=cache, pos=pos)
+        if self.cca is not None:
+            x = chunks.cross_attend(self.layer, x, self.ln_cca, self.cca)
+        return x + self.mlp(self.ln_mlp(x))
 
 
 class EncoderBlock(nn.Module):
@@ -352,6 +354,27 @@ class EncoderBlock(nn.Module):
         self.ca = CrossAttention(De, config.d_model, He, De // He, dropout=config.dropout)
         self.ln_mlp = nn.LayerNorm(De, eps=config.norm_eps, bias=False)
         self.mlp = MLP(De, config.mlp_ratio, config.dropout)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        k: int,
+        self_mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        context_rotary: tuple[torch.Tensor, torch.Tensor],
+        query_rotary: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """h (N·k, r, De) neighbour tokens, context (N, m, D) their chunk's normed activations → (N·k, r, De)."""
+        h = h + self.attn(self.ln_attn(h), *rotary, key_mask=self_mask)
+        # Every neighbour token of a chunk reads the same m activations, so the k neighbours
+        # are one batch row of k·r queries: no copy of the chunk per neighbour.
+        h = rearrange(h, "(n k) r e -> n (k r) e", k=k)
+        ck, cv = self.ca.keys_values(context, *context_rotary)  # (N, He, m, d)
+        h = h + self.ca.attend(self.ln_ca(h), ck, cv, *query_rotary, None)
+        h = rearrange(h, "n (k r) e -> (n k) r e", k=k)
+        return h + self.mlp(self.ln_mlp(h))
 
 
 class NeighbourEncoder(nn.Module):
@@ -390,16 +413,24 @@ class NeighbourEncoder(nn.Module):
         h = rearrange(self.proj_in(emb), "n k r e -> (n k) r e")
         ca_cos, ca_sin = r_cos.repeat(k, 1), r_sin.repeat(k, 1)  # (k·r, d/2): positions restart per neighbour
         for block in self.blocks:
-            h = h + block.attn(block.ln_attn(h), r_cos, r_sin, key_mask=self_mask)
-            # Every neighbour token of a chunk reads the same m activations, so the k neighbours
-            # are one batch row of k·r queries: no copy of the chunk per neighbour.
-            h = rearrange(h, "(n k) r e -> n (k r) e", k=k)
-            ck, cv = block.ca.keys_values(context, m_cos, m_sin)  # (N, He, m, d)
-            h = h + block.ca.attend(block.ln_ca(h), ck, cv, ca_cos, ca_sin, None)
-            h = rearrange(h, "n (k r) e -> (n k) r e", k=k)
-            h = h + block.mlp(block.ln_mlp(h))
+            h = block(h, context, k=k, self_mask=self_mask, rotary=(r_cos, r_sin), context_rotary=(m_cos, m_sin), query_rotary=(ca_cos, ca_sin))
         states = rearrange(self.ln_f(h), "(n k) r e -> n (k r) e", k=k)
-        return EncodedNeighbours(states=states, token_mask=rearrange(token_mask, "n k r -> n (k r)"), chunk_valid=nb_valid.any(-1))
+        return EncodedNeighbours.of(states, rearrange(token_mask, "n k r -> n (k r)"), nb_valid.any(-1))
+
+    def encode(self, embed: nn.Module, neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None, chunk_h: torch.Tensor) -> EncodedNeighbours:
+        """Encode (B, L, k, r) neighbour ids given the decoder's chunk activations (B, L·m, D).
+
+        Args:
+            embed: the decoder's token embedding (RETRO-fit: the base model's, frozen).
+            neighbours: (B, L, k, r) token ids.
+            neighbour_mask: see :func:`model.chunks.expand_mask`.
+            chunk_h: activations of the L chunks at the first CCA layer.
+        """
+        L = neighbours.shape[1]
+        token_mask = expand_mask(neighbours, neighbour_mask)
+        emb = embed(rearrange(neighbours, "b l k r -> (b l) k r"))  # (N, k, r, D)
+        chunk_h = rearrange(chunk_h, "b (l m) d -> (b l) m d", l=L)
+        return self(emb, rearrange(token_mask, "b l k r -> (b l) k r"), chunk_h)
 
 
 # generation cache
@@ -431,18 +462,10 @@ class LayerCache:
 
 
 @dataclass
-class RetroCache:
-    """Decoding state: self-attention KV, the current chunk's activations, and the CCA keys/values.
+class RetroCache(ChunkMemory):
+    """Decoding state: each layer's self-attention KV, plus the chunk state of :class:`model.chunks.ChunkMemory`."""
 
-    ``cca`` holds, per CCA layer, the keys/values of the encoded neighbours that the next tokens
-    attend to (those of the last completed chunk); neighbours are encoded once per chunk.
-    """
-
-    layers: list[LayerCache]
-    chunk_h: torch.Tensor  # (B, m, D) decoder activations of the chunk being written, at the first CCA layer
-    pos: int = 0
-    enc: EncodedNeighbours | None = None
-    cca: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    layers: list[LayerCache] = field(default_factory=list)
 
 
 # the model
@@ -459,14 +482,13 @@ class Retro(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(DecoderBlock(config, i + 1 in config.cca_layers) for i in range(config.n_layers))
+        self.blocks = nn.ModuleList(DecoderBlock(config, i + 1) for i in range(config.n_layers))
         self.encoder = NeighbourEncoder(config)
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.rotary = Rotary(config.head_dim, max(config.max_seq_len, 2 * config.chunk_tokens, config.neighbour_tokens), config.rope_theta)
-        self.first_cca = config.cca_layers[0] - 1  # 0-based layer whose activations condition the encoder
         self.apply(self._init_weights)
         # Residual projections scaled by depth (GPT-2), so the stream's variance does not grow with layers.
         for name, p in self.named_parameters():
@@ -489,26 +511,26 @@ class Retro(nn.Module):
 
     def encode_neighbours(self, neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None, chunk_h: torch.Tensor) -> EncodedNeighbours:
         """Encode (B, L, k, r) neighbours given the decoder's chunk activations (B, L·m, D)."""
-        B, L = neighbours.shape[:2]
-        token_mask = _expand_mask(neighbours, neighbour_mask)
-        emb = self.wte(rearrange(neighbours, "b l k r -> (b l) k r"))  # (N, k, r, D)
-        chunk_h = rearrange(chunk_h, "b (l m) d -> (b l) m d", l=L)
-        return self.encoder(emb, rearrange(token_mask, "b l k r -> (b l) k r"), chunk_h)
+        return self.encoder.encode(self.wte, neighbours, neighbour_mask, chunk_h)
 
-    def _check_inputs(self, input_ids: torch.Tensor, neighbours: torch.Tensor | None) -> None:
+    def chunk_pass(self, neighbours, neighbour_mask, cache: ChunkMemory | None, *, tokens: int, step: bool, pos=None) -> ChunkPass:
+        """The chunk bookkeeping of one pass through this network (see :class:`model.chunks.ChunkPass`)."""
+        return ChunkPass(self.config, self.rotary, self.encode_neighbours, neighbours, neighbour_mask, cache, tokens=tokens, step=step, pos=pos)
+
+    def _check_inputs(self, input_ids: torch.Tensor, neighbours: torch.Tensor | None, step: bool) -> None:
         cfg = self.config
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-        if neighbours is None:
-            return
         B, T = input_ids.shape
+        if not step and T > cfg.max_seq_len:
+            raise ValueError(f"{T} tokens exceed max_seq_len={cfg.max_seq_len}")
+        if neighbours is None or step:
+            return
         L = T // cfg.chunk_tokens
         if neighbours.dim() != 4 or neighbours.shape[0] != B or neighbours.shape[1] != L:
             raise ValueError(
                 f"neighbours must be (B={B}, L=T//m={L}, k, r) for {T} tokens, got {tuple(neighbours.shape)}"
             )
-        if neighbours.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
-            raise TypeError(f"neighbours must hold token ids (integer dtype), got {neighbours.dtype}")
 
     def forward(
         self,
@@ -533,83 +555,42 @@ class Retro(nn.Module):
         Returns:
             logits (B, T, V); with targets, ``(logits, loss)`` (mean cross-entropy in nats).
         """
-        if cache is not None and cache.pos > 0:
-            logits = self._step(input_ids, neighbours, neighbour_mask, cache)
+        step = cache is not None and cache.pos > 0
+        self._check_inputs(input_ids, neighbours, step)
+        T = input_ids.shape[1]
+        chunks = self.chunk_pass(neighbours, neighbour_mask, cache, tokens=T, step=step)
+        if step:
+            logits = self.step(input_ids, chunks, cache.layers, cache.pos)
         else:
-            logits = self._full(input_ids, neighbours, neighbour_mask, cache)
+            cos, sin = self.rotary(0, T)
+            x = self.wte(input_ids)
+            for i, block in enumerate(self.blocks):
+                x = block(x, cos, sin, chunks, cache.layers[i] if cache is not None else None)
+            logits = self.lm_head(self.ln_f(x))
+        chunks.finish()
         if targets is None:
             return logits
         loss = F.cross_entropy(rearrange(logits.float(), "b t v -> (b t) v"), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    def _full(self, input_ids, neighbours, neighbour_mask, cache: RetroCache | None) -> torch.Tensor:
-        self._check_inputs(input_ids, neighbours)
-        cfg, m = self.config, self.config.chunk_tokens
-        B, T = input_ids.shape
-        L = T // m
-        if T > cfg.max_seq_len:
-            raise ValueError(f"{T} tokens exceed max_seq_len={cfg.max_seq_len}")
-        cos, sin = self.rotary(0, T)
-        retrieve = neighbours is not None and L > 0
-        if retrieve:
-            # Query i of an attending window sits m-1+i tokens after the start of the chunk its
-            # neighbours were retrieved for; neighbour positions restart at 0 for each of the k.
-            q_cos, q_sin = self.rotary(m - 1, 2 * m - 1)
-            n_nb, r = neighbours.shape[2:]
-            k_cos, k_sin = (t.repeat(n_nb, 1) for t in self.rotary(0, r))
-        enc = None
-        x = self.wte(input_ids)
-        for i, block in enumerate(self.blocks):
-            x = x + block.dropout(block.attn(block.ln_attn(x), cos, sin, cache=cache.layers[i] if cache else None, pos=0))
-            if i == self.first_cca:
-                if cache is not None:
-                    cache.chunk_h[:, : T - L * m] = x[:, L * m :]  # the unfinished chunk, for later steps
-                if retrieve:
-                    enc = self.encode_neighbours(neighbours, neighbour_mask, x[:, : L * m])
-            if block.cca is not None and enc is not None:
-                kv = block.cca.keys_values(enc, k_cos, k_sin)
-                x = x + block.dropout(block.cca(block.ln_cca(x), *kv, enc, q_cos, q_sin))
-                if cache is not None:  # the next tokens attend to the last chunk's neighbours
-                    cache.cca[i] = tuple(rearrange(t, "(b l) h s d -> b l h s d", b=B)[:, -1] for t in kv)
-            x = x + block.mlp(block.ln_mlp(x))
-        if cache is not None:
-            cache.pos = T
-            cache.enc = _last_chunk(enc, B) if enc is not None else None
-            if enc is None:
-                cache.cca.clear()
-        return self.lm_head(self.ln_f(x))
+    def step(
+        self,
+        input_ids: torch.Tensor,
+        chunks: ChunkPass,
+        layers: list[LayerCache],
+        pos: int | torch.Tensor,
+        *,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, 1, V) of one new token per sequence at pos; advances nothing (``chunks.finish`` does).
 
-    def _step(self, input_ids, neighbours, neighbour_mask, cache: RetroCache) -> torch.Tensor:
-        cfg, m = self.config, self.config.chunk_tokens
-        B, T = input_ids.shape
-        if T != 1:
-            raise ValueError(f"after the first forward, a cached step takes one token per sequence, got {T}")
-        pos = cache.pos
-        completes_chunk = (pos + 1) % m == 0
-        if neighbours is not None and (not completes_chunk or neighbours.shape[:2] != (B, 1)):
-            raise ValueError(f"neighbours at position {pos} must be None or (B, 1, k, r) and only when a chunk completes")
-        cos, sin = self.rotary(pos, pos + 1)
-        q_pos = m - 1 + (pos + 1) % m  # its place in the attending window (see ChunkedCrossAttention)
-        q_cos, q_sin = self.rotary(q_pos, q_pos + 1)
+        ``forward`` with a cache calls this; so do the static steps of ``model.decoding``, with pos
+        a device tensor and key_mask the cache slots written.
+        """
+        cos, sin = self.rotary.at(pos)
         x = self.wte(input_ids)
-        for i, block in enumerate(self.blocks):
-            x = x + block.attn(block.ln_attn(x), cos, sin, cache=cache.layers[i], pos=pos)
-            if i == self.first_cca:
-                cache.chunk_h[:, pos % m] = x[:, 0]
-                if completes_chunk:  # this token finishes a chunk: its neighbours are encoded now, once
-                    cache.cca.clear()
-                    cache.enc = None
-                    if neighbours is not None:
-                        cache.enc = self.encode_neighbours(neighbours, neighbour_mask, cache.chunk_h)
-                        n_nb, r = neighbours.shape[2:]
-                        k_cos, k_sin = (t.repeat(n_nb, 1) for t in self.rotary(0, r))
-                        for j, other in enumerate(self.blocks):
-                            if other.cca is not None:
-                                cache.cca[j] = other.cca.keys_values(cache.enc, k_cos, k_sin)
-            if block.cca is not None and i in cache.cca and pos >= m - 1:
-                x = x + block.cca.step(block.ln_cca(x), *cache.cca[i], cache.enc, q_cos, q_sin)
-            x = x + block.mlp(block.ln_mlp(x))
-        cache.pos = pos + 1
+        for block, layer in zip(self.blocks, layers):
+            x = block.step(x, cos, sin, chunks, layer, pos, key_mask=key_mask)
         return self.lm_head(self.ln_f(x))
 
     def new_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> RetroCache:
@@ -674,12 +655,6 @@ class Retro(nn.Module):
         load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=str(device))
         model.to(device)
         return model.eval()
-
-
-def _last_chunk(enc: EncodedNeighbours, batch: int) -> EncodedNeighbours:
-    """The encoded neighbours of each sequence's last chunk (what the next tokens attend to)."""
-    pick = lambda t: rearrange(t, "(b l) ... -> b l ...", b=batch)[:, -1]  # noqa: E731
-    return EncodedNeighbours(states=pick(enc.states), token_mask=pick(enc.token_mask), chunk_valid=pick(enc.chunk_valid))
 
 
 def write_config(directory: Path, model_type: str, fields: dict) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,19 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from model.chunks import ChunkMemory, ChunkPass, EncodedNeighbours
 from model.config import RetroConfig
-from model.retro import (
-    IGNORE_INDEX,
-    WEIGHTS_FILE,
-    ChunkedCrossAttention,
-    EncodedNeighbours,
-    NeighbourEncoder,
-    Rotary,
-    _expand_mask,
-    _last_chunk,
-    read_config,
-    write_config,
-)
+from model.retro import IGNORE_INDEX, WEIGHTS_FILE, ChunkedCrossAttention, NeighbourEncoder, Rotary, read_config, write_config
 from model.tokenizer import RetroTokenizer
 
 LOG = logging.getLogger(__name__)
@@ -72,36 +62,30 @@ def hf_tokenizer(path: str | Path, *, gguf_file: str | None = None, name: str | 
 
 
 class CCABlock(nn.Module):
-    """Pre-norm chunked cross-attention added after one base layer; starts as the identity."""
+    """Pre-norm chunked cross-attention added after one base layer; starts as the identity.
 
-    def __init__(self, config: RetroConfig):
+    Args:
+        config: the RETRO part's shape.
+        layer: the 1-based number of the base layer it follows.
+    """
+
+    def __init__(self, config: RetroConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.ln = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
         self.cca = ChunkedCrossAttention(config)
         nn.init.zeros_(self.cca.attn.proj.weight)  # at step 0 the base model's behaviour is unchanged
 
-
-@dataclass
-class RetroFitCache:
-    """Decoding state: the base model's KV cache plus RETRO's chunk buffer and CCA keys/values."""
-
-    hf: object  # transformers DynamicCache
-    chunk_h: torch.Tensor  # (B, m, D) hidden states of the chunk being written, after the first CCA layer
-    pos: int = 0
-    enc: EncodedNeighbours | None = None
-    cca: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    def forward(self, h: torch.Tensor, chunks: ChunkPass) -> torch.Tensor:
+        """The base's hidden state h (B, T, D) after its layer, plus CCA(norm(h)) when there is something to attend."""
+        return chunks.cross_attend(self.layer, h, self.ln, self.cca)
 
 
 @dataclass
-class _Pass:
-    """What the hooks need during one forward pass."""
+class RetroFitCache(ChunkMemory):
+    """Decoding state: the base model's KV cache, plus the chunk state of :class:`model.chunks.ChunkMemory`."""
 
-    neighbours: torch.Tensor | None
-    neighbour_mask: torch.Tensor | None
-    cache: RetroFitCache | None
-    step: bool  # one cached token, else a full pass from position 0
-    enc: EncodedNeighbours | None = None
-    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    hf: object = None  # transformers DynamicCache
 
 
 class RetroFit(nn.Module):
@@ -129,9 +113,9 @@ class RetroFit(nn.Module):
             p.requires_grad_(False)
         self.base_source = base_source
         self.encoder = NeighbourEncoder(config)
-        self.cca = nn.ModuleDict({str(i): CCABlock(config) for i in config.cca_layers})
+        self.cca = nn.ModuleDict({str(i): CCABlock(config, i) for i in config.cca_layers})
         self.rotary = Rotary(config.head_dim, max(2 * config.chunk_tokens, config.neighbour_tokens), config.rope_theta)
-        self._pass: _Pass | None = None
+        self._pass: ChunkPass | None = None  # the pass the hooks add CCA to
         # transformers 5 renamed `past_key_values` to `cache`; accept either generation of the API.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         layers = decoder_layers(base)
@@ -205,65 +189,20 @@ class RetroFit(nn.Module):
     # hooks
 
     def _hook(self, layer: int):
+        block = self.cca[str(layer)]
+
         def hook(module, args, output):
-            state = self._pass
-            if state is None:
+            chunks = self._pass
+            if chunks is None:
                 return None
-            h = output[0] if isinstance(output, tuple) else output
-            h = self._after_layer(layer, h, state)
+            h = block(output[0] if isinstance(output, tuple) else output, chunks)
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
 
         return hook
 
-    def _after_layer(self, layer: int, h: torch.Tensor, state: _Pass) -> torch.Tensor:
-        cfg, m = self.config, self.config.chunk_tokens
-        block = self.cca[str(layer)]
-        first = layer == cfg.cca_layers[0]
-        if state.step:
-            cache = state.cache
-            pos = cache.pos
-            if first:
-                cache.chunk_h[:, pos % m] = h[:, 0]
-                if (pos + 1) % m == 0:
-                    cache.cca.clear()
-                    cache.enc = None
-                    if state.neighbours is not None:
-                        cache.enc = self.encode_neighbours(state.neighbours, state.neighbour_mask, cache.chunk_h)
-                        k_cos, k_sin = self._key_rotary(state.neighbours)
-                        for i in cfg.cca_layers:
-                            cache.cca[i] = self.cca[str(i)].cca.keys_values(cache.enc, k_cos, k_sin)
-            if layer in cache.cca and pos >= m - 1:
-                q_pos = m - 1 + (pos + 1) % m
-                q_cos, q_sin = self.rotary(q_pos, q_pos + 1)
-                h = h + block.cca.step(block.ln(h), *cache.cca[layer], cache.enc, q_cos, q_sin)
-            return h
-        B, T, _ = h.shape
-        L = T // m
-        if first:
-            if state.cache is not None:
-                state.cache.chunk_h[:, : T - L * m] = h[:, L * m :]
-            if state.neighbours is not None and L > 0:
-                state.enc = self.encode_neighbours(state.neighbours, state.neighbour_mask, h[:, : L * m])
-        if state.enc is None:
-            return h
-        k_cos, k_sin = self._key_rotary(state.neighbours)
-        kv = block.cca.keys_values(state.enc, k_cos, k_sin)
-        q_cos, q_sin = self.rotary(m - 1, 2 * m - 1)
-        if state.cache is not None:
-            state.cache.cca[layer] = tuple(rearrange(t, "(b l) h s d -> b l h s d", b=B)[:, -1] for t in kv)
-        return h + block.cca(block.ln(h), *kv, state.enc, q_cos, q_sin)
-
-    def _key_rotary(self, neighbours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n_nb, r = neighbours.shape[2:]
-        return tuple(t.repeat(n_nb, 1) for t in self.rotary(0, r))
-
     def encode_neighbours(self, neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None, chunk_h: torch.Tensor) -> EncodedNeighbours:
         """Encode (B, L, k, r) neighbours with the base's frozen token embeddings."""
-        L = neighbours.shape[1]
-        token_mask = _expand_mask(neighbours, neighbour_mask)
-        emb = self.base.get_input_embeddings()(rearrange(neighbours, "b l k r -> (b l) k r"))
-        chunk_h = rearrange(chunk_h, "b (l m) d -> (b l) m d", l=L)
-        return self.encoder(emb, rearrange(token_mask, "b l k r -> (b l) k r"), chunk_h)
+        return self.encoder.encode(self.base.get_input_embeddings(), neighbours, neighbour_mask, chunk_h)
 
     # forward
 
@@ -280,25 +219,17 @@ class RetroFit(nn.Module):
         m = self.config.chunk_tokens
         B, T = input_ids.shape
         step = cache is not None and cache.pos > 0
-        if step and T != 1:
-            raise ValueError(f"after the first forward, a cached step takes one token per sequence, got {T}")
         if neighbours is not None and not step and neighbours.shape[:2] != (B, T // m):
             raise ValueError(f"neighbours must be (B={B}, L=T//m={T // m}, k, r) for {T} tokens, got {tuple(neighbours.shape)}")
-        if neighbours is not None and neighbours.dtype.is_floating_point:
-            raise TypeError(f"neighbours must hold token ids (integer dtype), got {neighbours.dtype}")
+        chunks = ChunkPass(self.config, self.rotary, self.encode_neighbours, neighbours, neighbour_mask, cache, tokens=T, step=step)
         needs_hooks = cache is not None or (neighbours is not None and T >= m)
-        self._pass = _Pass(neighbours, neighbour_mask, cache, step) if needs_hooks else None
+        self._pass = chunks if needs_hooks else None
         try:
             kwargs = {self._cache_kwarg: cache.hf, "use_cache": True} if cache is not None else {"use_cache": False}
             logits = self.base(input_ids=input_ids, **kwargs).logits
         finally:
-            state, self._pass = self._pass, None
-        if cache is not None:
-            if not step:
-                cache.enc = _last_chunk(state.enc, B) if state.enc is not None else None
-                if state.enc is None:
-                    cache.cca.clear()
-            cache.pos += T
+            self._pass = None
+        chunks.finish()
         if targets is None:
             return logits
         loss = F.cross_entropy(rearrange(logits.float(), "b t v -> (b t) v"), targets.reshape(-1), ignore_index=IGNORE_INDEX)
