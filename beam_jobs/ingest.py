@@ -39,6 +39,7 @@ from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_o
 from beam_jobs.sources import SourcesConfig, load_sources
 from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargets, Targets, resolve_targets
 from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
+from model.compat import Compatibility
 from model.embedder import EmbedderSpec
 from model.store.errors import IncompatibleIndex
 from model.tokenizer import RetroTokenizer
@@ -133,15 +134,17 @@ def resolve_tokenizer(tokenizer_path: str | Path | None, parent_manifest) -> Ret
         TokenizerMismatch: the parent version records another tokenizer (name or sha256).
     """
     tokenizer = RetroTokenizer.load(tokenizer_path)
-    if parent_manifest is not None and parent_manifest.tokenizer.sha256 != tokenizer.sha256:
-        recorded = parent_manifest.tokenizer
-        raise TokenizerMismatch(
-            f"the store's version {parent_manifest.version} was chunked with tokenizer {recorded.name!r} "
-            f"(sha256 {recorded.sha256[:12]}), but this run would use {tokenizer.name!r} (sha256 {tokenizer.sha256[:12]}"
-            f"{', the bundled default' if tokenizer_path is None else f', from {tokenizer_path}'}). "
-            "Pass --tokenizer with the store's tokenizer, or ingest into a new, empty store."
+    if parent_manifest is not None:
+        run = f"this run ({'the bundled default tokenizer' if tokenizer_path is None else f'tokenizer from {tokenizer_path}'})"
+        Compatibility.of(tokenizer=tokenizer, source=run, kind="run").check(
+            _parent_terms(parent_manifest), terms=("tokenizer",), error=TokenizerMismatch,
+            fix="pass --tokenizer with the store's tokenizer, or ingest into a new, empty store",
         )
     return tokenizer
+
+
+def _parent_terms(parent_manifest) -> Compatibility:
+    return Compatibility.of_manifest(parent_manifest, source=f"the store's version {parent_manifest.version}")
 
 
 def check_embedder(spec: EmbedderSpec, parent_manifest) -> None:
@@ -150,10 +153,10 @@ def check_embedder(spec: EmbedderSpec, parent_manifest) -> None:
     Raises:
         EmbedderMismatch: name, dim, pooling, normalisation, max_length or weights differ.
     """
-    if parent_manifest is not None and parent_manifest.embedder != spec:
-        raise EmbedderMismatch(
-            f"the store's version {parent_manifest.version} was embedded with {parent_manifest.embedder}, "
-            f"but this run would use {spec}. Pass --embedder with the store's encoder, or ingest into a new, empty store."
+    if parent_manifest is not None:
+        Compatibility.of(embedder=spec, source="this run", kind="run").check(
+            _parent_terms(parent_manifest), terms=("embedder",), error=EmbedderMismatch,
+            fix="pass --embedder with the store's encoder, or ingest into a new, empty store",
         )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from model.compat import Compatibility, TokenizerInfo
 from model.retro import CONFIG_FILE, MODEL_TYPE, Retro
 from model.tokenizer import TOKENIZER_FILE, RetroTokenizer
 
@@ -25,15 +26,20 @@ def checkpoint_model_type(directory: str | Path) -> str:
     return json.loads(file.read_text()).get("model_type", "")
 
 
-def load_tokenizer_for(directory: str | Path, expected: dict | None) -> RetroTokenizer:
-    """The tokenizer saved in a checkpoint (or the shipped default), checked against the config's stamp."""
+def load_tokenizer_for(directory: str | Path, expected: TokenizerInfo | dict | None) -> RetroTokenizer:
+    """The tokenizer saved in a checkpoint (or the shipped default), checked against the config's stamp.
+
+    Raises:
+        model.compat.Incompatible: (a ValueError) the tokenizer found is not the one recorded.
+    """
     directory = Path(directory)
-    tokenizer = RetroTokenizer.load(directory if (directory / TOKENIZER_FILE).exists() else None)
-    if expected and expected.get("sha256") and expected["sha256"] != tokenizer.sha256:
-        raise ValueError(
-            f"checkpoint {directory} was trained with tokenizer {expected.get('name')} ({expected['sha256'][:12]}) "
-            f"but {tokenizer.name} ({tokenizer.sha256[:12]}) was found; save the checkpoint with its tokenizer"
-        )
+    saved = (directory / TOKENIZER_FILE).exists()
+    tokenizer = RetroTokenizer.load(directory if saved else None)
+    found = f"the tokenizer in {directory}" if saved else "the shipped default tokenizer"
+    Compatibility.of(tokenizer=tokenizer, source=found, kind="run").check(
+        Compatibility.of(tokenizer=expected, source=f"checkpoint {directory}", kind="model"), terms=("tokenizer",),
+        fix="save the checkpoint with its tokenizer",
+    )
     return tokenizer
 
 

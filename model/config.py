@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.compat import EmbedderSpec, TokenizerInfo
+
 
 # The paper-like 185M configuration of the RETRO paper's smallest decoder (d 896, 12 layers, CCA
 # from layer 6 every 3rd), used by `bench.model --gpu`; the small ones are CPU sized.
@@ -28,7 +30,8 @@ class RetroConfig:
     """The shape of a RETRO network (decoder, neighbour encoder, chunked cross-attention).
 
     Saved as ``config.json`` beside ``model.safetensors``; ``embedder`` and ``tokenizer`` record
-    what the model was trained with so a server can refuse an index made by something else.
+    what the model was trained with so a server can refuse an index made by something else
+    (``model.compat.Compatibility.of_config``). Given as dicts (config.json), they become typed values.
     """
 
     vocab_size: int = 8192
@@ -53,12 +56,14 @@ class RetroConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # decoder logits reuse the token embedding, as GPT-2 does
     pad_token_id: int = 0  # fills missing neighbour tokens; always masked, so its value is moot
-    embedder: dict | None = None  # EmbedderSpec.to_dict() of the encoder that made the keys
-    tokenizer: dict | None = None  # {"name", "sha256"} of the RetroTokenizer
+    embedder: EmbedderSpec | None = None  # the encoder that made the keys of the index it was trained on
+    tokenizer: TokenizerInfo | None = None  # the RetroTokenizer that made its token ids
     extra: dict = field(default_factory=dict)  # free-form notes (training run, data), never read by the net
 
     def __post_init__(self):
         self.cca_layers = tuple(int(i) for i in self.cca_layers)
+        self.embedder = EmbedderSpec.of(self.embedder)
+        self.tokenizer = TokenizerInfo.of(self.tokenizer)
         if self.enc_d_model is None:
             self.enc_d_model = self.d_model
         if self.enc_n_heads is None:

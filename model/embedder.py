@@ -1,19 +1,20 @@
 """The frozen encoder that makes keys (chunk embeddings) and queries: one code path for both.
 
 The ingest job, the trainer and the server all embed through :class:`Embedder`, and every
-manifest records its :class:`EmbedderSpec`, so an index is never searched with vectors from a
-different model, pooling or length limit.
+manifest records its :class:`~model.compat.EmbedderSpec`, so an index is never searched with vectors
+from a different model, pooling or length limit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from model.compat import EmbedderSpec  # noqa: F401  (its home; importable from here as before)
 
 LOG = logging.getLogger(__name__)
 
@@ -52,28 +53,6 @@ def weights_sha256(model_dir: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class EmbedderSpec:
-    """What made an index's keys; stored in every manifest and compared on open."""
-
-    name: str
-    dim: int
-    pooling: str = "mean"
-    normalize: bool = True
-    max_length: int = 128
-    sha256: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "EmbedderSpec":
-        return cls(**{k: data[k] for k in ("name", "dim", "pooling", "normalize", "max_length", "sha256")})
-
-    def compatible_with(self, other: "EmbedderSpec") -> bool:
-        return self == other
 
 
 class Embedder:

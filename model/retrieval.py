@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from model.compat import Compatibility
+
 
 @dataclass(frozen=True)
 class Neighbour:
@@ -56,15 +58,12 @@ class StoreRetriever:
     """
 
     def __init__(self, view, embedder, *, batch_size: int = 64):
-        if view.manifest.embedder != embedder.spec:
+        queries = Compatibility.of(embedder=embedder.spec, source="this retriever", kind="run")
+        index = Compatibility.of_manifest(view.manifest, source=f"index version {view.version}")
+        if queries.mismatches(index, ("embedder",)):
             from model.store.errors import IncompatibleIndex  # only here: this module stays faiss-free
 
-            have, want = view.manifest.embedder, embedder.spec
-            raise IncompatibleIndex(
-                f"index version {view.version} was embedded with {have.name} (dim {have.dim}, weights "
-                f"{have.sha256[:12]}), but this retriever queries with {want.name} (dim {want.dim}, weights "
-                f"{want.sha256[:12]}); use the embedder that made the index"
-            )
+            queries.check(index, terms=("embedder",), fix="use the embedder that made the index", error=IncompatibleIndex)
         self.view = view
         self.embedder = embedder
         self.batch_size = batch_size

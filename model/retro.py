@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from model.chunks import ChunkMemory, ChunkPass, EncodedNeighbours, expand_mask
+from model.compat import Compatibility
 from model.config import RetroConfig
 
 if TYPE_CHECKING:
@@ -620,10 +621,11 @@ class Retro(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if tokenizer is not None:
-            stamp = {"name": tokenizer.name, "sha256": tokenizer.sha256}
-            if self.config.tokenizer and self.config.tokenizer.get("sha256") != tokenizer.sha256:
-                raise ValueError(f"model was built for tokenizer {self.config.tokenizer}, not {stamp}")
-            self.config.tokenizer = stamp
+            Compatibility.of(tokenizer=tokenizer, source=f"the tokenizer given ({tokenizer.name})", kind="run").check(
+                Compatibility.of_config(self.config, source="this model"), terms=("tokenizer",),
+                fix="save the model with the tokenizer it was built for",
+            )
+            self.config.tokenizer = tokenizer.info
             tokenizer.save(directory)
         write_config(directory, MODEL_TYPE, self.config.to_dict())
         save_model(self, str(directory / WEIGHTS_FILE))  # handles the tied embedding / lm_head

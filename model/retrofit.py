@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from model.chunks import ChunkMemory, ChunkPass, EncodedNeighbours
+from model.compat import EmbedderSpec
 from model.config import RetroConfig
 from model.retro import IGNORE_INDEX, WEIGHTS_FILE, ChunkedCrossAttention, NeighbourEncoder, Rotary, read_config, write_config
 from model.tokenizer import RetroTokenizer
@@ -136,7 +137,7 @@ class RetroFit(nn.Module):
         continuation_tokens: int = 64,
         base_source: dict | None = None,
         tokenizer: RetroTokenizer | None = None,
-        embedder: dict | None = None,
+        embedder: EmbedderSpec | dict | None = None,
     ) -> "RetroFit":
         """Build the RETRO part's config from the base model's and wrap it.
 
@@ -173,7 +174,7 @@ class RetroFit(nn.Module):
             k=k,
             max_seq_len=getattr(bc, "max_position_embeddings", None) or getattr(bc, "n_positions", 2048),
             tie_embeddings=False,
-            tokenizer={"name": tokenizer.name, "sha256": tokenizer.sha256} if tokenizer else None,
+            tokenizer=tokenizer.info if tokenizer else None,
             embedder=embedder,
         )
         return cls(base, config, base_source=base_source)
@@ -260,7 +261,7 @@ class RetroFit(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if tokenizer is not None:
-            self.config.tokenizer = {"name": tokenizer.name, "sha256": tokenizer.sha256}
+            self.config.tokenizer = tokenizer.info
             tokenizer.save(directory)
         source = self.base_source
         if source is None:

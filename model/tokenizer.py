@@ -9,6 +9,8 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from model.compat import TokenizerInfo
+
 DEFAULT_TOKENIZER_PATH = Path(__file__).parent / "assets" / "tokenizer.json"
 TOKENIZER_FILE = "tokenizer.json"
 EOS = "<|endoftext|>"
@@ -30,6 +32,11 @@ class RetroTokenizer:
         self.eos_id = tokenizer.token_to_id(EOS)
         self.pad_id = tokenizer.token_to_id(PAD)
         self._bytes: list[bytes] | None = None  # token id -> bytes, built on first use
+
+    @property
+    def info(self) -> TokenizerInfo:
+        """Its name and sha256, as checkpoints and manifests record them."""
+        return TokenizerInfo(name=self.name, sha256=self.sha256)
 
     @property
     def vocab_size(self) -> int:

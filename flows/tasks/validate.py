@@ -22,6 +22,8 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from model.compat import Compatibility
+
 LOG = logging.getLogger(__name__)
 
 
@@ -173,8 +175,10 @@ def validate(
             from beam_jobs.embed import shared_embedder
 
             embedder = shared_embedder(embedder_path, max_length=manifest.embedder.max_length)  # the ingest's, when loaded
-            if embedder.spec != manifest.embedder:
-                raise ValidationFailed(f"cannot probe {version}: its keys come from {manifest.embedder}, the probe embedder is {embedder.spec}")
+            Compatibility.of(embedder=embedder.spec, source="the probe embedder", kind="run").check(
+                Compatibility.of_manifest(manifest), terms=("embedder",), error=ValidationFailed,
+                fix="probe with the encoder that made its keys",
+            )
             sample = sample_chunks(view, probe_queries, seed=version)
             report.probes = len(sample)
             report.probe_recall, report.probe_self_score, report.tombstones_returned = probe(view, embedder, sample, k=min(k, view.count), nprobe=report.nprobe)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from model.commands.formatting import one_line
+from model.compat import Compatibility
 from model.config import Settings
 
 STORE_HELP = "index store: a directory, file:///path or gs://bucket/prefix [env: RETROFRESH_STORE]."
@@ -79,7 +80,7 @@ def status(store, as_json: bool) -> None:
     info = _summary(manifest, manifest.version) | {
         "store": store.uri,
         "embedder": manifest.embedder.to_dict(),
-        "tokenizer": manifest.tokenizer.model_dump(),
+        "tokenizer": manifest.tokenizer.to_dict(),
         "chunk_tokens": manifest.chunk_tokens,
         "continuation_tokens": manifest.continuation_tokens,
         "search": manifest.search.model_dump(),
@@ -152,12 +153,10 @@ def search(store, as_json: bool, text: str, k: int, version: str | None, embedde
     manifest = store.manifest(version)
     spec = manifest.embedder
     embedder = Embedder(embedder_path, name=spec.name if embedder_path else None, max_length=spec.max_length)
-    if embedder.spec != spec:
-        raise click.ClickException(
-            f"version {manifest.version} was embedded with {spec.name} (dim {spec.dim}, weights {spec.sha256[:12]}), "
-            f"but the embedder here is {embedder.spec.name} (dim {embedder.spec.dim}, weights {embedder.spec.sha256[:12]}); "
-            "pass --embedder DIR with the encoder that made the index"
-        )
+    Compatibility.of(embedder=embedder.spec, source="the embedder here", kind="run").check(
+        Compatibility.of_manifest(manifest), terms=("embedder",), fix="pass --embedder DIR with the encoder that made the index",
+        error=click.ClickException,
+    )
     with store.open(manifest.version, embedder=embedder.spec) as view:
         hits = view.search(embedder.encode([text]), k)[0]
     if as_json:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from model.compat import Compatibility
 from model.config import Settings
 
 LOG = logging.getLogger(__name__)
@@ -45,11 +46,11 @@ def _to_tokens(view, tokenizer, tokenizer_path: Path | None):
     if view.manifest.tokenizer.sha256 == tokenizer.sha256:
         return None
     store_tokenizer = RetroTokenizer.load(tokenizer_path)
-    if store_tokenizer.sha256 != view.manifest.tokenizer.sha256:
-        raise click.UsageError(
-            f"version {view.version} was chunked with tokenizer {view.manifest.tokenizer.name}, not the model's "
-            f"{tokenizer.name}; pass the store's tokenizer.json with --store-tokenizer"
-        )
+    given = f"--store-tokenizer {tokenizer_path}" if tokenizer_path else "the shipped tokenizer (no --store-tokenizer)"
+    Compatibility.of(tokenizer=store_tokenizer, source=given, kind="run").check(
+        Compatibility.of_manifest(view.manifest), terms=("tokenizer",),
+        fix=f"the model uses {tokenizer.name}: pass the store's tokenizer.json with --store-tokenizer", error=click.UsageError,
+    )
     return retokenizer(store_tokenizer, tokenizer)
 
 
@@ -148,12 +149,12 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         base = AutoModelForCausalLM.from_pretrained(str(base_model), local_files_only=True, dtype=torch.float32, **kwargs)
         layers = _layers(cca_layers) or tuple(range(6, base.config.num_hidden_layers + 1, 3))
-        model = RetroFit.wrap(base, cca_layers=layers, k=k, tokenizer=tokenizer, embedder=embedder.spec.to_dict(),
+        model = RetroFit.wrap(base, cca_layers=layers, k=k, tokenizer=tokenizer, embedder=embedder.spec,
                               base_source={"path": str(base_model.resolve()), "gguf_file": gguf_file})
     else:
         tokenizer = store_tokenizer
         overrides = {"vocab_size": tokenizer.vocab_size, "k": k, "max_seq_len": max(seq_len, 256),
-                     "tokenizer": {"name": tokenizer.name, "sha256": tokenizer.sha256}, "embedder": embedder.spec.to_dict()}
+                     "tokenizer": tokenizer.info, "embedder": embedder.spec}
         if cca_layers:
             overrides["cca_layers"] = _layers(cca_layers)
         try:

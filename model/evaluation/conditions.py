@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.compat import Compatibility
 from model.evaluation.documents import read_dated_documents
 from model.evaluation.temporal import CachingEmbedder, Condition, TemporalEvaluation, evaluate
 
@@ -62,31 +63,18 @@ def check_fits(model, tokenizer, manifest, *, role: str, checkpoint: Path, store
     """
     from model.training.neighbours import retokenizer
 
-    cfg = model.config
-    where = f"version {manifest.version} of {store}"
-    trained_with = cfg.embedder
-    have = manifest.embedder.to_dict()
-    if trained_with and dict(trained_with) != have:
-        raise EvaluationSetupError(
-            f"{role} {checkpoint} was trained with neighbours embedded by {trained_with.get('name')} "
-            f"(weights {str(trained_with.get('sha256', ''))[:12]}), but {where} was embedded by {have['name']} "
-            f"(weights {have['sha256'][:12]}); evaluate against a store built with the checkpoint's embedder, "
-            "or a checkpoint trained on this store"
-        )
-    if manifest.chunk_tokens != cfg.chunk_tokens:
-        raise EvaluationSetupError(
-            f"{where} has {manifest.chunk_tokens}-token chunks, {role} {checkpoint} reads {cfg.chunk_tokens}-token chunks; "
-            "evaluate against a store chunked for this model"
-        )
-    if manifest.tokenizer.sha256 == tokenizer.sha256:
-        return None
+    index = Compatibility.of_manifest(manifest, source=f"version {manifest.version} of {store}")
+    # The tokenizer files loaded with the checkpoint (checked against its config by load_checkpoint).
+    model_terms = Compatibility.of(embedder=model.config.embedder, tokenizer=tokenizer, chunk_tokens=model.config.chunk_tokens,
+                                   source=f"{role} {checkpoint}", kind="model")
+    model_terms.check(index, terms=("embedder", "chunk_tokens"), error=EvaluationSetupError,
+                      fix="evaluate against a store built with the checkpoint's embedder and chunk size, or a checkpoint trained on this store")
     if store_tokenizer is not None and store_tokenizer.sha256 == manifest.tokenizer.sha256:
-        return retokenizer(store_tokenizer, tokenizer)
-    raise EvaluationSetupError(
-        f"{where} was chunked with tokenizer {manifest.tokenizer.name} ({manifest.tokenizer.sha256[:12]}), but {role} "
-        f"{checkpoint} uses {tokenizer.name} ({tokenizer.sha256[:12]}); evaluate a checkpoint trained on this store "
-        "(`retrofresh train --store ...`), or, for a RETRO-fitted model, pass the store's tokenizer.json with --store-tokenizer"
-    )
+        return retokenizer(store_tokenizer, tokenizer)  # None when it is the checkpoint's own
+    model_terms.check(index, terms=("tokenizer",), error=EvaluationSetupError,
+                      fix="evaluate a checkpoint trained on this store (`retrofresh train --store ...`), or, for a RETRO-fitted "
+                          "model, pass the store's tokenizer.json with --store-tokenizer")
+    return None
 
 
 def _open_version(store_uri: str, version: str | None, embedder, cache_dir: Path | None, role: str):
@@ -138,9 +126,9 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
         embedder = CachingEmbedder(Embedder(request.embedder_path, device=request.device))
     except FileNotFoundError as exc:
         raise EvaluationSetupError(f"--embedder: {exc}") from None
-    if model.config.embedder and model.config.embedder.get("max_length") not in (None, embedder.spec.max_length):
+    if model.config.embedder and model.config.embedder.max_length != embedder.spec.max_length:
         raise EvaluationSetupError(f"--checkpoint {request.checkpoint} was trained with embedder max_length "
-                                   f"{model.config.embedder['max_length']}, the evaluation embeds with {embedder.spec.max_length}")
+                                   f"{model.config.embedder.max_length}, the evaluation embeds with {embedder.spec.max_length}")
     wanted = [("stale", request.store, request.stale_version, "--stale-version"),
               ("fresh", request.store, request.fresh_version, "--fresh-version")]
     if request.control_store:

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from model.compat import Compatibility
 from model.config import Settings
-from model.server.swap import Compatibility
 
 LOG = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def load_runtime(settings: Settings) -> Runtime:
     if settings.store is None:
         raise StartupError("no index store: pass --store URI or set RETROFRESH_STORE")
     from model.checkpoint import load_checkpoint
-    from model.embedder import Embedder, EmbedderSpec
+    from model.embedder import Embedder
     from model.store import open_store
 
     try:
@@ -83,23 +83,16 @@ def load_runtime(settings: Settings) -> Runtime:
     model.eval()
     embedder = Embedder(settings.embedder_path, device=settings.device)
     config = model.config
-    recorded = getattr(config, "embedder", None)
-    if recorded:
-        want = EmbedderSpec.from_dict(recorded)
-        if want != embedder.spec:
-            raise StartupError(
-                f"the checkpoint was trained with embedder {want.to_dict()}, but {embedder.path} is "
-                f"{embedder.spec.to_dict()}; pass the matching --embedder"
-            )
-    else:
+    if config.embedder is None:
         LOG.warning("checkpoint %s records no embedder; using %s", settings.checkpoint, embedder.spec.name)
-    recorded_tokenizer = getattr(config, "tokenizer", None) or {}
-    if recorded_tokenizer.get("sha256") not in (None, tokenizer.sha256):
-        raise StartupError(
-            f"the checkpoint records tokenizer sha256 {recorded_tokenizer['sha256']}, its tokenizer files hash to {tokenizer.sha256}"
-        )
-    compatibility = Compatibility(
-        embedder=embedder.spec, tokenizer_sha256=tokenizer.sha256, chunk_tokens=int(getattr(config, "chunk_tokens", 64))
+    # load_checkpoint has checked the tokenizer files against the config's record.
+    Compatibility.of(embedder=embedder.spec, source=f"the embedder at {embedder.path}", kind="run").check(
+        Compatibility.of_config(config, source=f"the checkpoint {settings.checkpoint}"), terms=("embedder",),
+        fix="pass the matching --embedder", error=StartupError,
+    )
+    compatibility = Compatibility.of(
+        embedder=embedder.spec, tokenizer=tokenizer, chunk_tokens=config.chunk_tokens,
+        continuation_tokens=config.continuation_tokens, source="the checkpoint", kind="model",
     )
     try:
         store = open_store(settings.store, cache_dir=settings.cache_dir, cache_max_bytes=settings.cache_max_bytes)

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator
 
 import anyio
 
+from model.compat import Compatibility
+
 LOG = logging.getLogger(__name__)
 
 # Probe queries run against every new version before it is swapped in: they fault in the mmapped
@@ -60,15 +62,6 @@ class CheckResult:
     version: str | None  # served after the check
     swapped: bool
     error: SwapFailure | None = None
-
-
-@dataclass(frozen=True)
-class Compatibility:
-    """What an index version must match to be searched by this model."""
-
-    embedder: Any  # model.embedder.EmbedderSpec
-    tokenizer_sha256: str
-    chunk_tokens: int
 
 
 class LoadedVersion:
@@ -290,25 +283,11 @@ class IndexHolder:
             raise VersionRefused("warmup", f"warming {version} failed: {type(exc).__name__}: {exc}") from exc
 
     def _check_manifest(self, manifest) -> None:
-        want = self.compatibility
-        embedder = _as_dict(manifest.embedder)
-        if embedder != _as_dict(want.embedder):
-            raise VersionRefused(
-                "incompatible",
-                f"version {manifest.version} was embedded with {embedder}, but this model queries with {_as_dict(want.embedder)}",
-            )
-        tokenizer_sha = _as_dict(manifest.tokenizer).get("sha256")
-        if tokenizer_sha != want.tokenizer_sha256:
-            raise VersionRefused(
-                "incompatible",
-                f"version {manifest.version} was chunked with tokenizer sha256 {tokenizer_sha}, "
-                f"the checkpoint's is {want.tokenizer_sha256}",
-            )
-        if manifest.chunk_tokens != want.chunk_tokens:
-            raise VersionRefused(
-                "incompatible",
-                f"version {manifest.version} has {manifest.chunk_tokens}-token chunks, the checkpoint uses {want.chunk_tokens}",
-            )
+        self.compatibility.check(
+            Compatibility.of_manifest(manifest),
+            fix="publish a version built with the checkpoint's embedder, tokenizer and chunk sizes, or serve a checkpoint trained on it",
+            error=lambda message: VersionRefused("incompatible", message),
+        )
 
     def _warm(self, view) -> None:
         if self._probe_vectors is None:
@@ -371,16 +350,3 @@ class Watcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-def _as_dict(value) -> dict:
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return value
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return dict(vars(value))
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from model.compat import Incompatible
+
 
 class StoreError(Exception):
     """Anything the index store refuses or cannot do (bad URI, missing bucket, bad input)."""
@@ -29,7 +31,7 @@ class ChecksumMismatch(StoreError):
     """A file's bytes do not match the sha256 recorded for it; the file is never used."""
 
 
-class IncompatibleIndex(StoreError):
+class IncompatibleIndex(StoreError, Incompatible):
     """A version (or shard) was made by another embedder, dimension or tokenizer than asked for."""
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.chunking import CHUNK_TOKENS, CONTINUATION_TOKENS
-from model.embedder import EmbedderSpec
+from model.compat import EmbedderSpec, TokenizerInfo
 from model.store.errors import IncompatibleIndex, StoreError
 
 FORMAT_VERSION = 1
@@ -65,11 +65,6 @@ class Stats(_Record):
     documents: int = 0
     chunks: int = 0
     bytes: int = 0
-
-
-class TokenizerInfo(_Record):
-    name: str
-    sha256: str
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -211,7 +206,7 @@ class Manifest(BaseModel):
                 another tokenizer or chunk size.
             StoreError: a shard listed twice.
         """
-        tokenizer = TokenizerInfo.model_validate(tokenizer.model_dump() if isinstance(tokenizer, TokenizerInfo) else tokenizer)
+        tokenizer = TokenizerInfo.of(tokenizer)
         chunk_tokens = chunk_tokens if chunk_tokens is not None else (parent.chunk_tokens if parent else CHUNK_TOKENS)
         continuation_tokens = (
             continuation_tokens if continuation_tokens is not None else (parent.continuation_tokens if parent else CONTINUATION_TOKENS)

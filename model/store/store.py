@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.chunking import Chunk
+from model.compat import Compatibility
 from model.embedder import EmbedderSpec
 from model.store import faiss_index, layout, ledger, shards
 from model.store.backends import Backend, CasFailed, open_backend
@@ -414,11 +415,10 @@ class Store:
         """
         start = time.perf_counter()
         manifest = self.manifest(version)
-        if embedder is not None and embedder != manifest.embedder:
-            raise IncompatibleIndex(
-                f"version {manifest.version} of {self.uri} was embedded with {_describe(manifest.embedder)}, "
-                f"but the queries come from {_describe(embedder)}; use the same embedder, or re-embed the corpus"
-            )
+        Compatibility.of(embedder=embedder, source="the queries", kind="run").check(
+            Compatibility.of_manifest(manifest, source=f"version {manifest.version} of {self.uri}"), terms=("embedder",),
+            fix="use the same embedder, or re-embed the corpus", error=IncompatibleIndex,
+        )
         held, loaded, shared = [], [], 0
         tombstones = np.asarray(manifest.tombstones, dtype=np.int64)
         try:
@@ -506,6 +506,3 @@ class Store:
 
         return collect(self, keep=keep, min_age_s=min_age_s, dry_run=dry_run)
 
-
-def _describe(spec: EmbedderSpec) -> str:
-    return f"{spec.name} (dim {spec.dim}, {spec.pooling} pooling, normalize={spec.normalize}, max_length {spec.max_length}, weights {spec.sha256[:12] or '?'})"

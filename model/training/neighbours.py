@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from model.compat import Compatibility
 from model.retrieval import Neighbour
 from model.training.data import ChunkPlan
 
@@ -122,36 +123,6 @@ def retokenizer(store_tokenizer, model_tokenizer) -> Callable[[Neighbour], list[
     return lambda nb: model_tokenizer.encode(store_tokenizer.decode(nb.retrieved_tokens))
 
 
-def _field(obj, name: str):
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
-def view_version(view) -> str:
-    """The version id of an opened store version."""
-    version = getattr(view, "version", None) or _field(view.manifest, "version")
-    if not version:
-        raise ValueError("the store view names no version; cannot key the neighbour cache")
-    return str(version)
-
-
-def view_embedder(view) -> dict:
-    """The manifest's embedder spec as a dict."""
-    spec = _field(view.manifest, "embedder")
-    if spec is None:
-        raise ValueError("the store version records no embedder")
-    return spec if isinstance(spec, dict) else (spec.to_dict() if hasattr(spec, "to_dict") else spec.model_dump())
-
-
-def check_embedder(view, embedder) -> None:
-    """Refuse to query an index with vectors from another encoder than the one that made its keys."""
-    stored = view_embedder(view)
-    mine = embedder.spec.to_dict()
-    keys = ("name", "dim", "pooling", "normalize", "max_length", "sha256")
-    diff = {key: (stored.get(key), mine.get(key)) for key in keys if key in stored and stored.get(key) != mine.get(key)}
-    if diff:
-        raise ValueError(f"the index's keys were made by another embedder than the one given: {diff}")
-
-
 def neighbours_from_store(
     view,
     embedder,
@@ -182,9 +153,11 @@ def neighbours_from_store(
     Returns:
         ``(ids, mask)`` as :func:`precompute_neighbours`.
     """
-    check_embedder(view, embedder)
+    Compatibility.of(embedder=embedder.spec, source="the embedder given", kind="run").check(
+        Compatibility.of_manifest(view.manifest), terms=("embedder",), fix="pass the embedder that made the index's keys"
+    )
     key = cache_key(
-        data_hash=plan.data_hash(), index_version=view_version(view), embedder=embedder.spec.to_dict(),
+        data_hash=plan.data_hash(), index_version=view.manifest.version, embedder=embedder.spec.to_dict(),
         k=k, r=r, tokenizer_sha256=tokenizer_sha256,
     )
     cache = NeighbourCache(cache_dir) if cache_dir is not None else None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from model.compat import Compatibility
 from model.tokenizer import RetroTokenizer
 from model.training.data import Document, SequenceSet, documents_from_view, plan_sequences, split_documents
 from model.training.neighbours import neighbours_from_store, retokenizer
@@ -62,14 +63,11 @@ def prepare_from_view(
         ValueError: the version's chunk size or tokenizer does not fit the model.
     """
     manifest = view.manifest
-    if manifest.chunk_tokens != chunk_tokens:
-        raise ValueError(f"version {view.version} has {manifest.chunk_tokens}-token chunks; the model uses {chunk_tokens}")
-    stored_sha = manifest.tokenizer.sha256
-    if stored_sha != tokenizer.sha256 and (store_tokenizer is None or store_tokenizer.sha256 != stored_sha):
-        raise ValueError(
-            f"version {view.version} was chunked with tokenizer {manifest.tokenizer.name} ({stored_sha[:12]}), "
-            f"not the model's {tokenizer.name} ({tokenizer.sha256[:12]}); pass that tokenizer (--tokenizer)"
-        )
+    index = Compatibility.of_manifest(manifest)
+    model_terms = Compatibility.of(tokenizer=tokenizer, chunk_tokens=chunk_tokens, source="the model", kind="model")
+    model_terms.check(index, terms=("chunk_tokens",), fix="train on a version chunked into chunks of the model's size")
+    if store_tokenizer is None or store_tokenizer.sha256 != manifest.tokenizer.sha256:  # else neighbours are re-encoded
+        model_terms.check(index, terms=("tokenizer",), fix="pass that tokenizer (--tokenizer)")
     docs = documents_from_view(view, tokenizer, store_tokenizer=store_tokenizer)
     if not docs:
         raise ValueError(f"version {view.version} has no live chunks to train on")

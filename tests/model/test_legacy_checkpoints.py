@@ -38,3 +38,14 @@ def test_demo_checkpoint_gives_the_same_logits():
     model, _ = load_checkpoint(DEMO_CHECKPOINT)
     assert model.config.cca_previous_token_keys
     assert_same_outputs(model, load_file(str(DEMO_OUTPUTS)), DEMO_POSITIONS)
+
+
+@pytest.mark.parametrize("directory", [RETRO_DIR, DEMO_CHECKPOINT], ids=["retro", "demo"])
+def test_an_old_checkpoint_saved_again_is_the_same_bytes(directory: Path, tmp_path):
+    from model.compat import EmbedderSpec, TokenizerInfo
+
+    model, tokenizer = load_checkpoint(directory)
+    assert isinstance(model.config.embedder, EmbedderSpec) and isinstance(model.config.tokenizer, TokenizerInfo)
+    model.save_pretrained(tmp_path, tokenizer=tokenizer if (directory / "tokenizer.json").exists() else None)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / name).read_bytes() == (directory / name).read_bytes(), name
