@@ -146,14 +146,16 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
             LOG.warning("stale and fresh are the same version %s: the comparison shows no difference", views["fresh"].version)
         if request.retrained_checkpoint is not None:
             retrained, retrained_tokenizer = _load_checkpoint(Path(request.retrained_checkpoint), "--retrained-checkpoint", request.device)
-            if retrained.config.chunk_tokens != model.config.chunk_tokens:
-                raise EvaluationSetupError("--retrained-checkpoint reads chunks of another size than --checkpoint; compare like with like")
+            terms = {role: Compatibility.of(tokenizer=tok, chunk_tokens=net.config.chunk_tokens, source=f"{role} {path}", kind="model")
+                     for role, net, tok, path in (("--checkpoint", model, tokenizer, request.checkpoint),
+                                                  ("--retrained-checkpoint", retrained, retrained_tokenizer, request.retrained_checkpoint))}
+            terms["--retrained-checkpoint"].check(terms["--checkpoint"], terms=("chunk_tokens",), error=EvaluationSetupError,
+                                                  fix="compare like with like")
             fresh = views["fresh"]
             to_tokens = check_fits(retrained, retrained_tokenizer, fresh.manifest, role="--retrained-checkpoint",
                                    checkpoint=request.retrained_checkpoint, store=request.store, store_tokenizer=store_tokenizer)
-            if retrained_tokenizer.sha256 != tokenizer.sha256:
-                raise EvaluationSetupError(f"--retrained-checkpoint uses tokenizer {retrained_tokenizer.name} ({retrained_tokenizer.sha256[:12]}), "
-                                           f"--checkpoint {tokenizer.name} ({tokenizer.sha256[:12]}); train the upper control with the same tokenizer")
+            terms["--retrained-checkpoint"].check(terms["--checkpoint"], terms=("tokenizer",), error=EvaluationSetupError,
+                                                  fix="train the upper control with the same tokenizer")
             conditions.append(Condition("retrained", retrained, retrained_tokenizer, StoreRetriever(fresh, embedder), fresh.version, request.store, to_tokens))
         spec = TemporalEvaluation(documents.documents, k=k, bootstrap=request.bootstrap, seed=request.seed,
                                   skipped=documents.skipped, skipped_lines=documents.skipped_lines)

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.chunking import CHUNK_TOKENS, CONTINUATION_TOKENS
-from model.compat import EmbedderSpec, TokenizerInfo
+from model.compat import Compatibility, EmbedderSpec, TokenizerInfo
 from model.store.errors import IncompatibleIndex, StoreError
 
 FORMAT_VERSION = 1
@@ -212,16 +212,10 @@ class Manifest(BaseModel):
             continuation_tokens if continuation_tokens is not None else (parent.continuation_tokens if parent else CONTINUATION_TOKENS)
         )
         if parent is not None and parent.shards:
-            if parent.embedder != embedder:
-                raise IncompatibleIndex(
-                    f"parent {parent.version} was embedded with {parent.embedder}, not {embedder}; "
-                    "re-embed everything into a new version with parent=None instead"
-                )
-            if parent.tokenizer != tokenizer or parent.chunk_tokens != chunk_tokens:
-                raise IncompatibleIndex(
-                    f"parent {parent.version} was chunked with tokenizer {parent.tokenizer.name} "
-                    f"({parent.chunk_tokens}-token chunks), not {tokenizer.name} ({chunk_tokens}); rebuild with parent=None"
-                )
+            new = Compatibility.of(embedder=embedder, tokenizer=tokenizer, chunk_tokens=chunk_tokens, source=f"version {version}", kind="run")
+            old = Compatibility.of_manifest(parent, source=f"its parent {parent.version}")
+            new.check(old, terms=("embedder",), error=IncompatibleIndex, fix="re-embed everything into a new version with parent=None instead")
+            new.check(old, terms=("tokenizer", "chunk_tokens"), error=IncompatibleIndex, fix="rebuild with parent=None")
         old_shards = list(parent.shards) if parent else []
         old_tombstones = list(parent.tombstones) if parent else []
         new_tombstones = list(dict.fromkeys(int(t) for t in tombstones))  # de-duplicated, in order
