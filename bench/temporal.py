@@ -341,7 +341,7 @@ def write_result(path: Path, result: dict, *, merge: bool) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller world, fewer steps, training worlds and documents (~45 min on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="smaller world, fewer steps, training worlds and documents (~30 min on 2 cores)")
     parser.add_argument("--only", choices=["sample", "changelog"], help="run one corpus only (its entry in the result file is replaced, the other kept)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     parser.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON goes (default {RESULT})")
