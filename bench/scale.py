@@ -117,7 +117,7 @@ def chunk_rows(ids: np.ndarray, rng: np.random.Generator):
         return pa.ListArray.from_arrays(pa.array(np.arange(0, n * 64 + 1, 64, dtype=np.int32)), values)
 
     def strings(width: int, alphabet: bytes) -> pa.Array:
-        letters = np.frombuffer(alphabet, np.uint8)[rng.integers(0, len(alphabet), size=n * width)]
+        letters = np.frombuffer(alphabet, np.uint8)[rng.integers(0, len(alphabet), size=n * width, dtype=np.uint8)]
         offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32)).buffers()[1]
         return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(letters.tobytes()))
 
@@ -187,14 +187,15 @@ def build_store(root: Path, n: int, spec, tokenizer, nlist: int | None = NLIST) 
     LOG.info("%d: trained the lineage in %.1fs", n, train_s)
 
     def write(ids: np.ndarray, part_rng: np.random.Generator, lineage):
-        infos = []
+        # One copy of the shard's keys: filled block by block, ids sorted so the writer's sort by
+        # chunk id copies nothing (at 10M a base shard's keys are 3.8 GB).
+        ids = np.sort(ids)
+        keys = np.empty((len(ids), DIM), np.float32)
         for lo in range(0, len(ids), BLOCK):
             block = ids[lo : lo + BLOCK]
-            keys = topics.sample(len(block), part_rng)
+            keys[lo : lo + len(block)] = topics.sample(len(block), part_rng)
             live = ~np.isin(block, dead)
-            exact.add(keys[live], block[live])
-            infos.append((block, keys))
-        keys = np.concatenate([k for _, k in infos])
+            exact.add(keys[lo : lo + len(block)][live], block[live])
         return store.write_shard(chunk_rows(ids, part_rng), keys, embedder=spec, lineage=lineage)
 
     start = time.perf_counter()
