@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from model.store import layout
-from tests.fixtures.server import ADMIN_TOKEN, wait_for
+from tests.fixtures.server import ADMIN_TOKEN
+from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
