@@ -97,6 +97,15 @@ class ShardData:
         self.quantizer = None  # after the index: the last shard of its lineage frees it
 
 
+def shared_ids(a: ShardData, b: ShardData) -> np.ndarray:
+    """The chunk ids two shards both hold (sorted): binary search of the smaller's ids in the larger's."""
+    small, large = (a.ids, b.ids) if len(a.ids) <= len(b.ids) else (b.ids, a.ids)
+    if not len(small) or not len(large):
+        return np.empty(0, np.int64)
+    rows = np.minimum(np.searchsorted(large, small), len(large) - 1)
+    return small[large[rows] == small]
+
+
 class QuantizerPool:
     """One coarse quantizer in memory per lineage, however many of its IVF shards are loaded.
 
@@ -145,6 +154,19 @@ class ShardPool:
         self._lock = threading.Lock()
         self._shards: dict[tuple[str, str], ShardData] = {}
         self.quantizers = QuantizerPool()
+        self._overlaps: dict[frozenset, np.ndarray] = {}  # chunk ids two loaded shards both hold
+
+    def overlap(self, a: ShardData, b: ShardData) -> np.ndarray:
+        """The chunk ids two loaded shards both hold, computed once while both stay loaded."""
+        key = frozenset((a, b))
+        with self._lock:
+            known = self._overlaps.get(key)
+        if known is None:
+            known = shared_ids(a, b)
+            with self._lock:
+                if not a.closed and not b.closed:
+                    self._overlaps[key] = known
+        return known
 
     def acquire(self, info: ShardInfo, load: Callable[[], ShardData]) -> tuple[ShardData, bool]:
         """The loaded shard for a manifest entry, loading it only if no open version holds it.
@@ -188,6 +210,9 @@ class ShardPool:
             if last and self._shards.get(shard.key) is shard:
                 del self._shards[shard.key]
         if last:
+            with self._lock:
+                for key in [key for key in self._overlaps if shard in key]:
+                    del self._overlaps[key]
             shard.close()
             LOG.debug("released shard %s", shard.id)
 

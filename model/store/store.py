@@ -439,7 +439,7 @@ class Store:
             for data in held:
                 self.pool.release(data)
 
-        view = IndexView(manifest, loaded, store_uri=self.uri, on_close=release, shared=shared)
+        view = IndexView(manifest, loaded, store_uri=self.uri, on_close=release, shared=shared, overlap=self.pool.overlap)
         LOG.info(
             "opened %s version %s: %d shards (%d shared with open versions), %d live chunks, in %.2fs",
             self.uri, manifest.version, len(loaded), shared, view.count, time.perf_counter() - start,

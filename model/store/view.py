@@ -21,7 +21,7 @@ from model.retrieval import Neighbour
 from model.store import faiss_index, layout, rows
 from model.store.errors import StoreError
 from model.store.manifest import Manifest, ShardInfo
-from model.store.pool import QuantizerPool, ShardData, file_stamp
+from model.store.pool import QuantizerPool, ShardData, file_stamp, shared_ids
 from model.store.rows import take as take_rows
 from model.store.shards import ShardMeta
 
@@ -158,24 +158,20 @@ def _keys_at(shard: LoadedShard, positions: np.ndarray) -> tuple[list[int], list
     return ids, keys
 
 
-def live_count(shards: Sequence[LoadedShard]) -> int:
-    """Distinct live chunk ids across shards, without concatenating the shards' ids.
+def live_count(shards: Sequence[LoadedShard], overlap: Callable[[ShardData, ShardData], np.ndarray] = shared_ids) -> int:
+    """Distinct live chunk ids across shards.
 
-    A chunk id is normally live in one shard only; one live in m shards must count once. Shards
-    are taken largest first and each one's live ids are looked up (binary search) in the shards
-    before it, so the largest shard is never scanned and a delta costs its own size.
+    A chunk id is normally held by one shard only: the count is every shard's live ids, less the
+    repeats among the ids two shards share. Which ids two shards share never changes (shards are
+    immutable), so ``overlap`` may remember it (:meth:`model.store.pool.ShardPool.overlap`): then a
+    version that adds a delta costs the delta's lookups, not a pass over the big shards.
     """
-    total = 0
-    ordered = sorted(shards, key=lambda s: len(s.ids), reverse=True)
-    for i, shard in enumerate(ordered):
-        if i == 0 or not shard.live:
-            total += shard.live
-            continue
-        ids = np.setdiff1d(shard.ids, shard.hidden, assume_unique=True) if len(shard.hidden) else shard.ids
-        seen = np.zeros(len(ids), bool)
-        for earlier in ordered[:i]:
-            seen |= earlier.is_live(ids)
-        total += int(len(ids) - seen.sum())
+    total = sum(shard.live for shard in shards)
+    parts = [overlap(a.data, b.data) for i, a in enumerate(shards) for b in shards[i + 1 :]]
+    repeated = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+    if len(repeated):
+        holders = np.sum([shard.is_live(repeated) for shard in shards], axis=0)
+        total -= int(np.maximum(holders - 1, 0).sum())
     return total
 
 
@@ -192,7 +188,8 @@ class IndexView:
     """
 
     def __init__(self, manifest: Manifest, shards: list[LoadedShard], *, store_uri: str = "",
-                 on_close: Callable[[], None] | None = None, shared: int = 0):
+                 on_close: Callable[[], None] | None = None, shared: int = 0,
+                 overlap: Callable[[ShardData, ShardData], np.ndarray] = shared_ids):
         self.manifest = manifest
         self.version = manifest.version
         self.store_uri = store_uri
@@ -202,7 +199,7 @@ class IndexView:
         self._cond = threading.Condition()
         self._active = 0
         self._closed = False
-        self.count = live_count(shards)
+        self.count = live_count(shards, overlap)
 
     @property
     def dim(self) -> int:

@@ -175,3 +175,25 @@ def test_ivf_shards_of_one_lineage_share_one_coarse_quantizer(tmp_path):
     other.train(corpus.queries(2000, seed=11))
     assert pool.share(lineage, other) == (None, None) and centroids(coarse_quantizer(other)).shape == (32, SPEC.dim)
     restore()
+
+
+def test_live_count_counts_a_chunk_held_by_two_shards_once_and_remembers_the_pair(store, corpus, monkeypatch):
+    from model.store import pool as pool_module
+
+    first = publish(store, corpus, range(10))  # 40 chunks
+    # Documents 5-9 again, unchanged: the same chunk ids, now in two shards; one of them tombstoned,
+    # and one chunk only the first shard holds.
+    gone = [first.chunks[20].chunk_id, first.chunks[0].chunk_id]
+    second = publish(store, corpus, range(5, 15), parent=first.manifest, tombstones=gone)
+    calls = []
+    real = pool_module.shared_ids
+    monkeypatch.setattr(pool_module, "shared_ids", lambda a, b: calls.append((a.id, b.id)) or real(a, b))
+    with store.open(second.manifest.version) as view:
+        distinct = sum(batch.num_rows for batch in view.iter_chunks())
+        assert view.count == distinct == 60 - 1  # docs 0-14 once each, less chunk 0 (chunk 20 lives on in the new shard)
+        assert len(calls) == 1
+        third = publish(store, corpus, range(15, 17), parent=second.manifest)
+        with store.open(third.manifest.version) as newer:
+            assert newer.count == 59 + 8
+            assert len(calls) == 3  # the new shard against each of the two; the pair already open is remembered
+    assert not store.pool._overlaps  # forgotten with the shards
