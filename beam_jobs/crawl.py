@@ -215,14 +215,14 @@ class ListFilesDoFn(beam.DoFn):
 
     def process(self, source: FilesSource) -> Iterator:
         try:
-            matches = FileSystems.match([source.glob])[0].metadata_list
+            matches = source.listing()
         except Exception as exc:  # BeamIOError, auth and network errors all mean "unknown listing"
             LOG.error("files source %s: cannot list %s: %s", source.name, source.glob, exc)
             count_failure("listing")
             yield beam.pvalue.TaggedOutput(INCOMPLETE, source.name)
             return
         count("files_listed", len(matches))
-        for meta in sorted(matches, key=lambda m: m.path):
+        for meta in matches:
             yield (source, meta.path, meta.size_in_bytes, meta.last_updated_in_seconds)
 
 

@@ -27,6 +27,7 @@ unknown fields are errors, so a typo never silently changes what is crawled.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 from urllib.parse import urlsplit
@@ -166,12 +167,42 @@ class FeedSource(_WebSource):
 
 
 class FilesSource(_Strict):
-    """Files matched by a local or gs:// glob: .txt, .md, .html, or .jsonl (one document a line)."""
+    """Files matched by a local or gs:// glob: .txt, .md, .html, or .jsonl (one document a line).
+
+    The glob has Beam's filesystem semantics, the same for local paths and gs:// URIs: ``*`` is
+    any run of characters within one path segment, ``**`` any run across segments, ``?`` any one
+    character, ``[...]`` a character class. :meth:`holds` is that rule and :meth:`listing` keeps
+    only what it accepts, so what a crawl lists and what a change event may name are one set.
+    """
 
     kind: Literal["files"]
     name: Name
     glob: str = Field(min_length=1)
     max_file_bytes: int = Field(200_000_000, gt=0, description="larger files are failed_too_large")
+
+    def holds(self, path: str) -> bool:
+        """Whether ``path`` (as the listing spells it: absolute, or gs://bucket/key) is the glob's.
+
+        Beam's ``FileSystems.match`` filters what it lists with ``FileSystem.translate_pattern``
+        (a pattern ending in "/" gets a "*"); this is that rule, so a path this accepts is one the
+        listing would show if it existed, and no other. (``fnmatch`` would let ``*`` cross "/";
+        Python's own ``glob.translate`` arrives only in 3.13 and spells ``**`` differently.)
+        """
+        from apache_beam.io.filesystem import FileSystem
+
+        pattern = self.glob + "*" if self.glob.endswith(("/", "\\")) else self.glob
+        return re.match(FileSystem.translate_pattern(pattern), path) is not None
+
+    def listing(self) -> list:
+        """The files the glob names now, by path: Beam ``FileMetadata`` (path, size, mtime).
+
+        Raises:
+            Exception: the listing failed (BeamIOError, auth or network errors): it is unknown.
+        """
+        from apache_beam.io.filesystems import FileSystems
+
+        found = FileSystems.match([self.glob])[0].metadata_list
+        return sorted((meta for meta in found if self.holds(meta.path)), key=lambda meta: meta.path)
 
 
 Source = Annotated[Union[SiteSource, FeedSource, FilesSource], Field(discriminator="kind")]

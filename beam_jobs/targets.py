@@ -10,7 +10,6 @@ cannot make the job reach an address the sources file does not already name.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import posixpath
 from dataclasses import dataclass, field
@@ -102,7 +101,7 @@ def source_of(config: SourcesConfig, url: str) -> tuple[str | None, str]:
     if path is None:
         return None, "neither an http(s) URL nor an absolute, normalised file path"
     for source in config.sources:
-        if isinstance(source, FilesSource) and fnmatch.fnmatchcase(path, source.glob):
+        if isinstance(source, FilesSource) and source.holds(path):
             return source.name, path
     return None, "no files source's glob matches it"
 

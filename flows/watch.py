@@ -262,10 +262,8 @@ class Watcher:
         return {entry.link: entry.published_at for entry in entries}
 
     def _files_listing(self, source: FilesSource) -> dict[str, datetime | None]:
-        from apache_beam.io.filesystems import FileSystems
-
         try:
-            matches = FileSystems.match([source.glob])[0].metadata_list
+            matches = source.listing()
         except Exception as error:  # BeamIOError, auth and network errors: the listing is unknown
             raise SourceDown(f"cannot list {source.glob}: {error}") from error
         # Ledgers keep file times as HTTP dates (whole seconds): compare at that resolution.

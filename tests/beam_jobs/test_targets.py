@@ -53,3 +53,33 @@ def test_resolve_targets_deduplicates_bounds_and_reports():
     assert targets.by_source["site"][0] == "http://127.0.0.1:8000/a"
     assert len(targets.deferred) == 6  # 11 distinct accepted URLs, 5 taken
     assert [url for url, _ in targets.refused] == ["http://evil.example/", "42"]
+
+
+def test_a_files_glob_names_what_its_listing_shows_and_nothing_below():
+    # fnmatch's "*" crosses "/": the webhook accepted (and indexed) a file the listing never shows.
+    for url in ("/data/notes/sub/secret.md", "/data/notes/a/b/c.md", "gs://bucket/docs/deep/part.jsonl"):
+        name, why = source_of(CONFIG, url)
+        assert name is None, url
+        assert why == "no files source's glob matches it"
+    deep = SourcesConfig.model_validate({"sources": [{"kind": "files", "name": "tree", "glob": "/data/tree/**.md"}]})
+    assert source_of(deep, "/data/tree/sub/secret.md") == ("tree", "/data/tree/sub/secret.md")
+
+
+def test_the_glob_rule_is_the_listings_rule(tmp_path):
+    """For each glob, the listing (Beam's own match, unfiltered) is exactly the files ``holds`` accepts."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from beam_jobs.sources import FilesSource
+
+    files = ["a.txt", "b.md", "ab.txt", "sub/c.txt", "sub/deeper/d.txt", "sub/e.md", "x[1].txt", "other/f.txt"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    paths = [str(tmp_path / name) for name in files]
+    for glob in ("*", "*.txt", "?.txt", "a*", "[ab].*", "[!a]*.txt", "*/*.txt", "sub/*", "sub/**", "**.txt", "**/d.txt",
+                 "sub/", "a.txt", "sub/deeper/*.txt", "*b*"):
+        source = FilesSource(kind="files", name="tree", glob=f"{tmp_path}/{glob}")
+        beam_lists = {meta.path for meta in FileSystems.match([source.glob])[0].metadata_list}
+        listed = [meta.path for meta in source.listing()]
+        assert set(listed) == beam_lists == {p for p in paths if source.holds(p)}, glob
+        assert listed == sorted(listed)
