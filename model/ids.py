@@ -1,8 +1,9 @@
-"""Deterministic ids: documents by canonical URL, chunks by (doc_id, position, content hash)."""
+"""Ids: documents by canonical URL, chunks by (doc_id, position, content hash), and how index versions order."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -42,3 +43,15 @@ def chunk_id(doc: str, position: int, doc_content_hash: str) -> int:
     """
     digest = hashlib.sha256(f"{doc}\x00{position}\x00{doc_content_hash}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+# An index version id is ``v{seq:06d}-{random hex}`` (made by model.store.layout.version_id); the
+# client orders versions by it too, so the grammar lives here, in a module that imports neither
+# faiss nor pyarrow.
+_VERSION = re.compile(r"^v(\d{6,})-([0-9a-f]+)$")
+
+
+def version_seq(version: str) -> int:
+    """The sequence number of an index version id; -1 for ids not made by ``version_id``."""
+    match = _VERSION.match(version)
+    return int(match.group(1)) if match else -1

@@ -21,6 +21,7 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
+from model.ids import version_seq  # noqa: F401 - the version grammar lives in model.ids (the client orders versions too)
 from model.store.errors import StoreError
 
 CURRENT = "CURRENT"
@@ -44,7 +45,6 @@ SHARD_META_FILE = "shard.json"
 SHARD_DATA_FILES = (INDEX_FILE, CHUNKS_FILE)  # what the writer puts and shard.json records a sha256 for
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_VERSION = re.compile(r"^v(\d{6,})-([0-9a-f]+)$")
 
 
 def check_id(value: str, what: str) -> str:
@@ -68,12 +68,6 @@ def check_id(value: str, what: str) -> str:
 def version_id(seq: int) -> str:
     """``v{seq:06d}-{8 random hex}``: sorts by seq, unique even when two writers pick one seq."""
     return f"v{seq:06d}-{secrets.token_hex(4)}"
-
-
-def version_seq(version: str) -> int:
-    """The sequence number of a version id; -1 for ids not made by :func:`version_id`."""
-    match = _VERSION.match(version)
-    return int(match.group(1)) if match else -1
 
 
 def manifest_key(version: str) -> str:
