@@ -21,7 +21,7 @@ steps replayed as CUDA graphs (``model.decoding``, what ``generate`` does on CUD
 and the largest logit difference between the two on the same tokens). ``--compile`` adds the
 compiled training step on CPU too. retro-pytorch runs as it ships.
 
-retro-pytorch is installed by ``make bench-deps`` (pip --no-deps, see ../shared/NOTES.md). Writes
+retro-pytorch is installed by ``make bench-deps`` (pip --no-deps, see docs/MEASUREMENTS.md). Writes
 bench/results/model.json (model-gpu.json with --gpu) and prints it.
 """
 

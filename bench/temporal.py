@@ -63,7 +63,7 @@ K = TRAIN["--k"]  # neighbours per chunk when evaluating (the recipe's)
 BOOTSTRAP = 1000
 SEED = 0
 # One intra-op thread: on a shared, busy 2-core box OpenMP hand-offs between two threads cost far
-# more than the second core gives (../shared/NOTES.md measured 10 s vs 6 min on a tiny model).
+# more than the second core gives (docs/MEASUREMENTS.md: 10 s vs 6 min on a tiny model).
 TORCH_THREADS = 1
 
 # the sample world

@@ -1,4 +1,4 @@
-"""The import direction of DESIGN.md holds at run time: flows -> beam_jobs -> model."""
+"""The import direction of docs/ARCHITECTURE.md holds at run time: flows -> beam_jobs -> model."""
 
 import subprocess
 import sys

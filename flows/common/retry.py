@@ -95,7 +95,7 @@ def transient_retries(*delays_s: float) -> dict[str, Any]:
     return {"retries": len(delays_s), "retry_delay_seconds": list(delays_s) or 0, "retry_condition_fn": retry_if_transient, "cache_policy": NO_CACHE}
 
 
-# The retry policy of every task that retries; only I/O tasks do (STYLE.md). A task names one of these.
+# The retry policy of every task that retries; only I/O tasks do (docs/ARCHITECTURE.md, Retries). A task names one of these.
 IO_RETRIES = transient_retries(2, 10)  # store, Prefect API and model I/O: a hiccup passes in seconds
 QUICK_RETRIES = transient_retries(1, 5)  # artifacts, notifications, run lookups: cheap calls, retried soon
 JOB_RETRIES = transient_retries(30)  # a whole ingest job: one more try, after the service had time to recover
