@@ -2,8 +2,11 @@
 
 Served by ``retrofresh watch --listen HOST:PORT``. The caller proves itself with the admin token
 (``Authorization: Bearer $RETROFRESH_ADMIN_TOKEN``; without a configured token the endpoint is
-closed, 403). URLs that belong to no configured source are refused in the answer and never reach
-an event, so a webhook cannot make retrofresh fetch anything the sources file does not name.
+closed, 403), checked from the headers before any of the body is read; the body is then capped at
+:data:`MAX_BODY_BYTES` (413, by the server's own :class:`model.server.limits.BodySizeLimitMiddleware`),
+so a stranger can make the watch read nothing and a caller at most that. URLs that belong to no
+configured source, or are longer than :data:`MAX_URL_CHARS`, are refused in the answer and never
+reach an event, so a webhook cannot make retrofresh fetch anything the sources file does not name.
 """
 
 from __future__ import annotations
@@ -12,15 +15,21 @@ import hmac
 import logging
 from typing import Callable
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
 
 from beam_jobs.sources import SourcesConfig
 from beam_jobs.targets import source_of
+from model.server.limits import BodySizeLimitMiddleware
 
 LOG = logging.getLogger(__name__)
 
 MAX_URLS_PER_REQUEST = 1000
+MAX_URL_CHARS = 2048  # the sitemap protocol's limit on a URL; a longer entry is refused, never stored
+# Room for MAX_URLS_PER_REQUEST URLs of MAX_URL_CHARS characters, quoted and comma-separated;
+# anything larger is refused before it is read.
+MAX_BODY_BYTES = MAX_URLS_PER_REQUEST * (MAX_URL_CHARS + 4) + 1024
 
 
 class ChangedRequest(BaseModel):
@@ -42,9 +51,12 @@ def split_known(config: SourcesConfig, urls: list[str]) -> tuple[dict[str, list[
     by_source: dict[str, list[str]] = {}
     refused = []
     for url in urls:
-        name, key = source_of(config, url.strip())
+        if len(url) > MAX_URL_CHARS:
+            name, key = None, f"longer than {MAX_URL_CHARS} characters ({len(url)}): not a URL a source lists"
+        else:
+            name, key = source_of(config, url.strip())
         if name is None:
-            LOG.warning("refused %r: %s", url, key)
+            LOG.warning("refused %r: %s", url[:200], key)
             refused.append((url, key))
         else:
             by_source.setdefault(name, []).append(key)
@@ -68,17 +80,16 @@ def create_webhook_app(config: SourcesConfig, store_uri: str | None, token: str 
 
     announce = announce or emit
     app = FastAPI(title="retrofresh change webhook")
+    # Added last, so it runs first: the token is checked from the headers before the body is read.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(_BearerFirst, token=token, paths=("/v1/changed",))
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"ok": True}
 
     @app.post("/v1/changed", status_code=202, response_model=ChangedAnswer)
-    def changed(request: ChangedRequest, authorization: str | None = Header(None)) -> ChangedAnswer:
-        if not token:
-            raise HTTPException(403, "the webhook is closed: set RETROFRESH_ADMIN_TOKEN for the watch to accept changes")
-        if not authorization or not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer $RETROFRESH_ADMIN_TOKEN)")
+    def changed(request: ChangedRequest) -> ChangedAnswer:
         by_source, refused = split_known(config, request.urls)
         if not by_source:
             raise HTTPException(422, {"detail": "no URL belongs to a configured source", "refused": refused})
@@ -86,3 +97,34 @@ def create_webhook_app(config: SourcesConfig, store_uri: str | None, token: str 
         return ChangedAnswer(accepted=[u for urls in by_source.values() for u in urls], refused=refused, events=events)
 
     return app
+
+
+class _BearerFirst:
+    """ASGI middleware: refuse a request to ``paths`` without the admin token before its body is read.
+
+    FastAPI reads and parses a body before it resolves a route's header dependencies, so a check
+    inside the route would let anyone make the watch buffer whatever they send.
+
+    Args:
+        app: the ASGI app to wrap.
+        token: the bearer token callers must present; None closes the paths (403).
+        paths: the paths that need it.
+    """
+
+    def __init__(self, app, token: str | None, paths: tuple[str, ...]):
+        self.app, self.token, self.paths = app, token, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            refusal = self._refusal(dict(scope.get("headers") or []).get(b"authorization"))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, authorization: bytes | None) -> JSONResponse | None:
+        if not self.token:
+            return JSONResponse({"detail": "the webhook is closed: set RETROFRESH_ADMIN_TOKEN for the watch to accept changes"}, 403)
+        if not authorization or not hmac.compare_digest(authorization, f"Bearer {self.token}".encode()):
+            return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer $RETROFRESH_ADMIN_TOKEN)"}, 401)
+        return None

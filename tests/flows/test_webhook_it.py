@@ -1,0 +1,106 @@
+"""The change webhook on a real uvicorn server: a stranger's body is never read, a caller's is capped."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from beam_jobs.sources import SourcesConfig
+from flows.common.webhook import MAX_BODY_BYTES, MAX_URL_CHARS, create_webhook_app
+from model.server.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret"
+SITE = "http://127.0.0.1:8000"
+CONFIG = SourcesConfig.model_validate({"sources": [{"kind": "site", "name": "site", "start_urls": [f"{SITE}/"], "allow_private": True}]})
+
+
+@pytest.fixture
+def webhook():
+    """Start the webhook (token ``s3cret``) on a free loopback port; yields (url, announced) and stops it."""
+
+    def make(token):
+        announced: list = []
+        app = create_webhook_app(CONFIG, "/tmp/store", token, announce=lambda source, urls: announced.append((source, urls)) or 1)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", log_config=None))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        started.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the webhook did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{server.config.port}", announced
+
+    started: list = []
+    yield make
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(10)
+
+
+def answer_to_headers_alone(url: str, headers: str) -> bytes:
+    """Send a request's head announcing a 100 MB body, send none of it, and return the answer.
+
+    A server that waits for the body before answering times out here (5 s).
+    """
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"POST /v1/changed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}"
+                     f"Content-Length: 100000000\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            received = sock.recv(4096)
+            if not received:
+                break
+            answer += received
+        return answer
+
+
+def _length(answer: bytes) -> int:
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    return int(head.partition(b"content-length: ")[2].split(b"\r\n")[0] or 0)
+
+
+def test_a_stranger_is_refused_before_the_body_is_read(webhook):
+    url, announced = webhook(TOKEN)
+    assert answer_to_headers_alone(url, "").startswith(b"HTTP/1.1 401")
+    assert answer_to_headers_alone(url, "Authorization: Bearer nope\r\n").startswith(b"HTTP/1.1 401")
+    closed, _ = webhook(None)
+    assert answer_to_headers_alone(closed, f"Authorization: Bearer {TOKEN}\r\n").startswith(b"HTTP/1.1 403")
+    assert announced == []
+
+
+def test_an_oversized_body_is_413_before_it_is_read_declared_or_streamed(webhook):
+    url, announced = webhook(TOKEN)
+    answer = answer_to_headers_alone(url, f"Authorization: Bearer {TOKEN}\r\n")
+    assert answer.startswith(b"HTTP/1.1 413") and b"max_body_bytes" in answer
+
+    def streamed():  # no Content-Length: the webhook must count as the body arrives
+        yield b'{"urls": ["' + f"{SITE}/a".encode() + b'", "'
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b"x" * 65536
+        yield b'"]}'
+
+    answer = httpx.post(f"{url}/v1/changed", content=streamed(), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 413 and answer.json()["limit"] == "max_body_bytes"
+    assert announced == []
+
+
+def test_an_overlong_url_is_refused_and_the_rest_announced(webhook):
+    url, announced = webhook(TOKEN)
+    long = f"{SITE}/" + "a" * MAX_URL_CHARS
+    answer = httpx.post(f"{url}/v1/changed", headers={"Authorization": f"Bearer {TOKEN}"}, json={"urls": [long, f"{SITE}/b"]})
+    assert answer.status_code == 202, answer.text
+    (refused_url, why), = answer.json()["refused"]
+    assert refused_url == long and f"longer than {MAX_URL_CHARS} characters" in why
+    assert announced == [("site", [f"{SITE}/b"])]
+    # A full request of the longest URLs fits under the body limit.
+    assert len(json.dumps({"urls": [f"{SITE}/" + "a" * (MAX_URL_CHARS - len(SITE) - 1)] * 1000})) < MAX_BODY_BYTES
