@@ -134,7 +134,7 @@ class ShardCache:
             except FileNotFoundError:
                 raise StoreError(f"{what} is missing from {backend.uri}; restore it or roll back to another version") from None
             self.verifier.verify(Path(tmp), sha256, what=f"{what} in {backend.uri}")
-            os.replace(tmp, dest)  # concurrent fetchers write identical, verified bytes
+            self.verifier.replace(Path(tmp), dest)  # concurrent fetchers write identical, verified bytes
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -6,15 +6,14 @@ loaded shard: its index and chunk rows stay mapped once, and its files are neith
 re-hashed. Opening a version after a refresh therefore costs the delta, not the store. Each
 loaded shard counts the open versions that use it and is closed when the last one closes.
 
-A shared shard is not trusted blindly: each reuse compares its files' inode, size and mtime with
-those seen when they were verified (two ``stat`` calls), and a file that changed on disk is
+A shared shard is not trusted blindly: each reuse compares its files' inode, size, mtime and ctime
+with those seen when they were verified (two ``stat`` calls), and a file that changed on disk is
 verified again from scratch (re-fetched, for a remote store), never silently reused.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -25,19 +24,11 @@ import numpy as np
 import pyarrow as pa
 
 from model.store import faiss_index
+from model.store.checksums import file_stamp
 from model.store.manifest import ShardInfo
 from model.store.shards import ShardMeta
 
 LOG = logging.getLogger(__name__)
-
-
-def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
-    """(device, inode, size, mtime) of a file, None if it is gone: what changes when it is rewritten."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(eq=False)

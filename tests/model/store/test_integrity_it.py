@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -43,6 +44,37 @@ def test_corrupt_shard_file_is_refused_naming_it(store, store_uri, corpus, tmp_p
     with pytest.raises(ChecksumMismatch):
         fresh.publish(draft, expected_current=second.manifest.version)
     assert fresh.current() == second.manifest.version
+
+
+def rewrite_in_place(path, data: bytes) -> None:
+    """Write ``data`` into the file itself (same inode) and put its old mtime back, as ``cp -p`` does."""
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.stat(path).st_ino, os.stat(path).st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "chunks.arrow"])
+def test_a_shard_restored_in_place_is_accepted_at_once(corpus, tmp_path, name):
+    # A server's store is one object for its whole life: what it once found corrupt must not stay
+    # refused after the file is restored, nor what it once found sound be vouched for after a
+    # rewrite, however the file was put back (same inode, same size, same mtime). A local store:
+    # a GCS store's files are cached copies, downloaded again when damaged.
+    store = open_store(tmp_path / "store", cache_dir=tmp_path / "cache")
+    published = publish(store, corpus, range(4))
+    path = store.backend.local_path(f"shards/{published.manifest.shards[0].id}/{name}")
+    good = path.read_bytes()
+    store.verify(published.manifest.version)
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    rewrite_in_place(path, bytes(damaged))
+    with pytest.raises(ChecksumMismatch, match=name):
+        store.verify(published.manifest.version)
+    rewrite_in_place(path, good)
+    store.verify(published.manifest.version)
+    with store.open() as view:
+        assert view.count == 16
 
 
 @pytest.mark.integration
