@@ -14,7 +14,7 @@ from prefect import flow
 from flows.common.inputs import resolve_inputs
 from flows.tasks.artifacts import record_summary
 from flows.tasks.notify import notify_servers
-from flows.tasks.store import read_current, rollback_version
+from flows.tasks.store import rollback_version
 
 LOG = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ def rollback_index(version: str, store: str | None = None, servers: list[str] | 
         ``{"version", "previous", "servers"}``.
     """
     inputs = resolve_inputs(store, servers=servers)
-    previous = read_current(inputs.store)
-    rollback_version(inputs.store, version, previous)
+    previous = rollback_version(inputs.store, version)  # also repairs a damaged CURRENT
     notified = notify_servers(inputs.servers, inputs.token)
     result = {"version": version, "previous": previous, "servers": [n.to_dict() for n in notified]}
     record_summary(ROLLBACK_SUMMARY, f"Rollback of {inputs.store}", {"version": version, "previous": previous,

@@ -164,13 +164,16 @@ def count_shards(store_uri: str, version: str) -> int:
 
 
 @task(name="rollback-version", **IO_RETRIES)
-def rollback_version(store_uri: str, version: str, expected_current: str | None) -> None:
-    """Point CURRENT at ``version`` after verifying its files (compare-and-swap)."""
-    store = open_store(store_uri)
-    if store.current() == version:
-        get_run_logger().info("CURRENT already names %s", version)
-        return
-    store.rollback(version, expected_current=expected_current)
+def rollback_version(store_uri: str, version: str) -> str | None:
+    """Point CURRENT at ``version`` after verifying its files.
+
+    A compare-and-swap against what CURRENT holds when read, a damaged CURRENT included (this is
+    its repair); a retry after a lost answer finds CURRENT at ``version`` and writes it again.
+
+    Returns:
+        The version CURRENT named before (None: none, or CURRENT was damaged).
+    """
+    return open_store(store_uri).rollback(version)
 
 
 @task(name="collect-garbage", **IO_RETRIES)

@@ -115,7 +115,13 @@ def status(store, as_json: bool) -> None:
 @_store_options
 def versions(store, as_json: bool) -> None:
     """List every written version, oldest first; the published one is marked."""
-    current = store.current()
+    from model.store import DamagedCurrent
+
+    try:
+        current = store.current()
+    except DamagedCurrent as damage:  # the listing is what the repair needs: show it, say why none is marked
+        click.echo(f"Warning: {damage}", err=True)
+        current = None
     rows = [_summary(m, current) for m in store.versions()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -231,13 +237,20 @@ def tune(store, as_json: bool, version: str | None, target: float, k: int, queri
 @click.argument("version")
 @_store_options
 def rollback(store, as_json: bool, version: str) -> None:
-    """Publish an older VERSION again (its files are verified first)."""
-    previous = store.current()
-    store.rollback(version, expected_current=previous)
+    """Publish an older VERSION again (its files are verified first); also repairs a damaged CURRENT."""
+    from model.store import DamagedCurrent
+
+    try:
+        store.current()
+        damaged = None
+    except DamagedCurrent as damage:
+        damaged = damage.raw
+    # A compare-and-swap against what CURRENT holds now, damaged bytes included.
+    previous = store.rollback(version)
     if as_json:
-        click.echo(json.dumps({"previous": previous, "current": version}))
+        click.echo(json.dumps({"previous": previous, "current": version} | ({"repaired": damaged.decode("utf-8", "replace")} if damaged is not None else {})))
     else:
-        click.echo(f"CURRENT: {previous} -> {version}")
+        click.echo(f"CURRENT: {previous if damaged is None else f'damaged ({damaged[:80]!r})'} -> {version}")
 
 
 @index.command()

@@ -7,6 +7,7 @@ from model.store.errors import (
     AlreadyExists,
     CacheTooSmall,
     ChecksumMismatch,
+    DamagedCurrent,
     IncompatibleIndex,
     NoCurrentVersion,
     PublishConflict,
@@ -35,6 +36,7 @@ __all__ = [
     "ChecksumMismatch",
     "IncompatibleIndex",
     "NoCurrentVersion",
+    "DamagedCurrent",
     "AlreadyExists",
     "CacheTooSmall",
 ]

@@ -13,6 +13,20 @@ class NoCurrentVersion(StoreError):
     """The store has no ``CURRENT`` yet: nothing has been published."""
 
 
+class DamagedCurrent(StoreError):
+    """``CURRENT`` exists but names no version (empty, not UTF-8, or not a version id).
+
+    Nothing can be read through it; rolling back to a listed version is the repair.
+
+    Attributes:
+        raw: the bytes ``CURRENT`` holds.
+    """
+
+    def __init__(self, message: str, *, raw: bytes):
+        super().__init__(message)
+        self.raw = raw
+
+
 class PublishConflict(StoreError):
     """``CURRENT`` changed since the caller read it: another writer published first.
 

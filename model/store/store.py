@@ -22,7 +22,7 @@ from model.store import faiss_index, layout, ledger, shards
 from model.store.backends import Backend, CasFailed, open_backend
 from model.store.cache import ShardCache
 from model.store.checksums import Verifier
-from model.store.errors import AlreadyExists, IncompatibleIndex, NoCurrentVersion, PublishConflict, StoreError
+from model.store.errors import AlreadyExists, DamagedCurrent, IncompatibleIndex, NoCurrentVersion, PublishConflict, StoreError
 from model.store.faiss_index import IndexPolicy
 from model.store.lineage import Lineages
 from model.store.manifest import Manifest, ShardInfo
@@ -92,15 +92,32 @@ class Store:
     # versions and CURRENT
 
     def current(self) -> str | None:
-        """The version ``CURRENT`` names; None if nothing was published yet."""
+        """The version ``CURRENT`` names; None if nothing was published yet.
+
+        Raises:
+            DamagedCurrent: ``CURRENT`` holds something other than a version id.
+        """
         try:
-            text = self.backend.read_bytes(layout.CURRENT).decode("utf-8").strip()
+            raw = self.backend.read_bytes(layout.CURRENT)
         except FileNotFoundError:
             return None
+        return self._version_in(raw)
+
+    def _version_in(self, raw: bytes) -> str:
+        """The version id ``CURRENT``'s bytes name, or :class:`DamagedCurrent` saying how to repair it."""
         try:
-            return layout.check_id(text, "version")
-        except StoreError:
-            raise StoreError(f"CURRENT in {self.uri} holds {text[:80]!r}, not a version id; roll back to a listed version") from None
+            return layout.check_id(raw.decode("utf-8").strip(), "version")
+        except (UnicodeDecodeError, StoreError):
+            pass
+        newest = max((v for v in map(layout.version_of_manifest_key, (o.key for o in self.backend.list(layout.VERSIONS))) if v),
+                     key=layout.version_seq, default=None)
+        what = "is empty" if not raw.strip() else f"holds {raw[:80]!r}, not a version id"
+        hint = f" (the newest written is {newest})" if newest else ""
+        raise DamagedCurrent(
+            f"CURRENT in {self.uri} is damaged: it {what}, so no version can be read through it. Repair it with "
+            f"`retrofresh index rollback VERSION`, naming one of `retrofresh index versions`{hint}",
+            raw=raw,
+        )
 
     def manifest(self, version: str | None = None) -> Manifest:
         """A version's manifest.
@@ -334,8 +351,12 @@ class Store:
         LOG.info("published %s in %s (was %s)", manifest.version, self.uri, expected_current)
         return manifest
 
-    def _swap_current(self, expected: str | None, version: str) -> None:
+    def _swap_current(self, expected: str | None, version: str, *, found: bytes | None | object = _ANY) -> None:
+        """Replace ``CURRENT`` by ``version`` if it names ``expected`` (or, given ``found``, holds exactly those bytes)."""
+
         def matches(actual: bytes | None) -> bool:
+            if found is not _ANY:  # a damaged CURRENT names no version to compare: its bytes are compared
+                return actual == found
             return (actual.decode("utf-8", "replace").strip() if actual is not None else None) == expected
 
         try:
@@ -374,22 +395,41 @@ class Store:
             search=draft.search,
         )
 
-    def rollback(self, version: str, *, expected_current: str | None = _ANY) -> None:  # type: ignore[assignment]
+    def rollback(self, version: str, *, expected_current: str | None = _ANY) -> str | None:  # type: ignore[assignment]
         """Point ``CURRENT`` at an older (kept) version, after verifying its files.
+
+        This is also the repair of a damaged ``CURRENT`` (:class:`DamagedCurrent`): with the
+        default ``expected_current`` the swap compares the bytes ``CURRENT`` held when read.
 
         Args:
             version: the version to serve.
-            expected_current: what CURRENT must name now; default: whatever it names when read
+            expected_current: what CURRENT must name now; default: whatever it holds when read
                 (the swap is still a compare-and-swap against that).
+
+        Returns:
+            The version CURRENT named before (None: none, or it was damaged).
 
         Raises:
             PublishConflict: CURRENT changed in the meantime.
             StoreError, ChecksumMismatch: the version is missing or its files are.
         """
         manifest = self.verify(version)
-        expected = self.current() if expected_current is _ANY else expected_current
-        self._swap_current(expected, manifest.version)
-        LOG.info("rolled %s back to %s (was %s)", self.uri, version, expected)
+        if expected_current is not _ANY:
+            self._swap_current(expected_current, manifest.version)
+            previous = expected_current
+        else:
+            try:
+                found = self.backend.read_bytes(layout.CURRENT)
+            except FileNotFoundError:
+                found = None
+            try:
+                previous = self._version_in(found) if found is not None else None
+            except DamagedCurrent as damage:
+                LOG.warning("repairing %s", damage)
+                previous = None
+            self._swap_current(previous, manifest.version, found=found)
+        LOG.info("rolled %s back to %s (was %s)", self.uri, version, previous)
+        return previous
 
     # reading
 

@@ -41,6 +41,14 @@ def test_rollback_points_current_back_and_reloads_a_real_server(refreshed, tmp_p
     assert first in summary and second in summary and "1 of 1 ok" in summary
 
 
+def test_rollback_repairs_a_damaged_current(refreshed, tmp_path):
+    store = copy_store(refreshed.store, tmp_path / "store")
+    first, _ = (s.result()["version"] for s in refreshed.states)
+    (tmp_path / "store" / "CURRENT").write_bytes(b"\xff\xfe")
+    result = rollback_index(first, store=store)
+    assert open_store(store).current() == first and result["previous"] is None
+
+
 def test_rollback_to_an_unknown_version_fails_and_changes_nothing(refreshed, tmp_path):
     store = copy_store(refreshed.store, tmp_path / "store")
     before = open_store(store).current()

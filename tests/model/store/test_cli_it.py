@@ -133,6 +133,24 @@ def test_errors_say_how_to_fix(store, tmp_path, monkeypatch):
     assert code == 0 and all(name in out for name in ("status", "versions", "search", "rollback", "compact", "gc"))
 
 
+@pytest.mark.parametrize("damage", [b"\xff\xfe\x00v000001", b"", b"\n", b"not a version\n"])
+def test_a_damaged_current_is_reported_and_rollback_repairs_it(store, corpus, tmp_path, damage):
+    first = publish(store, corpus, range(2))
+    second = publish(store, corpus, range(2, 4), parent=first.manifest)
+    store.backend.swap("CURRENT", damage, matches=lambda found: True)
+    common = ["--store", store.uri, "--cache-dir", str(tmp_path / "c")]
+    code, out = run("status", *common)
+    assert code == 1 and "CURRENT" in out and "is damaged" in out and "Traceback" not in out
+    assert "retrofresh index rollback VERSION" in out and second.manifest.version in out  # the newest, to repair with
+    code, out = run("versions", *common, "--json")
+    assert code == 0 and [r["version"] for r in json.loads(out)] == [first.manifest.version, second.manifest.version]
+    code, out = run("rollback", second.manifest.version, *common)
+    assert code == 0 and f"damaged ({damage!r}) -> {second.manifest.version}" in out, out
+    assert store.current() == second.manifest.version
+    code, out = run("status", *common, "--json")
+    assert code == 0 and json.loads(out)["version"] == second.manifest.version
+
+
 def test_search_refuses_an_index_from_another_embedder(store, corpus, tmp_path):
     publish(store, corpus, range(2))
     code, out = run("search", "--store", store.uri, "--cache-dir", str(tmp_path / "c"), "anything")
