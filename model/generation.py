@@ -40,24 +40,32 @@ def sample_next(
 
     Args:
         logits: unnormalised scores of the next token.
-        temperature: 0 picks the most likely token; higher flattens the distribution.
+        temperature: 0 picks the most likely token (so does any below 1.2e-38, float32's smallest
+            normal number); higher flattens the distribution.
         top_k: keep only the k most likely tokens.
-        top_p: keep the smallest set of tokens whose probability reaches top_p (nucleus).
+        top_p: keep the smallest set of tokens whose probability reaches top_p (nucleus); the
+            most likely token always stays, however small top_p is.
         generator: source of randomness (seeded for reproducible samples).
 
     Returns:
         (B,) token ids.
     """
-    if temperature == 0:
+    # Every temperature >= 0 is served. Below float32's smallest normal number every token but the
+    # best has probability 0 anyway (and the temperature itself may round to 0): greedy, its limit.
+    if temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    # Shifted so the best token scores 0, a small temperature sends the others to -inf instead of
+    # the best one to +inf (inf - inf = nan in the softmax).
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely past the nucleus; the top one always stays
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # tokens entirely past the nucleus
+        drop[..., 0] = False  # the top one always stays, even when top_p rounds to 0 in float32
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)

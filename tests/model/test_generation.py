@@ -75,6 +75,15 @@ def test_sample_next_filters():
     assert int(sample_next(logits, temperature=0)) == 3
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1e-45, None), (5e-324, None), (1e-30, None), (1e-37, None),
+                                                 (1.0, 1e-300), (1.0, 1e-45), (1e-45, 1e-300)])
+def test_the_smallest_temperatures_and_top_p_sample_the_best_token(temperature, top_p):
+    # Their limit is greedy decoding; dividing by them or a nucleus rounded to 0 gave nan probabilities.
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [50.0, -1.0, 49.9, 0.0], [-200.0, 90.0, 89.0, -90.0]])
+    g = torch.Generator().manual_seed(0)
+    assert sample_next(logits, temperature=temperature, top_p=top_p, generator=g).tolist() == [3, 0, 1]
+
+
 def test_empty_prompt_starts_from_end_of_text(tiny_retro, retro_tokenizer):
     out = generate(tiny_retro, retro_tokenizer, "", retriever=None, max_new_tokens=5, temperature=0, stop_at_eos=False)
     assert out.prompt_tokens == 1 and len(out.token_ids) == 5

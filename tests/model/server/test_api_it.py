@@ -116,6 +116,10 @@ def test_generate_with_and_without_retrieval(api):
     assert (off.retrieval, off.index_version, off.neighbours) == (False, None, [])
     k1 = client.generate(PROMPT, max_new_tokens=3, k=1, top_k=5, top_p=0.9, seed=1)
     assert all(len(chunk) == 1 for chunk in k1.neighbours)
+    # The extremes of the accepted ranges are answered (their limit: greedy), never a 500.
+    greedy = client.generate(PROMPT, max_new_tokens=5, temperature=0, seed=1).text
+    for extreme in ({"temperature": 1e-45}, {"temperature": 5e-324}, {"top_p": 1e-300}):
+        assert client.generate(PROMPT, max_new_tokens=5, seed=1, **extreme).text == greedy, extreme
 
 
 def test_score_with_and_without_retrieval(api):
