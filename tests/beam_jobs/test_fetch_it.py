@@ -141,6 +141,89 @@ def test_metadata_and_link_local_stay_refused_whatever_is_allowed():
     assert AddressPolicy().refusal(ipaddress.ip_address("10.1.2.3")) == "private"
 
 
+@pytest.mark.parametrize(
+    "address, refused, allowing",
+    [  # a 6to4 address (2002:AABB:CCDD::/48) carries the IPv4 address AA.BB.CC.DD
+        ("2002:a9fe:a9fe::", "cloud metadata", "cloud metadata"),  # 169.254.169.254
+        ("2002:6464:64c8::1", "cloud metadata", "cloud metadata"),  # 100.100.100.200 (Alibaba)
+        ("2002:a9fe:101::", "link-local", "link-local"),  # 169.254.1.1
+        ("2002:e000:1::", "reserved", "reserved"),  # 224.0.0.1, multicast
+        ("2002::", "reserved", "reserved"),  # 0.0.0.0
+        ("2002:7f00:1::", "loopback", None),  # 127.0.0.1: as loopback itself
+        ("2002:a00:1::", "private", None),  # 10.0.0.1: as the named network
+        ("2002:c0a8:101::1", "private", "private"),  # 192.168.1.1: not named
+        ("2002:5db8:d822::", None, None),  # 93.184.216.34, public
+    ],
+)
+def test_a_6to4_address_is_judged_by_the_ipv4_address_it_carries(address, refused, allowing):
+    assert AddressPolicy().refusal(ipaddress.ip_address(address)) == refused
+    named = AddressPolicy(LOOPBACK + (ipaddress.ip_network("10.0.0.0/8"),))
+    assert named.refusal(ipaddress.ip_address(address)) == allowing
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """Stub DNS: ``answers[name]`` is the list of addresses each lookup of ``name`` returns in turn
+    (the last one repeats); other names and IP literals go to the real resolver."""
+    answers: dict[str, list[str]] = {}
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        lookups.append(host)
+        queue = answers[host]
+        address = queue.pop(0) if len(queue) > 1 else queue[0]
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sockaddr = (address, port, 0, 0) if family == socket.AF_INET6 else (address, port)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    answers["lookups"] = lookups  # type: ignore[assignment]
+    return answers
+
+
+def test_a_name_resolving_to_a_6to4_metadata_address_is_refused_before_connecting(resolver, connects):
+    resolver["metadata.test"] = ["2002:a9fe:a9fe::"]
+    f = Fetcher(FAST, policy=AddressPolicy(LOOPBACK + (ipaddress.ip_network("10.0.0.0/8"),)))
+    try:
+        result = f.fetch("http://metadata.test/latest/meta-data/", source="s")
+    finally:
+        f.close()
+    assert (result.outcome, result.reason) == (FAILED, "blocked_address")
+    assert resolver["lookups"] and connects == []
+
+
+@pytest.mark.parametrize("public_lookups", [1, 2, 3])
+def test_dns_rebinding_cannot_reach_what_the_check_refused(site, resolver, connects, public_lookups):
+    # The name resolves to a public address for its first lookups and to loopback (the site) after
+    # that, whichever lookup that falls on (the early check, the connect, a retry): the socket
+    # connects only to an address that was checked, and every later answer is checked anew.
+    port = int(site.base_url.rsplit(":", 1)[1])
+    resolver["rebind.test"] = ["93.184.216.34"] * public_lookups + ["127.0.0.1"]
+    f = Fetcher(FAST)  # loopback not allowed
+    try:
+        result = f.fetch(f"http://rebind.test:{port}/ok.html", source="s")
+    finally:
+        f.close()
+    assert result.outcome == FAILED
+    assert len(resolver["lookups"]) > public_lookups  # the loopback answer was given, and refused
+    assert set(connects) <= {"93.184.216.34"} and site.paths() == []
+
+
+def test_dns_rebinding_to_loopback_first_is_refused_and_never_connects(site, resolver, connects):
+    port = int(site.base_url.rsplit(":", 1)[1])
+    resolver["rebind.test"] = ["127.0.0.1", "93.184.216.34"]
+    f = Fetcher(FAST)
+    try:
+        result = f.fetch(f"http://rebind.test:{port}/ok.html", source="s")
+    finally:
+        f.close()
+    assert (result.outcome, result.reason) == (FAILED, "blocked_address")
+    assert connects == [] and site.paths() == []
+
+
 def test_allow_private_is_loopback_only_now():
     from beam_jobs.sources import SiteSource
 
