@@ -87,14 +87,18 @@ def probe(view, embedder, sample: list[tuple[int, str]], *, k: int, nprobe: int 
 
     Returns:
         (recall: share of probes whose own chunk, or a chunk with the same text, is in the top k;
-        mean score of the probe's own chunk where found; number of tombstoned ids returned).
+        mean score of the probe's own chunk where found; number of hits that are not live in the
+        shard that returned them, i.e. deleted chunks that came back).
     """
-    vectors = embedder.encode([text for _, text in sample])
-    results = view.search(np.asarray(vectors, dtype=np.float32), k, nprobe=nprobe)
-    tombstones = set(view.manifest.tombstones)
-    found, scores, dead = 0, [], 0
+    vectors = np.asarray(embedder.encode([text for _, text in sample]), dtype=np.float32)
+    results = view.search(vectors, k, nprobe=nprobe)
+    # Deleted = not live in the shard that returned it, by the view's own definition (a chunk id
+    # deleted and later re-added by a newer shard is live there), never a second copy of the rule.
+    ids, _, shards = view.search_scored(vectors, k, nprobe=nprobe)
+    returned = ids >= 0
+    dead = int((~view.is_live(ids[returned], shards[returned])).sum())
+    found, scores = 0, []
     for (cid, text), hits in zip(sample, results):
-        dead += sum(1 for h in hits if h.chunk_id in tombstones and h.chunk_id != cid)
         own = next((h for h in hits if h.chunk_id == cid or h.text == text), None)
         if own is not None:
             found += 1

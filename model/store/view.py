@@ -307,6 +307,32 @@ class IndexView:
                 self._active -= 1
                 self._cond.notify_all()
 
+    def is_live(self, ids: np.ndarray, shards: np.ndarray | None = None) -> np.ndarray:
+        """Per chunk id: is it live in this version? The one definition, the one searches filter by.
+
+        A shard's copy of an id is live unless a tombstone that applies to the shard hides it
+        (tombstones are ordered: one written before the shard was added never applies, see
+        :mod:`model.store.manifest`). So a chunk deleted and later added again with the same id (a
+        document restored with the same content) is live again, in the shard that re-added it.
+
+        Args:
+            ids: chunk ids (int64).
+            shards: per id, the position (as in :attr:`shards`, as :meth:`search_scored` returns
+                it) of the shard whose copy is meant; None: live in any shard.
+
+        Returns:
+            bool array of ``len(ids)``.
+        """
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        live = np.zeros(len(ids), bool)
+        where = None if shards is None else np.asarray(shards).reshape(-1)
+        for s, shard in enumerate(list(self._shards)):
+            if where is None:
+                live |= shard.is_live(ids)
+            elif (mine := where == s).any():
+                live[mine] = shard.is_live(ids[mine])
+        return live
+
     def score_errors(self, queries: np.ndarray) -> np.ndarray:
         """Per query and shard, the standard deviation of the error the shard's codes add to scores.
 

@@ -112,6 +112,26 @@ def test_document_changed_back_returns_its_chunks(store, corpus):
         assert len(ids) == len(set(ids)) == 24
 
 
+def test_a_deleted_document_restored_with_the_same_content_is_live_again(store, corpus):
+    """A -> gone -> A: the restoring shard's copies are live, the first shard's stay hidden."""
+    doc, vec = corpus.doc(7)
+    other, vec_o = corpus.docs(range(20, 23))
+    ids = np.array([c.chunk_id for c in doc])
+    v1 = publish(store, corpus, [7, 20, 21, 22]).manifest
+    v2 = store.publish(next_manifest(store, v1, [], ids.tolist()), expected_current=v1.version)
+    v3 = store.publish(next_manifest(store, v2, [store.write_shard(doc, vec, embedder=SPEC)]), expected_current=v2.version)
+    with store.open(v2.version) as view:
+        assert not view.is_live(ids).any() and view.count == 12
+    with store.open(v3.version) as view:
+        assert view.count == 16 == v3.stats.chunks
+        assert view.is_live(ids).all()
+        assert not view.is_live(ids, np.zeros(len(ids), int)).any()  # the first shard's copies
+        assert view.is_live(ids, np.ones(len(ids), int)).all()  # the restoring shard's
+        found, _, shards = view.search_scored(vec, 1)
+        assert found[:, 0].tolist() == ids.tolist() and view.is_live(found[:, 0], shards[:, 0]).all()
+        assert not view.is_live(np.array([12345]), None).any()
+
+
 def test_iter_chunks_yields_live_chunks_once(store, corpus):
     manifest, chunks, vectors = two_kinds_of_shard(store, corpus)
     gone = {chunks[0].chunk_id, chunks[500].chunk_id}
