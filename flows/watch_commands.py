@@ -149,7 +149,7 @@ def notify(urls, sources, store):
 
     URLs that belong to no configured source are refused here, and again by the refresh.
     """
-    from flows.common.events import emit_changes, flush_events
+    from flows.common.events import ChangesNotDelivered, deliver_changes
     from flows.common.webhook import split_known
 
     _need_api()
@@ -159,6 +159,21 @@ def notify(urls, sources, store):
     if not by_source:
         raise click.ClickException("no URL belongs to a configured source; nothing announced")
     store = store or os.environ.get("RETROFRESH_STORE")
-    events = sum(len(emit_changes(found, source=name, origin="notify", store=store)) for name, found in by_source.items())
-    flush_events()
-    click.echo(f"announced {sum(len(v) for v in by_source.values())} URLs in {events} events")
+    announced = events = 0
+    sources_left = list(by_source)
+    for name, found in by_source.items():
+        sources_left.remove(name)
+        try:
+            events += len(deliver_changes(found, source=name, origin="notify", store=store))
+        except ChangesNotDelivered as error:
+            announced += sum(len(event.payload["urls"]) for event in error.delivered)
+            events += len(error.delivered)
+            done = f"Announced {announced} URLs in {events} events before that. " if events else ""
+            lost = error.urls + [url for left in sources_left for url in by_source[left]]
+            missing = " ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+            raise click.ClickException(
+                f"{error}. {done}Not announced: {missing}. Check that the Prefect server is up (prefect server start) "
+                "and that PREFECT_API_URL names it, then run the same command again."
+            ) from error
+        announced += len(found)
+    click.echo(f"announced {announced} URLs in {events} events")

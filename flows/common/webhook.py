@@ -71,12 +71,14 @@ def create_webhook_app(config: SourcesConfig, store_uri: str | None, token: str 
         config: the sources; a URL must belong to one of them.
         store_uri: the store the events are for.
         token: the admin token callers must present; None closes the endpoint.
-        announce: ``(source, urls) -> events emitted`` (default: emit ``retrofresh.source.changed``).
+        announce: ``(source, urls) -> events emitted`` (default: deliver ``retrofresh.source.changed``
+            events, see :func:`flows.common.events.deliver_changes`); raising
+            :class:`flows.common.events.ChangesNotDelivered` makes the answer a 503.
     """
-    from flows.common.events import emit_changes
+    from flows.common.events import ChangesNotDelivered, deliver_changes
 
     def emit(source: str, urls: list[str]) -> int:
-        return len(emit_changes(urls, source=source, origin="webhook", store=store_uri))
+        return len(deliver_changes(urls, source=source, origin="webhook", store=store_uri))
 
     announce = announce or emit
     app = FastAPI(title="retrofresh change webhook")
@@ -93,7 +95,14 @@ def create_webhook_app(config: SourcesConfig, store_uri: str | None, token: str 
         by_source, refused = split_known(config, request.urls)
         if not by_source:
             raise HTTPException(422, {"detail": "no URL belongs to a configured source", "refused": refused})
-        events = sum(announce(source, urls) for source, urls in by_source.items())
+        events = 0
+        for source, urls in by_source.items():
+            try:
+                events += announce(source, urls)
+            except ChangesNotDelivered as error:
+                # 503: the sender's webhook machinery retries, which a 202 would have stopped.
+                LOG.error("webhook: %s", error)
+                raise HTTPException(503, f"{error}; try again once the Prefect API is back") from error
         return ChangedAnswer(accepted=[u for urls in by_source.values() for u in urls], refused=refused, events=events)
 
     return app

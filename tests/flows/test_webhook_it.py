@@ -14,6 +14,7 @@ import uvicorn
 from beam_jobs.sources import SourcesConfig
 from flows.common.webhook import MAX_BODY_BYTES, MAX_URL_CHARS, create_webhook_app
 from model.server.ports import free_port
+from tests.flows.support import dead_url
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +27,20 @@ CONFIG = SourcesConfig.model_validate({"sources": [{"kind": "site", "name": "sit
 def webhook():
     """Start the webhook (token ``s3cret``) on a free loopback port; yields (url, announced) and stops it."""
 
-    def make(token):
+    def make(token, *, prefect_api: str | None = None):
+        """``prefect_api``: announce real Prefect events to this API instead of recording them in a list."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
         announced: list = []
-        app = create_webhook_app(CONFIG, "/tmp/store", token, announce=lambda source, urls: announced.append((source, urls)) or 1)
+        record = None if prefect_api else (lambda source, urls: announced.append((source, urls)) or 1)
+        app = create_webhook_app(CONFIG, "/tmp/store", token, announce=record)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", log_config=None))
-        thread = threading.Thread(target=server.run, daemon=True)
+
+        def run():
+            with temporary_settings({PREFECT_API_URL: prefect_api} if prefect_api else {}):
+                server.run()
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         started.append((server, thread))
         deadline = time.monotonic() + 30
@@ -104,3 +114,11 @@ def test_an_overlong_url_is_refused_and_the_rest_announced(webhook):
     assert announced == [("site", [f"{SITE}/b"])]
     # A full request of the longest URLs fits under the body limit.
     assert len(json.dumps({"urls": [f"{SITE}/" + "a" * (MAX_URL_CHARS - len(SITE) - 1)] * 1000})) < MAX_BODY_BYTES
+
+
+def test_changes_the_prefect_api_did_not_take_are_a_503_not_a_202(webhook, caplog):
+    url, _ = webhook(TOKEN, prefect_api=dead_url() + "/api")
+    answer = httpx.post(f"{url}/v1/changed", headers={"Authorization": f"Bearer {TOKEN}"}, json={"urls": [f"{SITE}/a"]}, timeout=60)
+    assert answer.status_code == 503, answer.text
+    assert "did not take 1 of 1 retrofresh.source.changed events" in answer.json()["detail"]
+    assert any("webhook:" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
