@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from model.compat import Compatibility, TokenizerInfo
-from model.retro import CONFIG_FILE, MODEL_TYPE, Retro
+from model.retro import MODEL_TYPE, WEIGHTS_FILE, Retro, load_config_json
 from model.tokenizer import TOKENIZER_FILE, RetroTokenizer
 
 LOG = logging.getLogger(__name__)
@@ -20,10 +20,7 @@ TRAINING_STATE_JSON = "training_state.json"
 
 def checkpoint_model_type(directory: str | Path) -> str:
     """The ``model_type`` recorded in a checkpoint's config.json."""
-    file = Path(directory) / CONFIG_FILE
-    if not file.exists():
-        raise FileNotFoundError(f"{directory} is not a retrofresh checkpoint: no {CONFIG_FILE}")
-    return json.loads(file.read_text()).get("model_type", "")
+    return load_config_json(directory).get("model_type", "")
 
 
 def load_tokenizer_for(directory: str | Path, expected: TokenizerInfo | dict | None) -> RetroTokenizer:
@@ -52,16 +49,27 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"):
 
     Returns:
         ``(model, tokenizer)``, the model in eval mode.
-    """
-    model_type = checkpoint_model_type(directory)
-    if model_type == MODEL_TYPE:
-        model = Retro.from_pretrained(directory, device=device)
-    else:
-        from model.retrofit import MODEL_TYPE as RETROFIT_TYPE, RetroFit
 
-        if model_type != RETROFIT_TYPE:
-            raise ValueError(f"{directory} holds model_type {model_type!r}; expected {MODEL_TYPE!r} or {RETROFIT_TYPE!r}")
-        model = RetroFit.from_pretrained(directory, device=device)
+    Raises:
+        FileNotFoundError: no ``config.json`` or weights.
+        ValueError: a file that cannot be read as what it should be (named in the message), such as
+            a truncated ``model.safetensors``, or another model type or tokenizer.
+    """
+    from safetensors import SafetensorError
+
+    model_type = checkpoint_model_type(directory)
+    try:
+        if model_type == MODEL_TYPE:
+            model = Retro.from_pretrained(directory, device=device)
+        else:
+            from model.retrofit import MODEL_TYPE as RETROFIT_TYPE, RetroFit
+
+            if model_type != RETROFIT_TYPE:
+                raise ValueError(f"{directory} holds model_type {model_type!r}; expected {MODEL_TYPE!r} or {RETROFIT_TYPE!r}")
+            model = RetroFit.from_pretrained(directory, device=device)
+    except SafetensorError as exc:
+        raise ValueError(f"{Path(directory) / WEIGHTS_FILE} is damaged or truncated ({exc}); copy the checkpoint again "
+                         "or save the model anew") from None
     return model, load_tokenizer_for(directory, model.config.tokenizer)
 
 

@@ -652,9 +652,13 @@ class Retro(nn.Module):
         from safetensors.torch import load_model
 
         directory = Path(directory)
-        config = RetroConfig.from_dict(read_config(directory, MODEL_TYPE))
+        config = config_from(directory, read_config(directory, MODEL_TYPE))
         model = cls(config)
-        load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=str(device))
+        try:
+            load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=str(device))
+        except RuntimeError as exc:  # missing, unexpected or misshapen tensors
+            raise ValueError(f"{directory / WEIGHTS_FILE} does not fit the model {directory / CONFIG_FILE} describes: "
+                             f"{str(exc)[:500]}; keep the two files of one checkpoint together") from None
         model.to(device)
         return model.eval()
 
@@ -665,12 +669,37 @@ def write_config(directory: Path, model_type: str, fields: dict) -> None:
     (directory / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def read_config(directory: Path, model_type: str) -> dict:
-    """The fields of ``config.json``, after checking it is a checkpoint of ``model_type`` we can read."""
+def load_config_json(directory: str | Path) -> dict:
+    """A checkpoint's ``config.json`` as a dict; every error names the file.
+
+    Raises:
+        FileNotFoundError: there is none.
+        ValueError: it is not UTF-8 JSON holding an object.
+    """
     file = Path(directory) / CONFIG_FILE
     if not file.exists():
         raise FileNotFoundError(f"{directory} is not a retrofresh checkpoint: no {CONFIG_FILE}")
-    data = json.loads(file.read_text())
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file} is not valid JSON ({exc}); restore the checkpoint's {CONFIG_FILE} or save the model again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} holds a JSON {type(data).__name__}, not an object; restore the checkpoint's {CONFIG_FILE}")
+    return data
+
+
+def config_from(directory: str | Path, data: dict) -> RetroConfig:
+    """The ``RetroConfig`` of ``config.json``'s fields, an error naming the file if they do not make one."""
+    try:
+        return RetroConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{Path(directory) / CONFIG_FILE}: {exc}") from None
+
+
+def read_config(directory: Path, model_type: str) -> dict:
+    """The fields of ``config.json``, after checking it is a checkpoint of ``model_type`` we can read."""
+    file = Path(directory) / CONFIG_FILE
+    data = load_config_json(directory)
     found = data.pop("model_type", None)
     version = data.pop("format_version", None)
     if found != model_type:

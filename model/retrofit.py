@@ -33,7 +33,7 @@ from einops import rearrange
 from model.chunks import ChunkMemory, ChunkPass, EncodedNeighbours
 from model.compat import EmbedderSpec
 from model.config import RetroConfig
-from model.retro import IGNORE_INDEX, WEIGHTS_FILE, ChunkedCrossAttention, NeighbourEncoder, Rotary, read_config, write_config
+from model.retro import IGNORE_INDEX, WEIGHTS_FILE, ChunkedCrossAttention, NeighbourEncoder, Rotary, config_from, read_config, write_config
 from model.tokenizer import RetroTokenizer
 
 LOG = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class RetroFit(nn.Module):
         path = path if path.is_absolute() else directory / path
         kwargs = {"gguf_file": source["gguf_file"]} if source.get("gguf_file") else {}
         base = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, **kwargs)
-        model = cls(base, RetroConfig.from_dict(data), base_source=None if source["path"] == BASE_DIR else source)
+        model = cls(base, config_from(directory, data), base_source=None if source["path"] == BASE_DIR else source)
         model.to(device)
         model.load_weights(directory)
         return model.eval()

@@ -109,7 +109,7 @@ def read_dated_documents(path: str | Path) -> DocumentsFile:
     except OSError as exc:
         raise DocumentsError(f"--docs {path}: cannot read it ({exc.strerror or exc}); check the path and its permissions") from None
     try:
-        content = raw.decode("utf-8")
+        content = raw.decode("utf-8-sig")  # a byte order mark (Windows editors write one) is not part of line 1
     except UnicodeDecodeError as exc:
         raise DocumentsError(f"--docs {path}: not UTF-8 text (byte {exc.start}); write the JSONL file as UTF-8") from None
     result = DocumentsFile(path, [])

@@ -36,7 +36,8 @@ def read_documents(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
         if path.suffix == ".jsonl":
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            # utf-8-sig: a byte order mark (Windows editors write one) is not part of the first line.
+            for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -49,7 +50,7 @@ def read_documents(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
                 if record["text"].strip():
                     docs.append((url, record["text"]))
         else:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
             if text.strip():
                 docs.append((str(path.resolve()), text))
     if not docs:

@@ -60,6 +60,13 @@ def test_unusable_documents_files_say_how_to_fix_them(tmp_path, content, message
     assert "published_at" in str(info.value)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", EVAL)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows editors save UTF-8
+    found = read_dated_documents(path)
+    assert len(found.documents) == 3 and found.skipped["not_json"] == 0
+
+
 def test_missing_and_unreadable_documents_files(tmp_path):
     with pytest.raises(DocumentsError, match="no such file"):
         read_dated_documents(tmp_path / "missing.jsonl")
@@ -232,6 +239,33 @@ def test_cli_json_and_outputs_with_leakage_control(temporal_store, tiny_checkpoi
     assert json.loads((out / "temporal.json").read_text())["conditions"] == report["conditions"]
     text = (out / "report.md").read_text()
     assert "| fresh |" in text and "By month" in text and "no text: 1" in text
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "model.safetensors is damaged or truncated"),
+    ("config", "config.json is not valid JSON"),
+    ("config-list", "config.json holds a JSON list, not an object"),
+    ("config-field", "config.json: unknown RetroConfig fields: ['colour']"),
+])
+def test_cli_names_the_damaged_checkpoint_file_without_a_traceback(tiny_checkpoint, tmp_path, damage, message):
+    import shutil
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    weights, config = checkpoint / "model.safetensors", checkpoint / "config.json"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    elif damage == "config":
+        config.write_text(config.read_text()[:-20])
+    elif damage == "config-list":
+        config.write_text("[]")
+    else:
+        config.write_text(json.dumps({**json.loads(config.read_text()), "colour": "blue"}))
+    docs = write_jsonl(tmp_path / "eval.jsonl", EVAL)
+    result = _run(["--checkpoint", str(checkpoint), "--store", str(tmp_path / "store"), "--stale-version", "v000001-aa",
+                   "--docs", str(docs), "--quiet"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert message in result.output and str(checkpoint) in result.output, result.output
 
 
 def test_cli_refuses_inputs_that_do_not_fit(temporal_store, tiny_checkpoint, tmp_path, query_embedder):

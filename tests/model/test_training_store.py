@@ -110,6 +110,11 @@ def test_bad_corpus_files_are_clear_errors(tmp_path, indexed_store, retro_tokeni
     plain = tmp_path / "a.txt"
     plain.write_text("hello")
     assert read_documents([plain]) == [(str(plain.resolve()), "hello")]
+    marked = tmp_path / "bom.jsonl"  # a byte order mark, as Windows editors save UTF-8
+    marked.write_bytes(b'\xef\xbb\xbf{"text": "first", "url": "u1"}\n{"text": "second", "url": "u2"}\n')
+    assert read_documents([marked]) == [("u1", "first"), ("u2", "second")]
+    plain.write_bytes(b"\xef\xbb\xbfhello")
+    assert read_documents([plain]) == [(str(plain.resolve()), "hello")]
     with pytest.raises(ValueError, match="already has version"):
         index_documents(indexed_store, [("u", "text")], retro_tokenizer, query_embedder)
 
