@@ -30,17 +30,23 @@ LOG = logging.getLogger(__name__)
 @click.option("--json", "as_json", is_flag=True,
               help="print the summary as one JSON object on the last line; on failure the object is "
                    '{"published": false, "error": {"type", "message", "step"}, ...} and the exit status is 1')
-def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, as_json):
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="append the run's whole log here, tracebacks included [default: <cache dir>/logs/refresh.log]")
+@click.option("--verbose", is_flag=True, help="show tracebacks on the terminal too (they always go to the log file)")
+def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, as_json, log_file, verbose):
     """Ingest the sources, validate the new index version and publish it (one Prefect flow run)."""
     from flows.refresh import refresh_corpus
+    from flows.common.runlog import default_log_file, run_log
     from flows.common.temporary_api import prefect_api
 
     kwargs = {"runner": runner}
     if compact_threshold is not None:
         kwargs["compact_threshold"] = compact_threshold
+    log_file = log_file or default_log_file("refresh")
     state = None
     try:
-        with prefect_api():  # without PREFECT_API_URL: a temporary one that stops with this process
+        # Without PREFECT_API_URL: a temporary API that stops with this process.
+        with prefect_api(), run_log(log_file, verbose=verbose):
             state = refresh_corpus(
                 sources=str(sources) if sources else None,
                 store=store,
@@ -56,7 +62,8 @@ def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, a
     except Exception as error:  # noqa: BLE001 - report the flow's cause, whatever it was
         if as_json:
             _echo_failure(error, store, state)
-        raise click.ClickException(f"refresh failed: {error}") from error
+        shown = "" if verbose else "; --verbose shows them here"
+        raise click.ClickException(f"refresh failed: {error}\n(the run's log, tracebacks included, is in {log_file}{shown})") from error
     if as_json:
         keys = ("version", "parent", "published", "documents", "chunks_added", "chunks_removed", "seconds")
         head = {key: summary[key] for key in keys}

@@ -113,6 +113,29 @@ def test_a_full_disk_at_the_lease_fails_the_refresh_cleanly(prefect_api, refresh
     assert after == before  # no .tmp-* file, no lease, CURRENT and every version as they were
 
 
+def test_a_failed_refresh_keeps_tracebacks_in_its_log_file_unless_verbose(prefect_api, tmp_path):
+    """A real shell run: the terminal gets Prefect's log lines and the error, the log file the tracebacks."""
+    from flows.common.lease import RefreshLease
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("A document that never gets indexed: the lease is held.")
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(f"sources:\n  - kind: files\n    name: docs\n    glob: {tmp_path / 'docs'}/*.txt\n")
+    store = tmp_path / "store"
+    RefreshLease(open_store(store).backend, holder="someone else's refresh", ttl_s=600).acquire()
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "RETROFRESH_CACHE_DIR": str(tmp_path / "cache")}
+    retrofresh = Path(sys.executable).with_name("retrofresh")
+    for verbose in (False, True):
+        log = tmp_path / f"verbose-{verbose}.log"
+        done = subprocess.run([str(retrofresh), "refresh", "--sources", str(sources), "--store", str(store), "--log-file", str(log),
+                               *(["--verbose"] if verbose else [])], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert "Error: refresh failed: the refresh lease" in done.stderr and f"is in {log}" in done.stderr, done.stderr[-3000:]
+        assert ("Traceback" in done.stderr) is verbose, done.stderr[-3000:]
+        kept = log.read_text()
+        assert "Traceback (most recent call last)" in kept and "flows.common.lease.LeaseHeld: the refresh lease" in kept
+
+
 def test_refresh_json_failure_outside_a_task_names_the_function_the_flow_called(prefect_api, tmp_path, monkeypatch):
     monkeypatch.delenv("RETROFRESH_SOURCES", raising=False)
     result = CliRunner().invoke(cli, ["refresh", "--store", str(tmp_path / "store"), "--json"])
