@@ -201,9 +201,14 @@ class CrawlDoFn(beam.DoFn):
     def process(self, source, known) -> Iterator[FetchResult]:
         docs = {doc.doc_id: doc for doc in known[source.name]}  # a MultiMap: [] for unknown keys
         crawl = crawl_site if isinstance(source, SiteSource) else crawl_feed
-        for result in crawl(source, self.settings, docs):
-            count_fetch(result)
-            yield result
+        try:
+            for result in crawl(source, self.settings, docs):
+                count_fetch(result)
+                yield result
+        except Exception:  # noqa: BLE001 - a bug met on one site's input must not fail every source's refresh
+            # What was yielded stands; a web source's documents not seen this run are kept, never deleted.
+            LOG.exception("crawl of %s stopped early; its documents not reached this run are kept", source.name)
+            count_failure("crawl_error")
 
 
 class ListFilesDoFn(beam.DoFn):

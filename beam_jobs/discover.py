@@ -1,7 +1,9 @@
 """Discovery: read sitemaps (with lastmod), RSS/Atom feeds, links in pages, and file globs.
 
 Pure functions over bytes; the crawl (:mod:`beam_jobs.crawl`) decides what to request. Parsers
-are defensive: malformed input yields fewer URLs, never an exception.
+are defensive: malformed input yields fewer URLs, never an exception. Every URL they read goes
+through :func:`model.ids.web_url`; one that is malformed (``http://[::1``, a port out of range) is
+dropped, logged and counted (``malformed_urls``).
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import urldefrag, urljoin, urlsplit
 
 import lxml.etree
 import lxml.html
+
+from beam_jobs.metrics import count
+from model.ids import web_url
 
 LOG = logging.getLogger(__name__)
 
@@ -37,6 +42,25 @@ class FeedEntry:
     link: str
     published_at: datetime | None
     title: str | None
+
+
+class _Malformed:
+    """Counts the malformed URLs of one document, and says so once."""
+
+    def __init__(self, where: str):
+        self.where, self.dropped, self.example = where, 0, None
+
+    def url(self, ref: str | None, base: str | None) -> str | None:
+        url = web_url(ref, base) if ref else None
+        if url is None and ref:
+            self.dropped += 1
+            self.example = self.example or ref
+        return url
+
+    def report(self) -> None:
+        if self.dropped:
+            count("malformed_urls", self.dropped)
+            LOG.warning("%s: dropped %d malformed URLs (e.g. %r)", self.where, self.dropped, self.example[:200])
 
 
 def parse_datetime(value: str | None) -> datetime | None:
@@ -63,6 +87,7 @@ def _maybe_gunzip(body: bytes, limit: int = MAX_SITEMAP_BYTES) -> bytes:
     return data
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _XML_PARSER = dict(resolve_entities=False, no_network=True, huge_tree=False, recover=True)
 
 
@@ -84,19 +109,20 @@ def parse_sitemap(body: bytes, base_url: str) -> SitemapEntries:
     if root is None:
         return SitemapEntries([], [])
     urls, sitemaps = [], []
+    malformed = _Malformed(f"sitemap {base_url}")
     for element in root:
         if not isinstance(element.tag, str):
             continue
         tag = lxml.etree.QName(element).localname
         fields = {lxml.etree.QName(c).localname: (c.text or "").strip() for c in element if isinstance(c.tag, str)}
-        loc = fields.get("loc")
+        loc = malformed.url(fields.get("loc"), base_url)
         if not loc:
             continue
-        loc = urljoin(base_url, loc)
         if tag == "url":
             urls.append((loc, parse_datetime(fields.get("lastmod"))))
         elif tag == "sitemap":
             sitemaps.append(loc)
+    malformed.report()
     return SitemapEntries(urls, sitemaps)
 
 
@@ -116,13 +142,15 @@ def parse_feed(body: bytes, base_url: str) -> list[FeedEntry]:
     if parsed.bozo and not parsed.entries:
         LOG.warning("unreadable feed %s: %s", base_url, parsed.get("bozo_exception"))
     entries = []
+    malformed = _Malformed(f"feed {base_url}")
     for entry in parsed.entries:
-        link = entry.get("link")
+        link = malformed.url(entry.get("link"), base_url)
         if not link:
             continue
         stamp = entry.get("published_parsed") or entry.get("updated_parsed")
         published = datetime(*stamp[:6], tzinfo=timezone.utc) if stamp else None
-        entries.append(FeedEntry(urljoin(base_url, link), published, entry.get("title")))
+        entries.append(FeedEntry(link, published, entry.get("title")))
+    malformed.report()
     return entries
 
 
@@ -140,25 +168,23 @@ def extract_links(html: bytes | str, base_url: str) -> list[str]:
         document = lxml.html.fromstring(html)
     except (lxml.etree.ParserError, ValueError, TypeError):
         return []
+    malformed = _Malformed(f"page {base_url}")
     base = base_url
     for element in document.iter("base"):
         if element.get("href"):
-            base = urljoin(base_url, element.get("href"))
+            base = malformed.url(element.get("href"), base_url) or base_url  # a malformed <base>: the page's own URL
             break
     links, seen = [], set()
     for element in document.iter("a"):
         href = (element.get("href") or "").strip()
-        if not href or href.startswith(("#", "mailto:", "javascript:", "tel:")):
-            continue
-        try:
-            url = urldefrag(urljoin(base, href)).url
-            parts = urlsplit(url)
-            _ = parts.port  # raises ValueError on a malformed port
-        except ValueError:
-            continue
-        if parts.scheme in ("http", "https") and parts.hostname and url not in seen:
+        scheme = _SCHEME.match(href)
+        if not href or href.startswith("#") or (scheme and scheme[1].lower() not in ("http", "https")):
+            continue  # mailto:, javascript:, ftp:, ...: not ours to follow, and not malformed either
+        url = malformed.url(href, base)
+        if url is not None and url not in seen:
             seen.add(url)
             links.append(url)
+    malformed.report()
     return links
 
 

@@ -14,16 +14,18 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
 from protego import Protego
 
+from beam_jobs.metrics import count
 from beam_jobs.netguard import AddressPolicy, BlockedAddress, GuardedTransport, resolve_allowed
 from beam_jobs.sources import FetchSettings
 from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED, FetchResult
 from model.clock import utcnow
+from model.ids import web_url
 
 LOG = logging.getLogger(__name__)
 
@@ -118,9 +120,14 @@ class Fetcher:
         return rules.can_fetch(url, self.settings.user_agent)
 
     def sitemaps(self, url: str) -> list[str]:
-        """Sitemap URLs that the origin's robots.txt lists."""
+        """Sitemap URLs that the origin's robots.txt lists (malformed ones dropped and counted)."""
         rules = self.robots(url)
-        return list(rules.sitemaps) if rules is not None else []
+        listed = list(rules.sitemaps) if rules is not None else []
+        found = [u for u in (web_url(s, url) for s in listed) if u is not None]
+        if len(found) < len(listed):
+            count("malformed_urls", len(listed) - len(found))
+            LOG.warning("robots.txt of %s: dropped %d malformed Sitemap URLs", _origin(url), len(listed) - len(found))
+        return found
 
     def _load_robots(self, origin: str) -> Protego | None:
         response = self._get(f"{origin}/robots.txt", {}, accept=None, max_bytes=ROBOTS_MAX_BYTES, check_robots=False)
@@ -220,8 +227,9 @@ class Fetcher:
         seen = set()
         current = url
         for _ in range(self.settings.max_redirects + 1):
-            if urlsplit(current).scheme not in ("http", "https"):
-                return _Response(current, failure="bad_scheme")
+            if web_url(current) is None:  # malformed, or not http(s): nothing below may parse it
+                scheme = current.partition(":")[0].strip().lower()
+                return _Response(current, failure="bad_url" if scheme in ("http", "https") else "bad_scheme")
             if current in seen:
                 return _Response(current, failure="redirect_loop")
             seen.add(current)
@@ -239,7 +247,7 @@ class Fetcher:
                 location = response.headers.get("location")
                 if not location:
                     return _Response(current, status=response.status, failure="redirect_without_location")
-                current = urljoin(current, location.strip())
+                current = web_url(location, current) or location.strip()  # a malformed one fails on the next hop
                 continue
             return response
         return _Response(current, failure="too_many_redirects")

@@ -26,7 +26,7 @@ from beam_jobs.metrics import count, timed
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import GONE, INCOMPLETE, FetchResult, KnownDoc
 from model.clock import utcnow
-from model.ids import canonical_url, doc_id
+from model.ids import canonical_url, doc_id, web_url
 
 LOG = logging.getLogger(__name__)
 
@@ -47,14 +47,11 @@ class Targets:
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
+    url = web_url(url)  # an event's URL is untrusted text: a malformed one has no origin
+    if url is None:
+        return None
     parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return parts.scheme, parts.hostname.lower(), port or {"http": 80, "https": 443}[parts.scheme]
+    return parts.scheme, parts.hostname.lower(), parts.port or {"http": 80, "https": 443}[parts.scheme]
 
 
 def _site_origins(source: SiteSource) -> set[tuple[str, str, int]]:

@@ -12,8 +12,8 @@ Per source, every ``interval_s``:
 Changed URLs become ``retrofresh.source.changed`` events (:mod:`flows.common.events`), one batch per
 source and poll. Detection is level-triggered against what ``CURRENT`` serves: a URL stays
 "changed" until a refresh publishes it, so it is announced again after ``reannounce_after_s`` if
-the refresh it triggered failed. A source that cannot be polled backs off exponentially (up to
-``max_backoff_s``) while the others keep their pace.
+the refresh it triggered failed. A source that cannot be polled (or whose input meets a bug) backs
+off exponentially (up to ``max_backoff_s``) while the others keep their pace.
 """
 
 from __future__ import annotations
@@ -140,11 +140,12 @@ class Watcher:
                 continue
             try:
                 urls = self._changed(source, watch)
-            except SourceDown as error:
+            except Exception as error:  # noqa: BLE001 - one source's failure (or a bug met on its input) stops only it
                 watch.failures += 1
                 delay = min(self.max_backoff_s, self.interval_s * 2 ** watch.failures)
                 watch.next_poll = now + delay
-                LOG.warning("source %s is down (%s); next try in %.0f s", source.name, error, delay)
+                LOG.warning("source %s is down (%s); next try in %.0f s", source.name, error, delay,
+                            exc_info=not isinstance(error, SourceDown))
                 continue
             if watch.failures:
                 LOG.info("source %s is back after %d failed polls", source.name, watch.failures)

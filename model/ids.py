@@ -4,7 +4,38 @@ from __future__ import annotations
 
 import hashlib
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
+
+
+def web_url(ref: str, base: str | None = None) -> str | None:
+    """A URL from untrusted text, made absolute: or None when it is not a well-formed http(s) URL.
+
+    Every URL read from outside (a sitemap's ``<loc>``, a feed's link, an ``href`` or ``<base>``,
+    robots.txt's ``Sitemap:`` lines, a ``Location`` header, a change event) passes through here
+    before anything splits, compares or fetches it: ``urllib.parse`` raises ``ValueError`` on a
+    bracketed host that is not an IPv6 address (``http://[::1``) or a port that is not a number in
+    0-65535, and one such entry must cost only itself, never a crawl.
+
+    Args:
+        ref: the URL as written (relative ones are resolved against ``base``).
+        base: the URL of the document it was read from (None: ``ref`` must be absolute).
+
+    Returns:
+        The absolute URL without its fragment, or None when it is malformed, not http(s), or has
+        no host.
+    """
+    if not isinstance(ref, str):
+        return None
+    try:
+        url = urldefrag(urljoin(base, ref.strip()) if base else ref.strip()).url
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host or any(c.isspace() or not c.isprintable() for c in host):
+        return None
+    return url
 
 
 def canonical_url(url: str) -> str:
@@ -14,14 +45,18 @@ def canonical_url(url: str) -> str:
         url: an http(s) URL, a local path, or a ``gs://`` URI.
 
     Returns:
-        The canonical form used to derive :func:`doc_id`.
+        The canonical form used to derive :func:`doc_id`; a malformed URL (see :func:`web_url`)
+        is its own canonical form, so deriving an id never raises.
     """
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https"):
-        host = (parts.hostname or "").lower()
-        default_port = {"http": 80, "https": 443}[parts.scheme]
-        netloc = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    try:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https"):
+            host = (parts.hostname or "").lower()
+            default_port = {"http": 80, "https": 443}[parts.scheme]
+            netloc = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+            return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    except ValueError:
+        pass  # malformed (see web_url): its own canonical form
     return url
 
 

@@ -65,3 +65,31 @@ def test_small_helpers():
     assert parse_datetime("2024-05-01") == datetime(2024, 5, 1, tzinfo=timezone.utc)
     assert parse_datetime("yesterday") is None and parse_datetime(None) is None
     assert [file_kind(p) for p in ("a.TXT", "b.md", "c.html", "d.jsonl", "e.pdf")] == ["text", "markdown", "html", "jsonl", None]
+
+
+def test_a_malformed_url_costs_only_itself(caplog):
+    # urllib raises ValueError on each of these; one of them in a sitemap stopped the whole refresh
+    bad = ["http://[::1", "http://s:99999/x", "http://s:port/x", "http://[::1/a]b"]
+    body = "".join(f"<url><loc>{loc}</loc></url>" for loc in bad)
+    index = b"<sitemapindex><sitemap><loc>http://[::1</loc></sitemap><sitemap><loc>/two.xml</loc></sitemap></sitemapindex>"
+    entries = parse_sitemap(f"<urlset>{body}<url><loc>/ok.html</loc></url></urlset>".encode(), "http://s/sitemap.xml")
+    assert entries.urls == [("http://s/ok.html", None)]
+    assert parse_sitemap(index, "http://s/sitemap.xml").sitemaps == ["http://s/two.xml"]
+    assert "dropped 4 malformed URLs" in caplog.text
+    rss = b"""<rss version="2.0"><channel><title>t</title><item><title>Bad</title><link>http://[::1</link></item>
+      <item><title>Good</title><link>http://s/1.html</link></item></channel></rss>"""
+    assert [e.link for e in parse_feed(rss, "http://s/feed.xml")] == ["http://s/1.html"]
+    page = b'<html><head><base href="http://[::1"></head><body><a href="a.html">a</a><a href="http://s:70000/">b</a></body></html>'
+    assert extract_links(page, "http://s/dir/page.html") == ["http://s/dir/a.html"]  # the page's own URL is the base
+
+
+def test_web_url_and_ids_never_raise():
+    from model.ids import canonical_url, doc_id, web_url
+
+    assert web_url("b.html#top", "http://s/dir/a.html") == "http://s/dir/b.html"
+    assert web_url(" HTTP://S:8080/x ") == "HTTP://S:8080/x"
+    assert web_url("http://[::1]:8000/") == "http://[::1]:8000/"
+    for bad in ("http://[::1", "http://s:99999/", "http://s:x/", "ftp://s/f", "http:///x", "/relative", "http://a b/", None, 3):
+        assert web_url(bad) is None, bad
+    assert web_url("x", "http://[::1") is None  # a malformed base too
+    assert canonical_url("http://[::1") == "http://[::1" and len(doc_id("http://s:99999/")) == 16

@@ -83,3 +83,12 @@ def test_the_glob_rule_is_the_listings_rule(tmp_path):
         listed = [meta.path for meta in source.listing()]
         assert set(listed) == beam_lists == {p for p in paths if source.holds(p)}, glob
         assert listed == sorted(listed)
+
+
+def test_a_malformed_url_is_refused_with_a_reason_not_raised():
+    # urllib raises ValueError on these; a pending entry holding one stopped every targeted refresh
+    for url in ("http://[::1", "http://127.0.0.1:99999/", "http://127.0.0.1:8000:x/"):
+        name, why = source_of(CONFIG, url)
+        assert name is None and why, url
+    targets = resolve_targets(CONFIG, ["http://[::1", "http://127.0.0.1:8000/ok"])
+    assert targets.by_source == {"site": ("http://127.0.0.1:8000/ok",)} and targets.refused[0][0] == "http://[::1"
