@@ -21,7 +21,7 @@ DIR holds ``train.safetensors``,
 wraps it with ``model.retrofit.RetroFit`` (frozen base; only the neighbour encoder and CCA blocks
 train), evaluates the held-out windows with and without retrieval (without retrieval the wrapper
 runs the base model alone, so that number is the frozen base model's loss), trains with the
-pieces of ``model.training.loop`` (AdamW, warmup + cosine, clipping, bf16 autocast on CUDA) until
+pieces of ``model.training.loop`` (AdamW, warmup + cosine, clipping, bf16 autocast where faster: model.precision) until
 --steps or --minutes runs out (the cosine horizon is re-planned from the measured step time), and
 evaluates again. Bits per byte: summed loss in bits over the UTF-8 bytes of the decoded target
 tokens. It imports no faiss, Beam, sentence-transformers or embedder code.
@@ -256,6 +256,7 @@ def run_train(args, say) -> dict:
     import transformers
     from transformers import AutoModelForCausalLM
 
+    from model.precision import resolve as resolve_precision
     from model.retrofit import RetroFit
     from model.training.loop import TrainConfig, evaluate, lr_at, make_optimizer, train_step
 
@@ -294,7 +295,8 @@ def run_train(args, say) -> dict:
     bs = args.batch_size
     planned = args.steps if args.steps else 10**9
     cfg = TrainConfig(steps=planned, batch_size=bs, lr=args.lr, min_lr=args.lr / 10, warmup_steps=min(WARMUP_STEPS, max(planned // 10, 1)),
-                      eval_batches=max(1, math.ceil(len(eval_set) / bs)), device=str(device), seed=args.seed, progress=False)
+                      eval_batches=max(1, math.ceil(len(eval_set) / bs)), device=str(device), seed=args.seed, progress=False,
+                      precision=args.precision)
     eval_tokens = int((eval_set.targets != -100).sum())
     total_bytes = int(eval_bytes.sum()) if eval_bytes is not None else 0
 
@@ -357,7 +359,7 @@ def run_train(args, say) -> dict:
         "enc_layers": ENC_LAYERS,
         "batch_size": bs,
         "lr": args.lr,
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "precision": resolve_precision(args.precision, device).precision,
         "eval_loss": {"before": before, "after": after},
         "eval_bpb": {"before": bpb_before, "after": bpb_after},
         "eval_curve": curve + [{"step": step, "retrieval": after["retrieval"]}],
@@ -394,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eval-windows", type=int, help="evaluate only the first N held-out windows (default: all)")
     t.add_argument("--eval-every", type=int, default=EVAL_EVERY, help=f"steps between evals with retrieval while training (0: none; default {EVAL_EVERY})")
     t.add_argument("--device", default="cuda", help="torch device (default cuda)")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="fp32, bf16 autocast, or auto: bf16 where this device runs it faster (default auto)")
     t.add_argument("--seed", type=int, default=SEED)
     t.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON goes (default {RESULT})")
     t.add_argument("--json", action="store_true", help="print only the JSON result (progress lines still go to stderr)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -154,6 +155,9 @@ class Settings(BaseSettings):
         description="how often the server hashes the served version's shard files again (0: never; ~1.7 s per GB)",
     )
     device: str = Field("cpu", description="torch device for the model and the embedder")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="fp32, bf16 (autocast), or auto: bf16 where this device runs it faster (model.precision)"
+    )
     # Read by the Prefect flows when a deployment leaves them out (flows/).
     sources: str | None = Field(None, description="sources file (YAML) that a refresh ingests")
     servers: list[str] = Field(default_factory=list, description="server URLs a refresh notifies (JSON list)")

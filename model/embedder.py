@@ -63,11 +63,17 @@ class Embedder:
         name: recorded in manifests; defaults to the directory name (or all-MiniLM-L6-v2).
         max_length: tokens per text kept by the encoder's tokenizer (64 RETRO tokens fit).
         device: torch device.
+        precision: "fp32" (the reference), "bf16" (autocast) or "auto" (bf16 where this device runs
+            it faster; :mod:`model.precision`). Vectors of either may share a store
+            (docs/ARCHITECTURE.md, "Precision").
     """
 
-    def __init__(self, path: str | Path | None = None, *, name: str | None = None, max_length: int = 128, device: str = "cpu"):
+    def __init__(self, path: str | Path | None = None, *, name: str | None = None, max_length: int = 128, device: str = "cpu",
+                 precision: str = "fp32"):
         import torch
         from transformers import AutoModel, AutoTokenizer
+
+        from model.precision import resolve
 
         model_dir = Path(path) if path is not None else default_embedder_path()
         if not (model_dir / "config.json").exists():
@@ -77,6 +83,7 @@ class Embedder:
             )
         self.path = model_dir
         self.device = torch.device(device)
+        self.precision = resolve(precision, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).to(self.device).eval()
         for p in self.model.parameters():
@@ -89,7 +96,7 @@ class Embedder:
             max_length=max_length,
             sha256=weights_sha256(model_dir),
         )
-        LOG.info("loaded embedder %s (dim %d) from %s", self.spec.name, self.spec.dim, model_dir)
+        LOG.info("loaded embedder %s (dim %d, %s) from %s", self.spec.name, self.spec.dim, self.precision.precision, model_dir)
 
     @property
     def dim(self) -> int:
@@ -113,6 +120,8 @@ class Embedder:
         """
         import torch
 
+        from model.precision import autocast
+
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         spans = _power_of_two_spans(len(texts), batch_size) if fixed_shapes else [(s, min(s + batch_size, len(texts))) for s in range(0, len(texts), batch_size)]
         if progress:
@@ -120,13 +129,13 @@ class Embedder:
 
             spans = tqdm(spans, desc="embed", unit="batch")
         pad_to = SHAPE_STEP if fixed_shapes else None
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             for start, end in spans:
                 batch = list(texts[start:end])
                 enc = self.tokenizer(
                     batch, padding=True, truncation=True, max_length=self.spec.max_length, pad_to_multiple_of=pad_to, return_tensors="pt"
                 ).to(self.device)
-                hidden = self.model(**enc).last_hidden_state  # (B, T, D)
+                hidden = self.model(**enc).last_hidden_state.float()  # (B, T, D); pooled in fp32 under bf16 too
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)

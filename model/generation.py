@@ -10,6 +10,7 @@ import torch
 
 from model.retrieval import Neighbour, Retriever
 from model.decoding import StaticDecoder
+from model.precision import Decision, autocast
 from model.retro import Retro, pack_neighbours
 from model.tokenizer import RetroTokenizer
 
@@ -118,6 +119,7 @@ def generate(
     stop_at_eos: bool = True,
     to_tokens: Callable[[Neighbour], list[int]] | None = None,
     static_steps: bool | None = None,
+    precision: str | Decision = "fp32",
 ) -> GenerationResult:
     """Continue a prompt.
 
@@ -141,6 +143,7 @@ def generate(
             when the store was chunked with another tokenizer, e.g. a RETRO-fitted model).
         static_steps: run tokens that complete no chunk through :class:`model.decoding.StaticDecoder`
             (replayed as CUDA graphs on a GPU); default: on for a RETRO model on CUDA. Same tokens.
+        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.precision`).
 
     Returns:
         The new text and tokens, and the neighbours used.
@@ -183,32 +186,33 @@ def generate(
         nb, mask = pack_neighbours(rows, k=k, r=r, pad_id=cfg.pad_token_id)
         return nb[None].to(device), mask[None].to(device)  # (1, L, k, r)
 
-    try:
-        cache = model.new_cache(1, len(ids) + max_new_tokens)
-        prompt_chunks = [ids[u * m : (u + 1) * m] for u in range(len(ids) // m)]
-        nb, mask = neighbours_for(prompt_chunks)
-        logits = model(torch.tensor([ids], device=device), nb, mask, cache=cache)[:, -1]
-        decoder = StaticDecoder(model, cache) if static_steps else None
-        sequence = list(ids)
-        while True:
-            token = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)[0])
-            result.token_ids.append(token)
-            sequence.append(token)
-            if stop_at_eos and token == tokenizer.eos_id:
-                result.finish_reason = "eos"
-                break
-            if len(result.token_ids) >= max_new_tokens:
-                break
-            next_ids = torch.tensor([[token]], device=device)
-            if len(sequence) % m == 0:  # this token completes a chunk: retrieve for it now
-                nb, mask = neighbours_for([sequence[-m:]])
-                logits = model(next_ids, nb, mask, cache=cache)[:, -1]
-            elif decoder is not None:
-                logits = decoder(next_ids)
-            else:
-                logits = model(next_ids, cache=cache)[:, -1]
-    finally:
-        model.train(was_training)
+    with autocast(precision, device):
+        try:
+            cache = model.new_cache(1, len(ids) + max_new_tokens)
+            prompt_chunks = [ids[u * m : (u + 1) * m] for u in range(len(ids) // m)]
+            nb, mask = neighbours_for(prompt_chunks)
+            logits = model(torch.tensor([ids], device=device), nb, mask, cache=cache)[:, -1]
+            decoder = StaticDecoder(model, cache) if static_steps else None
+            sequence = list(ids)
+            while True:
+                token = int(sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)[0])
+                result.token_ids.append(token)
+                sequence.append(token)
+                if stop_at_eos and token == tokenizer.eos_id:
+                    result.finish_reason = "eos"
+                    break
+                if len(result.token_ids) >= max_new_tokens:
+                    break
+                next_ids = torch.tensor([[token]], device=device)
+                if len(sequence) % m == 0:  # this token completes a chunk: retrieve for it now
+                    nb, mask = neighbours_for([sequence[-m:]])
+                    logits = model(next_ids, nb, mask, cache=cache)[:, -1]
+                elif decoder is not None:
+                    logits = decoder(next_ids)
+                else:
+                    logits = model(next_ids, cache=cache)[:, -1]
+        finally:
+            model.train(was_training)
     new = result.token_ids[:-1] if result.finish_reason == "eos" else result.token_ids
     result.text = tokenizer.decode(new)
     return result

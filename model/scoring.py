@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from model.generation import retrieve_chunks
+from model.precision import Decision, autocast
 from model.retrieval import Neighbour, Retriever
 from model.retro import IGNORE_INDEX, Retro, pack_neighbours
 from model.tokenizer import RetroTokenizer
@@ -125,6 +126,7 @@ def token_losses(
     *,
     k: int,
     to_tokens: Callable[[Neighbour], list[int]] | None = None,
+    precision: str | Decision = "fp32",
 ) -> torch.Tensor:
     """Nats of every predicted token of ``ids`` (all but the first), chunk ``u`` reading ``found[u]``.
 
@@ -137,6 +139,7 @@ def token_losses(
         found: per complete chunk, its neighbours (the first k are used); None: retrieval off.
         k: neighbours per chunk.
         to_tokens: a neighbour's token ids for this model (default its ``retrieved_tokens``).
+        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.precision`).
 
     Returns:
         float tensor (len(ids) - 1,) on the CPU: entry j is the loss of predicting ``ids[j + 1]``.
@@ -163,7 +166,8 @@ def token_losses(
             if neighbours is not None:
                 lo, hi = start // m, (start + x.shape[1]) // m
                 nb, mk = neighbours[None, lo:hi], mask[None, lo:hi]
-            logits = model(x, nb, mk)
+            with autocast(precision, device):
+                logits = model(x, nb, mk)
             valid = y != IGNORE_INDEX
             losses.append(torch.nn.functional.cross_entropy(logits[valid].float(), y[valid], reduction="none").cpu())
     finally:
@@ -209,6 +213,7 @@ def score(
     exclude_doc_id: str | None = None,
     exclude_ngram: int | None = None,
     to_tokens: Callable[[Neighbour], list[int]] | None = None,
+    precision: str | Decision = "fp32",
 ) -> ScoreResult:
     """Score a text.
 
@@ -224,6 +229,7 @@ def score(
         exclude_doc_id: never use neighbours from this document (the text's own source).
         exclude_ngram: drop neighbours sharing an n-gram of this length with the chunk they help predict.
         to_tokens: a neighbour's token ids for this model (see :func:`model.generation.generate`).
+        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.precision`).
 
     Returns:
         Loss, bits per byte and counts.
@@ -249,7 +255,7 @@ def score(
         if exclude_ngram:
             found, excluded = drop_leaking(found, ids, chunk_tokens=m, n=exclude_ngram, k=k, to_tokens=to_tokens)
         used = sum(min(len(nbs), k) for nbs in found)
-    total_nats = float(token_losses(model, ids, found, k=k, to_tokens=to_tokens).sum())
+    total_nats = float(token_losses(model, ids, found, k=k, to_tokens=to_tokens, precision=precision).sum())
     tokens = len(ids) - 1
     n_bytes = predicted_bytes(tokenizer, ids, text)
     return ScoreResult(

@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warmup + cosine, clipping, bf16 on GPU, eval with and without retrieval, resume."""
+"""The training loop: AdamW, warmup + cosine, clipping, bf16 autocast where faster, eval with and without retrieval, resume."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from model.precision import autocast, check as check_precision, resolve as resolve_precision
 from model.training.data import SequenceSet
 from model.training.mix import NeighbourMix
 
@@ -35,6 +36,9 @@ class TrainConfig:
     out_dir: str | None = None
     device: str = "cpu"
     compile: bool = False  # torch.compile the training forward (fuses norms, rotary, GELU; pays off on GPU)
+    # "fp32" (the reference), "bf16" (autocast) or "auto" (bf16 where this device runs it faster:
+    # model.precision). The CLI passes auto.
+    precision: str = "fp32"
     seed: int = 0
     progress: bool = True
     # The neighbour mix (model.training.mix): what teaches a small model to read its neighbours.
@@ -48,6 +52,7 @@ class TrainConfig:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
         self.neighbour_mix()  # validates the rates
+        check_precision(self.precision)
 
     def neighbour_mix(self) -> NeighbourMix:
         return NeighbourMix(own_passage_rate=self.own_passage_rate, dropout=self.neighbour_dropout)
@@ -94,13 +99,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
-def _autocast(device: torch.device):
-    # bf16 on GPU; on CPU bf16 matmuls are several times slower than fp32 here, so stay in fp32.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def train_step(forward, params: list[torch.nn.Parameter], optimizer, train_set: SequenceSet, cfg: TrainConfig, step: int) -> tuple[float, int]:
     """One optimizer step on the batch of (seed, step), at the schedule's learning rate for step.
 
@@ -122,7 +120,7 @@ def train_step(forward, params: list[torch.nn.Parameter], optimizer, train_set: 
     batch = train_set.batch(index, device, mix=cfg.neighbour_mix(), generator=gen)
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
-    with _autocast(device):
+    with autocast(cfg.precision, device):
         _, loss = forward(**batch)
     value = loss.item()
     if not math.isfinite(value):
@@ -148,7 +146,7 @@ def evaluate(model, data: SequenceSet, cfg: TrainConfig, *, retrieval: bool) -> 
                 break
             index = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(data)))
             batch = data.batch(index, device, retrieval=retrieval)
-            with _autocast(device):
+            with autocast(cfg.precision, device):
                 _, loss = model(**batch)
             valid = int((batch["targets"] != -100).sum())
             total += loss.item() * valid
@@ -203,6 +201,8 @@ def train(
     if len(train_set) == 0:
         raise ValueError("the training set is empty")
     device = torch.device(cfg.device)
+    decision = resolve_precision(cfg.precision, device)
+    LOG.info("training in %s on %s (%s)", decision.precision, device, decision.reason)
     model.to(device).train()
     optimizer = make_optimizer(model, cfg)
     start = 0

@@ -78,7 +78,7 @@ def prepared(tmp_path_factory):
 def run_train(root: Path, *flags: str) -> tuple[dict, set[str], Path]:
     result = root / f"result-{len(list(root.glob('result-*')))}.json"
     args = ["--data", str(root / "data"), "--base-model", str(root / "base"), "--gguf-file", "", "--cca-layers", "2,4",
-            "--device", "cpu", "--batch-size", "4", "--result", str(result), "--json", *flags]
+            "--device", "cpu", "--precision", "fp32", "--batch-size", "4", "--result", str(result), "--json", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", RUN, "train", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
