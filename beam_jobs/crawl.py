@@ -3,8 +3,9 @@
 A site is crawled by one worker, sequentially, so the per-host delay holds without any
 coordination: seeds are the start URLs, the sitemap entries and every URL the parent ledger knows
 for the source (so removed pages are re-requested and come back 404/410); links are followed
-breadth-first within the allowed hosts, ``max_depth`` and ``max_pages``. Files sources are listed
-on one worker and read in parallel.
+breadth-first within the allowed hosts, ``max_depth`` and ``max_pages`` (at most that many pages a
+run, and new pages only while the site holds fewer documents: :class:`beam_jobs.limits.Admission`).
+Files sources are listed on one worker and read in parallel.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from urllib.parse import urlsplit
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.discover import MAX_SITEMAP_BYTES, extract_links, file_kind, parse_feed, parse_sitemap
+from beam_jobs.discover import MAX_SITEMAP_BYTES, extract_links, file_kind, parse_feed, parse_sitemap, sitemap_roots, walk_sitemaps
 from beam_jobs.fetch import Fetcher, format_http_date, parse_http_date
+from beam_jobs.limits import Admission
 from beam_jobs.metrics import count, count_failure
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, NOT_MODIFIED, FetchResult, KnownDoc, Seed
@@ -28,9 +30,6 @@ from model.clock import utcnow
 from model.ids import doc_id
 
 LOG = logging.getLogger(__name__)
-
-MAX_NESTED_SITEMAPS = 1000
-
 
 def count_fetch(result: FetchResult) -> None:
     """Count one crawl outcome under the job's counter names."""
@@ -67,13 +66,14 @@ def crawl_site(source: SiteSource, settings: FetchSettings, known: dict[str, Kno
 
 def _crawl_site(source: SiteSource, fetcher: Fetcher, known: dict[str, KnownDoc]) -> Iterator[FetchResult]:
     hosts = source.hosts
-    lastmods = dict(_sitemap_entries(source, fetcher)) if source.use_sitemaps else {}
+    lastmods = site_listing(source, fetcher) if source.use_sitemaps else {}
+    admission = Admission.of(source, held=known)
     queue: deque[Seed] = deque()
     queued: set[str] = set()
 
     def enqueue(url: str, depth: int) -> None:
         key = doc_id(url)
-        if key in queued or (urlsplit(url).hostname or "").lower() not in hosts:
+        if key in queued or (urlsplit(url).hostname or "").lower() not in hosts or not admission.admit(url):
             return
         queued.add(key)
         queue.append(Seed(url=url, source=source.name, depth=depth, lastmod=lastmods.get(url)))
@@ -113,6 +113,7 @@ def _crawl_site(source: SiteSource, fetcher: Fetcher, known: dict[str, KnownDoc]
                 for link in extract_links(result.body or b"", result.final_url or seed.url):
                     enqueue(link, seed.depth + 1)
         yield result
+    admission.report("new pages")
     if queue:
         count("max_pages_reached")
         LOG.warning("site %s: stopped at max_pages=%d with %d URLs left", source.name, source.max_pages, len(queue))
@@ -124,30 +125,18 @@ def _not_newer(lastmod: datetime, last_modified: str | None) -> bool:
     return stored is not None and lastmod <= stored
 
 
-def _sitemap_entries(source: SiteSource, fetcher: Fetcher) -> Iterator[tuple[str, datetime | None]]:
-    """(url, lastmod) from the configured sitemaps, else robots.txt's, else /sitemap.xml."""
-    if source.sitemaps is not None:
-        pending = list(source.sitemaps)
-    else:
-        pending = []
-        for start in source.start_urls:
-            parts = urlsplit(start)
-            listed = fetcher.sitemaps(start)
-            pending.extend(listed or [f"{parts.scheme}://{parts.netloc}/sitemap.xml"])
-    seen: set[str] = set()
-    while pending and len(seen) < MAX_NESTED_SITEMAPS:
-        url = pending.pop(0)
-        if url in seen:
-            continue
-        seen.add(url)
+def site_listing(source: SiteSource, fetcher: Fetcher) -> dict[str, datetime | None]:
+    """The pages a site's sitemaps list on its hosts, with their lastmod (a sitemap that fails is skipped)."""
+
+    def read(url: str):
         result = fetcher.fetch(url, source=source.name, accept=None, max_bytes=MAX_SITEMAP_BYTES)
         if result.outcome != FETCHED:
             count("sitemap_failed")
             LOG.warning("sitemap %s: %s %s", url, result.outcome, result.reason or "")
-            continue
-        entries = parse_sitemap(result.body or b"", result.final_url or url)
-        pending.extend(entries.sitemaps)
-        yield from entries.urls
+            return None
+        return parse_sitemap(result.body or b"", result.final_url or url)
+
+    return walk_sitemaps(sitemap_roots(source, fetcher.sitemaps), read, source.hosts)
 
 
 def crawl_feed(source: FeedSource, settings: FetchSettings, known: dict[str, KnownDoc], fetcher: Fetcher | None = None) -> Iterator[FetchResult]:

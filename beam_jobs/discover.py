@@ -14,6 +14,8 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 import lxml.etree
 import lxml.html
@@ -24,6 +26,7 @@ from model.ids import web_url
 LOG = logging.getLogger(__name__)
 
 MAX_SITEMAP_BYTES = 50_000_000  # the sitemap protocol's own limit for one uncompressed file
+MAX_NESTED_SITEMAPS = 1000  # sitemap files one walk reads at most (an index may nest 50,000)
 FILE_KINDS = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".jsonl": "jsonl"}
 
 
@@ -124,6 +127,57 @@ def parse_sitemap(body: bytes, base_url: str) -> SitemapEntries:
             sitemaps.append(loc)
     malformed.report()
     return SitemapEntries(urls, sitemaps)
+
+
+def sitemap_roots(source, robots_sitemaps: Callable[[str], list[str]]) -> list[str]:
+    """The sitemaps a site names: its configured ones, else robots.txt's, else ``/sitemap.xml``.
+
+    Args:
+        source: a :class:`beam_jobs.sources.SiteSource`.
+        robots_sitemaps: a start URL -> the Sitemap lines of its origin's robots.txt
+            (:meth:`beam_jobs.fetch.Fetcher.sitemaps`).
+
+    Returns:
+        Sitemap URLs, each once, in the order found.
+    """
+    if source.sitemaps is not None:
+        return list(source.sitemaps)
+    found = []
+    for start in source.start_urls:
+        parts = urlsplit(start)
+        found.extend(robots_sitemaps(start) or [f"{parts.scheme}://{parts.netloc}/sitemap.xml"])
+    return list(dict.fromkeys(found))
+
+
+def walk_sitemaps(roots: Iterable[str], read: Callable[[str], SitemapEntries | None], hosts: Iterable[str]) -> dict[str, datetime | None]:
+    """Every page a site's sitemaps list on its hosts, with its lastmod (the last listing wins).
+
+    Args:
+        roots: the sitemaps to start from (:func:`sitemap_roots`).
+        read: a sitemap URL -> its parsed entries, or None when it cannot be read (skipped); the
+            crawl fetches plainly, the watch conditionally.
+        hosts: the site's hosts (lower case); entries on other hosts are left out.
+
+    Returns:
+        URL -> lastmod, in listing order. Nested sitemaps are read after the ones that list them,
+        each once, at most ``MAX_NESTED_SITEMAPS`` files in all.
+    """
+    hosts = frozenset(hosts)
+    pending, seen = list(roots), set()
+    listed: dict[str, datetime | None] = {}
+    while pending and len(seen) < MAX_NESTED_SITEMAPS:
+        url = pending.pop(0)
+        if url in seen:
+            continue
+        seen.add(url)
+        entries = read(url)
+        if entries is None:
+            continue
+        pending.extend(entries.sitemaps)
+        for loc, lastmod in entries.urls:
+            if (urlsplit(loc).hostname or "").lower() in hosts:  # parse_sitemap let only well-formed URLs through
+                listed[loc] = lastmod
+    return listed
 
 
 def parse_feed(body: bytes, base_url: str) -> list[FeedEntry]:

@@ -35,6 +35,7 @@ from beam_jobs.crawl import Crawl
 from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffAgainstLedger
 from beam_jobs.embed import ChunkAndEmbed, ChunkEmbeddingHandler, embedder_spec
 from beam_jobs.extract import Extract
+from beam_jobs.limits import held_by_source
 from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_options
 from beam_jobs.sources import SourcesConfig, load_sources
 from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargets, Targets, resolve_targets
@@ -261,7 +262,8 @@ def run_ingest(
     check_embedder(spec, parent_manifest)
     targets = None
     if urls is not None:
-        targets = resolve_targets(config, urls, max_targets=max_targets or DEFAULT_MAX_TARGETS)
+        held = held_by_source(store.read_ledger(parent).select(["doc_id", "source"])) if parent_manifest and parent_manifest.ledger else {}
+        targets = resolve_targets(config, urls, max_targets=max_targets or DEFAULT_MAX_TARGETS, held=held)
         if not targets.count:
             LOG.info("targeted ingest: nothing to fetch (%d URLs refused)", len(targets.refused))
             return IngestResult(None, parent, metrics.collect(None) | {"refused_urls": len(targets.refused)}, 0, 0,

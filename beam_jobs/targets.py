@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.crawl import ReadFileDoFn, count_fetch
 from beam_jobs.fetch import Fetcher
+from beam_jobs.limits import Admission
 from beam_jobs.metrics import count, timed
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import GONE, INCOMPLETE, FetchResult, KnownDoc
@@ -103,11 +104,22 @@ def source_of(config: SourcesConfig, url: str) -> tuple[str | None, str]:
     return None, "no files source's glob matches it"
 
 
-def resolve_targets(config: SourcesConfig, urls: Iterable[str], *, max_targets: int = DEFAULT_MAX_TARGETS) -> Targets:
+def resolve_targets(config: SourcesConfig, urls: Iterable[str], *, max_targets: int = DEFAULT_MAX_TARGETS,
+                    held: dict[str, set[str]] | None = None) -> Targets:
     """Sort an event's URLs into their sources; refuse strangers; keep at most ``max_targets``.
 
     Duplicates (after canonicalisation) count once. Refused URLs are logged here, once each.
+
+    Args:
+        config: the sources file.
+        urls: the event's URLs and paths.
+        max_targets: most URLs taken; the rest are ``deferred``.
+        held: doc ids each source holds in the parent version: then a source's limits apply
+            (:class:`beam_jobs.limits.Admission`), and a new URL of a site already holding
+            ``max_pages`` documents is refused, as the crawl would not take it either.
     """
+    stored = frozenset().union(*held.values()) if held else frozenset()
+    admissions = {s.name: Admission.of(s, held.get(s.name, ()), stored) for s in config.sources} if held is not None else {}
     by_source: dict[str, list[str]] = {}
     refused: list[tuple[str, str]] = []
     deferred: list[str] = []
@@ -128,8 +140,13 @@ def resolve_targets(config: SourcesConfig, urls: Iterable[str], *, max_targets: 
         if accepted >= max_targets:
             deferred.append(key)
             continue
+        if name in admissions and not admissions[name].admit(key):
+            refused.append((url, admissions[name].reason))
+            continue
         accepted += 1
         by_source.setdefault(name, []).append(key)
+    for admission in admissions.values():
+        admission.report("named URLs")
     return Targets({name: tuple(found) for name, found in by_source.items()}, tuple(refused), tuple(deferred))
 
 

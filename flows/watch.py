@@ -2,9 +2,11 @@
 
 Per source, every ``interval_s``:
 
-- a site: its sitemaps (conditional GET: an unchanged sitemap is one 304), each URL's ``lastmod``
-  against the ``Last-Modified`` the published ledger holds for it; a URL the ledger lacks is new,
-  one that left the sitemap since the last poll is re-checked (it may be gone);
+- a site: its sitemaps (conditional GET: an unchanged sitemap is one 304, and its parsed listing is
+  reused), each URL's ``lastmod`` against the ``Last-Modified`` the published ledger holds for it;
+  a URL the ledger lacks is new (taken within the site's ``max_pages``, as the crawl takes it:
+  :class:`beam_jobs.limits.Admission`), one that left the sitemap since the last poll is
+  re-checked (it may be gone);
 - a feed: its entries, each entry's date against the ledger's ``published_at``; new links are new;
 - files: the glob's listing (Beam filesystems: local mtime, or a GCS object's update time, which
   every new generation moves), against the ledger's ``Last-Modified``; vanished files are re-checked.
@@ -23,17 +25,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
-from urllib.parse import urlsplit
 
-from beam_jobs.discover import MAX_SITEMAP_BYTES, parse_feed, parse_sitemap
+from beam_jobs.discover import MAX_SITEMAP_BYTES, parse_feed, parse_sitemap, sitemap_roots, walk_sitemaps
 from beam_jobs.fetch import Fetcher, parse_http_date
+from beam_jobs.limits import Admission, held_by_source
 from beam_jobs.sources import FeedSource, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import FETCHED, NOT_MODIFIED
 from model.ids import doc_id
 
 LOG = logging.getLogger(__name__)
-
-MAX_NESTED_SITEMAPS = 100
 
 
 class SourceDown(RuntimeError):
@@ -47,6 +47,7 @@ class KnownState:
     version: str | None = None
     last_modified: dict[str, datetime | None] = field(default_factory=dict)  # doc_id -> Last-Modified
     published_at: dict[str, datetime | None] = field(default_factory=dict)
+    held: dict[str, set[str]] = field(default_factory=dict)  # source name -> its doc ids
 
 
 @dataclass
@@ -57,8 +58,9 @@ class SourceWatch:
     next_poll: float = 0.0
     listed: set[str] = field(default_factory=set)  # URLs the last successful poll listed
     etags: dict[str, str] = field(default_factory=dict)  # sitemap/feed URL -> ETag
-    bodies: dict[str, bytes] = field(default_factory=dict)  # sitemap/feed URL -> last body (for 304s)
+    parsed: dict[str, object] = field(default_factory=dict)  # sitemap/feed URL -> its last parsed body (for 304s)
     sitemaps: list[str] | None = None  # discovered once
+    over_cap: int = 0  # new URLs the last poll left out for max_pages (logged when it changes)
 
 
 @dataclass(frozen=True)
@@ -185,10 +187,11 @@ class Watcher:
             return
         known = KnownState(current)
         if current is not None and self.store.manifest(current).ledger is not None:
-            table = self.store.read_ledger(current).select(["doc_id", "last_modified", "published_at"])
-            for row in table.to_pylist():
+            table = self.store.read_ledger(current).select(["doc_id", "source", "last_modified", "published_at"])
+            for row in table.select(["doc_id", "last_modified", "published_at"]).to_pylist():
                 known.last_modified[row["doc_id"]] = parse_http_date(row["last_modified"])
                 known.published_at[row["doc_id"]] = _as_utc(row["published_at"])
+            known.held = held_by_source(table)
         self.known = known
 
     # ------------------------------------------------------------------ per source kind
@@ -204,13 +207,18 @@ class Watcher:
         else:
             listed = self._files_listing(source)
             marks = self.known.last_modified
+        admission = Admission.of(source, self.known.held.get(source.name, ()), marks.keys())
         changed = []
         for url, stamp in listed.items():
             key = doc_id(url)
             if key not in marks:
-                changed.append((url, stamp))  # new to the store
+                if admission.admit(url):
+                    changed.append((url, stamp))  # new to the store, and within the source's limits
             elif stamp is not None and marks[key] is not None and stamp > marks[key]:
                 changed.append((url, stamp))
+        if admission.refused != watch.over_cap:
+            watch.over_cap = admission.refused
+            admission.report("new URLs")
         vanished = [(u, None) for u in sorted(watch.listed - set(listed)) if doc_id(u) in marks]
         watch.listed = set(listed)
         # Level-triggered: forget announcements of URLs that are no longer changed (published).
@@ -220,46 +228,30 @@ class Watcher:
                 del self.announced[url]
         return changed + vanished
 
-    def _get(self, source, watch: SourceWatch, url: str) -> bytes:
-        """A sitemap or feed body, conditionally; the remembered body on 304."""
-        result = self.fetchers[source.name].fetch(url, source=source.name, etag=watch.etags.get(url), accept=None, max_bytes=MAX_SITEMAP_BYTES)
-        if result.outcome == NOT_MODIFIED and url in watch.bodies:
-            return watch.bodies[url]
+    def _read(self, source, watch: SourceWatch, url: str, parse: Callable[[bytes, str], object]):
+        """A sitemap or feed, fetched conditionally and parsed; its last parse again on 304."""
+        result = self.fetchers[source.name].fetch(url, source=source.name, etag=watch.etags.get(url) if url in watch.parsed else None,
+                                                  accept=None, max_bytes=MAX_SITEMAP_BYTES)
+        if result.outcome == NOT_MODIFIED and url in watch.parsed:
+            return watch.parsed[url]
         if result.outcome != FETCHED:
             raise SourceDown(f"{url}: {result.outcome} {result.reason or result.status or ''}".strip())
+        parsed = parse(result.body or b"", result.final_url or url)
+        watch.etags.pop(url, None)
         if result.etag:
             watch.etags[url] = result.etag
-        watch.bodies[url] = result.body or b""
-        return watch.bodies[url]
+        watch.parsed[url] = parsed
+        return parsed
 
     def _site_listing(self, source: SiteSource, watch: SourceWatch) -> dict[str, datetime | None]:
         if not source.use_sitemaps:
             return {}
         if watch.sitemaps is None:
-            if source.sitemaps is not None:
-                watch.sitemaps = list(source.sitemaps)
-            else:
-                found = []
-                for start in source.start_urls:
-                    parts = urlsplit(start)
-                    found.extend(self.fetchers[source.name].sitemaps(start) or [f"{parts.scheme}://{parts.netloc}/sitemap.xml"])
-                watch.sitemaps = list(dict.fromkeys(found))
-        listed: dict[str, datetime | None] = {}
-        pending, seen = list(watch.sitemaps), set()
-        while pending and len(seen) < MAX_NESTED_SITEMAPS:
-            url = pending.pop(0)
-            if url in seen:
-                continue
-            seen.add(url)
-            entries = parse_sitemap(self._get(source, watch, url), url)
-            pending.extend(entries.sitemaps)
-            for loc, lastmod in entries.urls:
-                if (urlsplit(loc).hostname or "").lower() in source.hosts:
-                    listed[loc] = lastmod
-        return listed
+            watch.sitemaps = sitemap_roots(source, self.fetchers[source.name].sitemaps)
+        return walk_sitemaps(watch.sitemaps, lambda url: self._read(source, watch, url, parse_sitemap), source.hosts)
 
     def _feed_listing(self, source: FeedSource, watch: SourceWatch) -> dict[str, datetime | None]:
-        entries = parse_feed(self._get(source, watch, source.url), source.url)[: source.max_entries]
+        entries = self._read(source, watch, source.url, parse_feed)[: source.max_entries]
         return {entry.link: entry.published_at for entry in entries}
 
     def _files_listing(self, source: FilesSource) -> dict[str, datetime | None]:

@@ -1,4 +1,5 @@
-"""Discovery through real pipeline runs: malformed URLs cost only themselves."""
+"""Discovery through real pipeline runs: malformed URLs cost only themselves, and a site's
+``max_pages`` bounds what the store holds whichever path (crawl, targeted run) brings pages in."""
 
 from __future__ import annotations
 
@@ -56,3 +57,29 @@ def test_malformed_urls_in_robots_sitemap_links_and_redirects_are_dropped_and_co
     # robots.txt's Sitemap line, two sitemap entries and the <base>: each dropped, each counted
     assert result.metrics["malformed_urls"] == 4
     assert result.metrics["failed_bad_url"] == 1  # the redirect to a malformed Location
+
+
+def test_a_site_never_holds_more_than_max_pages_by_crawl_or_by_targeted_run(tmp_path):
+    store_uri = str(tmp_path / "store")
+    first = [(f"/p{i}.html", None) for i in range(6)]
+    later = [(f"/q{i}.html", None) for i in range(30)]
+    pages = {"/": html_page("Home", text(100)), "/sitemap.xml": sitemap(first)}
+    pages |= {path: html_page(path, text(i)) for i, (path, _) in enumerate(first + later)}
+    with StaticSite(pages) as site:
+        config = site_config(site.base_url, max_pages=5, follow_links=False)
+        publish(run_ingest(config, store_uri), store_uri)
+        assert len(documents(store_uri)) == 5  # the home page and 4 sitemap pages
+        # The sitemap now leads with 30 new pages: a full crawl re-checks what it holds, adds none
+        site.pages["/sitemap.xml"] = sitemap(later + first)
+        again = run_ingest(config, store_uri)
+        assert again.version is None and again.metrics["over_max_pages"] == 30 + 2
+        assert len(documents(store_uri)) == 5
+        # A change event naming them all: the same limit, and the held pages are still taken
+        held = sorted(documents(store_uri))
+        named = [site.base_url + path for path, _ in later] + held
+        targeted = run_ingest(config, store_uri, urls=named)
+        refused = {url for url, _ in targeted.refused}
+        assert refused == {site.base_url + path for path, _ in later}
+        assert all("max_pages: 5" in why for _, why in targeted.refused)
+        assert not any(site.requested(path) for path, _ in later)  # never fetched
+        assert targeted.version is None and len(documents(store_uri)) == 5
