@@ -97,6 +97,9 @@ def source_of(config: SourcesConfig, url: str) -> tuple[str | None, str]:
         return None, "not within any configured site or feed (scheme, host and port must match one)"
     path = _file_path(url)
     if path is None:
+        if url.partition(":")[0].lower() in ("http", "https"):  # meant as a URL, but web_url could not parse it
+            return None, ("not a well-formed http(s) URL: it needs a host, a bracketed host must be a whole IPv6 address "
+                          "and a port a number up to 65535")
         return None, "neither an http(s) URL nor an absolute, normalised file path"
     for source in config.sources:
         if isinstance(source, FilesSource) and source.holds(path):

@@ -56,3 +56,12 @@ def test_notify_with_the_prefect_api_down_exits_non_zero_and_says_what_was_not_a
     assert f"Error: the Prefect API at {down} did not take" in out.stderr
     assert f"Not announced: {SITE}/a {SITE}/b" in out.stderr and "PREFECT_API_URL" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_notify_refuses_an_unparseable_url_without_a_traceback(tmp_path):
+    sources = write_sources(tmp_path / "sources.yaml", SITE)
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "notify", "http://[::1", "--sources", str(sources)],
+                         cwd=ROOT, env=env_for(dead_url() + "/api"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "refused http://[::1: not a well-formed http(s) URL" in out.stderr and "no URL belongs to a configured source" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -55,3 +55,16 @@ def test_only_strangers_or_bad_bodies_are_client_errors():
     assert client.post("/v1/changed", headers=auth, json={"urls": ["http://127.0.0.1:8000/"] * (MAX_URLS_PER_REQUEST + 1)}).status_code == 422
     assert client.post("/v1/changed", headers=auth, content=b"{not json").status_code == 422
     assert announced == []
+
+
+def test_an_unparseable_url_is_refused_with_its_reason_and_the_rest_announced():
+    client, announced = app_with("s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    bad = ["http://[::1", "http://127.0.0.1:99999/x", "http://[not-an-address]/"]
+    answer = client.post("/v1/changed", headers=auth, json={"urls": [*bad, "http://127.0.0.1:8000/b"]})
+    assert answer.status_code == 202, answer.text
+    refused = dict(answer.json()["refused"])
+    assert list(refused) == bad and all(why.startswith("not a well-formed http(s) URL") for why in refused.values())
+    assert announced == [("site", ["http://127.0.0.1:8000/b"])]
+    alone = client.post("/v1/changed", headers=auth, json={"urls": ["http://[::1"]})
+    assert alone.status_code == 422 and alone.json()["detail"]["refused"][0][0] == "http://[::1"
