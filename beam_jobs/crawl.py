@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.discover import MAX_SITEMAP_BYTES, extract_links, file_kind, parse_feed, parse_sitemap, sitemap_roots, walk_sitemaps
 from beam_jobs.fetch import Fetcher, format_http_date, parse_http_date
+from beam_jobs.filestat import read_unchanged
 from beam_jobs.limits import Admission
 from beam_jobs.metrics import count, count_failure
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
@@ -236,14 +237,10 @@ class ReadFileDoFn(beam.DoFn):
         elif size is not None and size > source.max_file_bytes:
             result = base.with_outcome(FAILED, "too_large")
         else:
-            try:
-                with FileSystems.open(path) as f:
-                    body = f.read(source.max_file_bytes + 1)
-            except Exception as exc:  # any I/O error: count it, keep the source's documents
-                LOG.error("files source %s: cannot read %s: %s", source.name, path, exc)
-                body = None
+            # Re-stat after reading: a file rewritten while read is skipped, never half-read.
+            body, why = read_unchanged(path, size=size, mtime=mtime, max_bytes=source.max_file_bytes)
             if body is None:
-                result = base.with_outcome(FAILED, "io_error")
+                result = base.with_outcome(FAILED, why)
             elif len(body) > source.max_file_bytes:
                 result = base.with_outcome(FAILED, "too_large")
             else:

@@ -214,6 +214,10 @@ class SourcesConfig(_Strict):
     sources: list[Source] = Field(min_length=1)
     fetch: FetchSettings = FetchSettings()
     documents: DocumentLimits = DocumentLimits()
+    max_delete_share: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="the largest share of one source's documents a refresh may delete (flows/tasks/deletions.py)",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "SourcesConfig":

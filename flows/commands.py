@@ -27,13 +27,16 @@ LOG = logging.getLogger(__name__)
 @click.option("--server", "servers", multiple=True, help="server URL to notify after publishing (repeatable) [env RETROFRESH_SERVERS]")
 @click.option("--compact-threshold", type=click.IntRange(min=1), default=None,
               help="compact when a new version has more shards than this")
+@click.option("--max-delete-share", type=click.FloatRange(0.0, 1.0), default=None,
+              help="the largest share of one source's documents this refresh may delete; a source over it keeps "
+                   "its documents and is reported as failed, the rest publishes [sources file: max_delete_share, 0.5]")
 @click.option("--json", "as_json", is_flag=True,
               help="print the summary as one JSON object on the last line; on failure the object is "
                    '{"published": false, "error": {"type", "message", "step"}, ...} and the exit status is 1')
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="append the run's whole log here, tracebacks included [default: <cache dir>/logs/refresh.log]")
 @click.option("--verbose", is_flag=True, help="show tracebacks on the terminal too (they always go to the log file)")
-def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, as_json, log_file, verbose):
+def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, max_delete_share, as_json, log_file, verbose):
     """Ingest the sources, validate the new index version and publish it (one Prefect flow run)."""
     from flows.refresh import refresh_corpus
     from flows.common.runlog import default_log_file, run_log
@@ -42,6 +45,8 @@ def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, a
     kwargs = {"runner": runner}
     if compact_threshold is not None:
         kwargs["compact_threshold"] = compact_threshold
+    if max_delete_share is not None:
+        kwargs["max_delete_share"] = max_delete_share
     log_file = log_file or default_log_file("refresh")
     state = None
     try:
@@ -78,6 +83,11 @@ def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, a
             + ", ".join(f"{n} {k.replace('_', '-')}" for k, n in docs.items())
             + f"; +{summary['chunks_added']} / -{summary['chunks_removed']} chunks in {summary['seconds']:.1f} s"
         )
+    # What was skipped is said on every run, JSON or not (stderr keeps --json's stdout one object).
+    for reason, n in summary.get("failures", {}).items():
+        click.echo(f"skipped {n} failed: {reason.replace('_', ' ')} (kept as they were; {log_file} names them)", err=True)
+    for failed in summary.get("failed_sources", []):
+        click.echo(f"source failed: {failed['error']}", err=True)
 
 
 def _echo_failure(error: BaseException, store: str | None, state) -> None:

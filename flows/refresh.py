@@ -17,8 +17,9 @@ from prefect import flow, task
 
 from flows.common.inputs import resolve_inputs
 from flows.common.retry import IO_RETRIES
-from flows.common.summary import RefreshSummary, document_counts, freshness_lag_s
+from flows.common.summary import RefreshSummary, document_counts, failure_counts, freshness_lag_s
 from flows.tasks.artifacts import record_refresh_artifacts
+from flows.tasks.deletions import guard_ingest_deletions
 from flows.tasks.ingest import run_ingest_job
 from flows.tasks.notify import notify_servers
 from flows.tasks.store import compact_version, count_shards, holding_lease, publish_version, read_current
@@ -44,6 +45,7 @@ def refresh_corpus(
     poll_interval_s: float = 30.0,
     embedder_path: str | None = None,
     tokenizer_path: str | None = None,
+    max_delete_share: float | None = None,
 ) -> dict:
     """Refresh a store from its sources.
 
@@ -60,6 +62,9 @@ def refresh_corpus(
         lease_ttl_s: how long the lease outlives a crashed holder (it is renewed while alive).
         poll_interval_s: seconds between Dataflow job state polls.
         embedder_path, tokenizer_path: the encoder and tokenizer (default: the bundled ones).
+        max_delete_share: the largest share of a source's documents this refresh may delete; a
+            source over it keeps its documents and is reported in ``failed_sources`` while the
+            rest publishes (default: the sources file's ``max_delete_share``, 0.5).
 
     Returns:
         The :class:`flows.common.summary.RefreshSummary` as a dict.
@@ -72,14 +77,31 @@ def refresh_corpus(
             inputs.sources, inputs.store, runner=runner, pipeline_args=pipeline_args, lease=lease,
             poll_interval_s=poll_interval_s, embedder_path=embedder_path, tokenizer_path=tokenizer_path,
         )
+        ingest, failed_sources = guard_ingest_deletions(
+            inputs.store, ingest, max_share=deletion_limit(inputs.sources, max_delete_share), configured=source_names(inputs.sources),
+        )
         published, compacted_from, validation, notified = publish_ingest(
             inputs, ingest, parent, lease, compact_threshold=compact_threshold, probe_queries=probe_queries,
             embedder_path=embedder_path, recall_target=recall_target,
         )
         seconds = time.monotonic() - clock
         summary = summarize_refresh(inputs.store, ingest, parent, published, compacted_from, validation, notified, started, seconds)
+        summary.failed_sources = failed_sources
         record_refresh_artifacts(summary)
         return summary.to_dict()
+
+
+def deletion_limit(sources: str, override: float | None) -> float:
+    """The run's max_delete_share: the override, else the sources file's."""
+    from beam_jobs.sources import load_sources
+
+    return override if override is not None else load_sources(sources).max_delete_share
+
+
+def source_names(sources: str) -> list[str]:
+    from beam_jobs.sources import load_sources
+
+    return load_sources(sources).names
 
 
 def publish_ingest(
@@ -139,6 +161,7 @@ def summarize_refresh(
         dataflow_url=ingest.dataflow_url,
         validation=validation or {},
         notified=[n.to_dict() for n in notified],
+        failures=failure_counts(ingest.metrics),
     )
     if published:
         version, published_at = published

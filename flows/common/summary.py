@@ -16,6 +16,12 @@ OUTCOMES = ("new", "changed", "unchanged", "deleted", "failed", "robots_blocked"
 METRIC_FOR_OUTCOME = {outcome: outcome for outcome in OUTCOMES}
 
 
+def failure_counts(metrics: dict[str, int] | None) -> dict[str, int]:
+    """Failed documents (or files) by reason, from the ``failed_<reason>`` metrics; each was kept as it was."""
+    return {name.removeprefix("failed_"): int(n) for name, n in sorted((metrics or {}).items())
+            if name.startswith("failed_") and n}
+
+
 def document_counts(metrics: dict[str, int] | None) -> dict[str, int]:
     """Document outcome counts from an ingest job's metrics (missing ones are 0)."""
     metrics = metrics or {}
@@ -49,6 +55,11 @@ class RefreshSummary:
     dataflow_url: str | None = None
     validation: dict = field(default_factory=dict)
     notified: list[dict] = field(default_factory=list)
+    # Failed documents by reason (changed_while_read, too_large, timeout, ...): skipped this run,
+    # each kept as the parent version had it, while everything else publishes.
+    failures: dict[str, int] = field(default_factory=dict)
+    # Sources that failed as a whole ({"source", "error", ...}; the deletion guard): kept as they were.
+    failed_sources: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)

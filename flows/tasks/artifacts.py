@@ -67,6 +67,11 @@ def summary_markdown(summary: RefreshSummary) -> str:
         rows.append(("Dataflow job", f"[{summary.job_id}]({summary.dataflow_url})" if summary.dataflow_url else summary.job_id))
     lines = [f"# Refresh of {summary.store}", "", headline, "", "| | |", "| --- | --- |"]
     lines += [f"| {name} | {'' if value is None else value} |" for name, value in rows]
+    if summary.failed_sources:
+        lines += ["", "## Failed sources", ""] + [f"- **{f['source']}**: {f['error']}" for f in summary.failed_sources]
+    if summary.failures:
+        lines += ["", "## Skipped (kept as they were)", ""]
+        lines += [f"- {reason.replace('_', ' ')}: {n}" for reason, n in summary.failures.items()]
     if summary.validation:
         lines += ["", "## Validation", ""]
         lines += [f"- {name}: {value}" for name, value in summary.validation.items()]
