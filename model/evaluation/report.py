@@ -14,7 +14,8 @@ LOG = logging.getLogger(__name__)
 JSON_FILE = "temporal.json"
 REPORT_FILE = "report.md"
 PLOT_FILE = "temporal.png"
-COLOURS = {"none": "tab:gray", "stale": "tab:orange", "fresh": "tab:green", "control": "tab:purple", "retrained": "tab:blue"}
+COLOURS = {"none": "tab:gray", "stale": "tab:orange", "fresh": "tab:green", "control": "tab:purple", "retrained": "tab:blue",
+           "prepend-none": "silver", "prepend-stale": "tab:brown", "prepend-fresh": "tab:olive"}
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -25,8 +26,14 @@ def _interval(ci) -> str:
     return "" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+def _minus(row: dict) -> str:
+    """"− none +0.0123 [a, b]; − stale ..." from a condition's paired differences."""
+    return "; ".join(f"− {twin} {d['bpb']:+.4f} {_interval(d['ci95'])}".rstrip() for twin, d in row.get("minus", {}).items()
+                     if d.get("bpb") is not None)
+
+
 def condition_rows(result: dict) -> list[dict]:
-    """One row per condition: bpb, its interval, what was read (the table artifact and report.md)."""
+    """One row per condition: bpb, its interval, its paired differences, speed, what was read (the table artifact and report.md)."""
     rows = []
     for name, row in result["conditions"].items():
         rows.append({
@@ -35,6 +42,8 @@ def condition_rows(result: dict) -> list[dict]:
             "bpb": row["bpb"],
             "ci95": _interval(row["ci95"]),
             f"bpb_{LEAK_NGRAM}gram_filtered": row.get(f"bpb_{LEAK_NGRAM}gram_filtered"),
+            "minus": _minus(row),
+            "tokens_per_s": row.get("tokens_per_s"),
             "tokens": row["tokens"],
             "docs": row["docs"],
         })
@@ -47,17 +56,25 @@ def markdown(result: dict, plot_name: str | None = PLOT_FILE) -> str:
     lines.append(f"{result['documents']} documents published {result['dates']['first']} to {result['dates']['last']}, "
                  f"k = {result['k']}, 95% intervals from {result['bootstrap']} bootstrap resamples of the documents. "
                  "Neighbours from the evaluated document itself are never used.")
-    lines += ["", "| condition | index version | bpb | 95% CI | bpb, 13-gram leaks dropped | tokens | docs |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    if result.get("in_context_ralm"):
+        ralm = result["in_context_ralm"]
+        lines += ["", f"prepend-* rows are In-Context RALM: {ralm['base']}, frozen, reading the neighbours as text before up to "
+                      f"{ralm['prefix_tokens']} tokens of the document's own prefix. prepend-none is that LM alone, not RETRO's none."]
+    if result.get("max_tokens"):
+        lines += ["", f"Each document's first {result['max_tokens']} tokens are scored."]
+    lines += ["", "| condition | index version | bpb | 95% CI | paired differences (95% CI) | bpb, 13-gram leaks dropped | tokens/s | tokens | docs |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in condition_rows(result):
-        lines.append(f"| {row['condition']} | {row['index_version']} | {_fmt(row['bpb'])} | {row['ci95']} | "
-                     f"{_fmt(row[f'bpb_{LEAK_NGRAM}gram_filtered'])} | {row['tokens']} | {row['docs']} |")
+        lines.append(f"| {row['condition']} | {row['index_version']} | {_fmt(row['bpb'])} | {row['ci95']} | {row['minus']} | "
+                     f"{_fmt(row[f'bpb_{LEAK_NGRAM}gram_filtered'])} | {_fmt(row['tokens_per_s'], 1)} | {row['tokens']} | {row['docs']} |")
     lines.append("")
     if result.get("fresh_minus_stale_bpb") is not None:
         lines.append(f"- fresh − stale: {result['fresh_minus_stale_bpb']:+.4f} bpb (paired 95% CI {_interval(result.get('fresh_minus_stale_ci95'))})")
     lines.append(f"- gap closed, (stale − fresh) / (stale − retrained): {'n/a (no retrained checkpoint)' if result.get('gap_closed') is None else result['gap_closed']}")
     if result.get("by_overlap"):
         lines += ["", "## By overlap with the neighbours (RETRO §4.4)", "",
-                  "Chunks whose longest common token run with the neighbours they read is below α·64; `none` is retrieval off on the same chunks.", "",
+                  "Chunks whose longest common token run with the neighbours they read is below α·64; `none` is the condition's baseline "
+                  "(retrieval off, same weights: none or prepend-none) on the same chunks.", "",
                   "| α | condition | bpb | 95% CI | none bpb | share of tokens |", "| --- | --- | --- | --- | --- | --- |"]
         for bucket in result["by_overlap"]:
             for name, row in bucket["conditions"].items():

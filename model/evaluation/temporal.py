@@ -10,7 +10,15 @@ weights, under each condition:
 - ``control`` (optional): a stale index padded with more pre-cutoff text to the fresh one's size,
   so a gain of ``fresh`` can be told apart from a gain of size;
 - ``retrained`` (optional): a checkpoint trained with the fresh data too, scored with the fresh
-  index: the upper control.
+  index: the upper control;
+- ``prepend-none``, ``prepend-stale``, ``prepend-fresh`` (optional): In-Context RALM
+  (:mod:`model.evaluation.ralm`), a frozen pretrained LM reading the same neighbours as text
+  prepended to its context. ``prepend-none`` is that LM with nothing prepended: its own baseline,
+  another model than RETRO's ``none``.
+
+Each condition is compared with its own family's baseline and stale twin (:data:`NONE_TWIN`,
+:data:`STALE_TWIN`) by paired bootstrap intervals of the differences, and its scoring speed
+(tokens per second of retrieval and forward passes, the 13-gram-filtered pass left out) is reported.
 
 Leakage control is always on: neighbours from the evaluated document itself (its id or URL) are
 never used. As in RETRO (Borgeaud et al. 2022, §4.4) the result is also broken down by how much of
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -36,7 +45,12 @@ from model.scoring import OVERFETCH, chunk_neighbours, drop_leaking, longest_com
 
 LOG = logging.getLogger(__name__)
 
-CONDITIONS = ("none", "stale", "fresh", "control", "retrained")
+CONDITIONS = ("none", "stale", "fresh", "control", "retrained", "prepend-none", "prepend-stale", "prepend-fresh")
+BASELINES = ("none", "prepend-none")  # retrieval off: no neighbour fields, no overlap buckets
+# Each condition's baseline (retrieval off, same weights) and stale twin (same weights, the stale index).
+NONE_TWIN = {"stale": "none", "fresh": "none", "control": "none", "retrained": "none",
+             "prepend-stale": "prepend-none", "prepend-fresh": "prepend-none"}
+STALE_TWIN = {"fresh": "stale", "control": "stale", "retrained": "stale", "prepend-fresh": "prepend-stale"}
 ALPHAS = (0.125, 0.25, 0.5, 1.0)
 LEAK_NGRAM = 13  # RETRO's n-gram for "this neighbour contains the target"
 
@@ -53,6 +67,14 @@ class Condition:
     store: str | None = None
     to_tokens: Callable[[Neighbour], list[int]] | None = None
 
+    def token_losses(self, ids: list[int], found: list[list[Neighbour]] | None, *, k: int):
+        """Nats of every predicted token: a RETRO model reads neighbours through chunked cross-attention,
+        an :class:`model.evaluation.ralm.InContextRALM` as prepended text."""
+        own = getattr(self.model, "token_losses", None)
+        if own is not None:
+            return own(ids, found, k=k, to_tokens=self.to_tokens)
+        return token_losses(self.model, ids, found, k=k, to_tokens=self.to_tokens)
+
 
 @dataclass
 class DocumentScore:
@@ -68,6 +90,7 @@ class DocumentScore:
     neighbours_used: int = 0
     bits_filtered: float | None = None  # with 13-gram-sharing neighbours dropped
     neighbours_dropped: int = 0
+    seconds: float = 0.0  # retrieval and forward passes of the unfiltered scoring
 
 
 class CachingEmbedder:
@@ -122,12 +145,14 @@ def score_document(condition: Condition, document: DatedDocument, ids: list[int]
     model, tokenizer = condition.model, condition.tokenizer
     m = model.config.chunk_tokens
     n = len(ids)
+    started = time.perf_counter()
     found = None
     if condition.retriever is not None and n // m:
         primary = next(iter(sorted(document.own_doc_ids)), None)
         found = chunk_neighbours(condition.retriever, tokenizer, ids, chunk_tokens=m, fetch=k * OVERFETCH,
                                  exclude_doc_id=primary, is_excluded=own_document_filter(document))
-    losses = token_losses(model, ids, found, k=k, to_tokens=condition.to_tokens).numpy().astype(np.float64)
+    losses = condition.token_losses(ids, found, k=k).numpy().astype(np.float64)
+    seconds = time.perf_counter() - started
     bits = losses / math.log(2)
     chunk_of = np.arange(1, n) // m  # predicted token j + 1 lies in chunk (j + 1) // m
     n_chunks = (n - 1) // m + 1
@@ -147,11 +172,11 @@ def score_document(condition: Condition, document: DatedDocument, ids: list[int]
             chunk_run[u] = max((longest_common_run(target, as_tokens(nb)) for nb in readers), default=0)
         used = sum(min(len(nbs), k) for nbs in found)
         kept, dropped = drop_leaking(found, ids, chunk_tokens=m, n=ngram, k=k, to_tokens=condition.to_tokens)
-        bits_filtered = float(token_losses(model, ids, kept, k=k, to_tokens=condition.to_tokens).sum()) / math.log(2)
+        bits_filtered = float(condition.token_losses(ids, kept, k=k).sum()) / math.log(2)
     return DocumentScore(
         bits=float(bits.sum()), bytes=int(prefix[-1] - prefix[0]), tokens=n - 1, chunk_bits=chunk_bits,
         chunk_bytes=chunk_bytes, chunk_tokens=chunk_tokens, chunk_run=chunk_run, neighbours_used=used,
-        bits_filtered=bits_filtered, neighbours_dropped=dropped,
+        bits_filtered=bits_filtered, neighbours_dropped=dropped, seconds=seconds,
     )
 
 
@@ -208,9 +233,24 @@ def summarise(
     conditions = {}
     for name in names:
         bits, n_bytes = arrays[name]
+        tokens = int(sum(s.tokens for s in scores[name]))
+        seconds = float(sum(s.seconds for s in scores[name]))
         row = {"bpb": _ratio(bits.sum(), n_bytes.sum()), "ci95": _ci(samples[name]),
-               "tokens": int(sum(s.tokens for s in scores[name])), "docs": len(scores[name]), "bytes": int(n_bytes.sum())}
-        if name != "none":
+               "tokens": tokens, "docs": len(scores[name]), "bytes": int(n_bytes.sum()),
+               "scoring_s": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
+        # Paired differences to the same weights without retrieval and with the stale index.
+        minus = {}
+        for twin in (NONE_TWIN.get(name), STALE_TWIN.get(name)):
+            if twin in arrays:
+                twin_bits, twin_bytes = arrays[twin]
+                paired = None if samples[name] is None else samples[name] - samples[twin]
+                minus[twin] = {"bpb": _ratio(bits.sum(), n_bytes.sum()) - _ratio(twin_bits.sum(), twin_bytes.sum())
+                               if n_bytes.sum() > 0 and twin_bytes.sum() > 0 else None, "ci95": _ci(paired)}
+                if minus[twin]["bpb"] is not None:
+                    minus[twin]["bpb"] = round(minus[twin]["bpb"], 5)
+        if minus:
+            row["minus"] = minus
+        if name not in BASELINES:
             filtered = np.asarray([s.bits_filtered if s.bits_filtered is not None else s.bits for s in scores[name]])
             row.update({
                 "neighbours_used": int(sum(s.neighbours_used for s in scores[name])),
@@ -239,15 +279,15 @@ def summarise(
 
 def by_overlap(names: list[str], scores: dict[str, list[DocumentScore]], boot: Bootstrap, *, alphas: Sequence[float], chunk_tokens: int) -> list[dict]:
     """Per α: each retrieval condition's bpb over the chunks whose longest run with its neighbours is below α·m,
-    next to retrieval off on the very same chunks."""
+    next to its baseline (retrieval off, the same weights: ``none`` or ``prepend-none``) on the very same chunks."""
     out = []
-    none = scores.get("none")
     for alpha in alphas:
         limit = alpha * chunk_tokens
         row = {"alpha": alpha, "max_run_below": limit, "conditions": {}}
         for name in names:
-            if name == "none":
+            if name in BASELINES:
                 continue
+            none = scores.get(NONE_TWIN.get(name))
             keep = [s.chunk_run < limit for s in scores[name]]
             bits = np.asarray([s.chunk_bits[mask].sum() for s, mask in zip(scores[name], keep)])
             n_bytes = np.asarray([s.chunk_bytes[mask].sum() for s, mask in zip(scores[name], keep)], dtype=np.float64)
@@ -295,18 +335,31 @@ class TemporalEvaluation:
     seed: int = 0
     skipped: dict = field(default_factory=dict)
     skipped_lines: dict = field(default_factory=dict)
+    max_tokens: int | None = None  # score only each document's first max_tokens tokens (see :func:`truncate`)
+
+
+def truncate(documents: list[DatedDocument], tokenizer, max_tokens: int) -> list[DatedDocument]:
+    """Each document cut to the text of its first ``max_tokens`` tokens under ``tokenizer``, so every condition scores the same bytes."""
+    import dataclasses
+
+    out = []
+    for d in documents:
+        ids = tokenizer.encode(d.text)
+        out.append(d if len(ids) <= max_tokens else dataclasses.replace(d, text=tokenizer.decode(ids[:max_tokens])))
+    return out
 
 
 def evaluate(conditions: list[Condition], spec: TemporalEvaluation, *, progress: bool = False) -> dict:
     """Score every document under every condition and summarise.
 
     Args:
-        conditions: ``none`` first, then the retrieval conditions (names from :data:`CONDITIONS`).
+        conditions: baselines first, then the retrieval conditions (names from :data:`CONDITIONS`), all with one chunk size.
         spec: the documents, k, bootstrap samples.
         progress: a progress bar on stderr.
 
     Returns:
-        A JSON-ready dict: ``conditions`` {name: {bpb, ci95, tokens, docs, ...}},
+        A JSON-ready dict: ``conditions`` {name: {bpb, ci95, tokens, docs, scoring_s, tokens_per_s,
+        ``minus`` {baseline or stale twin: {bpb, paired ci95}}, ...}},
         ``fresh_minus_stale_bpb`` (and its paired ``fresh_minus_stale_ci95``), ``gap_closed``
         ((stale − fresh) / (stale − retrained), None without ``retrained``), ``by_overlap``,
         ``by_month``, ``skipped`` (lines per reason, including documents under two tokens), and
@@ -319,6 +372,16 @@ def evaluate(conditions: list[Condition], spec: TemporalEvaluation, *, progress:
     unknown = [n for n in names if n not in CONDITIONS]
     if unknown or len(set(names)) != len(names):
         raise ValueError(f"conditions must be distinct names from {CONDITIONS}, got {names}")
+    sizes = {c.model.config.chunk_tokens for c in conditions}
+    if len(sizes) != 1:
+        raise ValueError(f"every condition must retrieve for chunks of one size, got {sorted(sizes)}")
+    if spec.max_tokens is not None:
+        if spec.max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2, got {spec.max_tokens}")
+        # Cut with an In-Context RALM's tokenizer when there is one (the issue's sizes count its tokens).
+        reference = next((c for c in conditions if c.name.startswith("prepend-")), conditions[0]).tokenizer
+        spec = TemporalEvaluation(truncate(spec.documents, reference, spec.max_tokens), k=spec.k, bootstrap=spec.bootstrap,
+                                  seed=spec.seed, skipped=spec.skipped, skipped_lines=spec.skipped_lines, max_tokens=spec.max_tokens)
     skipped = dict(spec.skipped)
     skipped_lines = {k: list(v) for k, v in spec.skipped_lines.items()}
     tokenised: dict[int, list[list[int]]] = {}
@@ -350,6 +413,7 @@ def evaluate(conditions: list[Condition], spec: TemporalEvaluation, *, progress:
     result["versions"] = {c.name: c.version for c in conditions if c.version}
     result["stores"] = {c.name: c.store for c in conditions if c.store}
     result["k"] = spec.k
+    result["max_tokens"] = spec.max_tokens
     result["bootstrap"] = spec.bootstrap
     result["leakage"] = {"own_document": "excluded (doc id or url)", "ngram_filter": LEAK_NGRAM}
     result["documents"] = len(documents)
