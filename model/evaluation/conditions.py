@@ -46,6 +46,7 @@ class TemporalRequest:
     gguf_file: str | None = None
     prefix_tokens: int | None = None  # None: model.evaluation.ralm.PREFIX_TOKENS
     max_tokens: int | None = None  # score each document's first max_tokens tokens
+    precision: str = "fp32"  # the In-Context RALM's: fp32, bf16 or auto (model.precision)
 
 
 def _load_checkpoint(path: Path, role: str, device: str):
@@ -127,7 +128,7 @@ def load_ralm(request: "TemporalRequest", chunk_tokens: int):
         raise EvaluationSetupError(f"--base-model {request.base_model or '(SmolLM2-135M)'}: {exc}") from None
     prefix = request.prefix_tokens if request.prefix_tokens is not None else PREFIX_TOKENS
     try:
-        return InContextRALM(base, tokenizer, chunk_tokens=chunk_tokens, prefix_tokens=prefix,
+        return InContextRALM(base, tokenizer, chunk_tokens=chunk_tokens, prefix_tokens=prefix, precision=request.precision,
                              name=request.gguf_file or (request.base_model.name if request.base_model else "SmolLM2-135M"))
     except ValueError as exc:
         raise EvaluationSetupError(f"--prefix-tokens: {exc}") from None
@@ -225,6 +226,7 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
     result["checkpoint"] = str(request.checkpoint) if request.checkpoint is not None else None
     if ralm is not None:
         result["in_context_ralm"] = {"base": ralm.name, "prefix_tokens": ralm.config.prefix_tokens, "chunk_tokens": ralm.config.chunk_tokens,
+                                     "precision": ralm.precision.precision, "precision_reason": ralm.precision.reason,
                                      "neighbours": "chunk + continuation, best nearest to the text", "separator": repr(ralm.separator_text)}
     if request.retrained_checkpoint is not None:
         result["retrained_checkpoint"] = str(request.retrained_checkpoint)

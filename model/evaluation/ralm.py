@@ -50,9 +50,11 @@ class InContextRALM:
         chunk_tokens: the retrieval stride and scored chunk (the store's chunk size).
         prefix_tokens: the text's own tokens kept before each scored chunk (a multiple of ``chunk_tokens``).
         name: how reports name the base.
+        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.precision`).
     """
 
-    def __init__(self, base, tokenizer, *, chunk_tokens: int = 64, prefix_tokens: int = PREFIX_TOKENS, name: str | None = None):
+    def __init__(self, base, tokenizer, *, chunk_tokens: int = 64, prefix_tokens: int = PREFIX_TOKENS, name: str | None = None,
+                 precision="fp32"):
         if chunk_tokens < 1 or prefix_tokens < 1:
             # At least one token of the text itself before each chunk, so its first token has a context.
             raise ValueError(f"chunk_tokens and prefix_tokens must be >= 1, got {chunk_tokens} and {prefix_tokens}")
@@ -62,6 +64,9 @@ class InContextRALM:
         self.tokenizer = tokenizer
         self.config = RALMShape(chunk_tokens, prefix_tokens)
         self.name = name or getattr(tokenizer, "name", "base")
+        from model.precision import resolve
+
+        self.precision = resolve(precision, self.device)
         self.separator_text = SEPARATOR
         self.separator = tokenizer.encode(SEPARATOR)
         self.max_positions = getattr(base.config, "max_position_embeddings", None) or getattr(base.config, "n_positions", None)
@@ -90,12 +95,15 @@ class InContextRALM:
         if self.max_positions and len(window) > self.max_positions:
             raise ValueError(f"a window of {len(window)} tokens is longer than {self.name}'s {self.max_positions} positions; "
                              "use fewer neighbours or a shorter prefix")
+        from model.precision import autocast
+
         x = torch.tensor([window], device=self.device)
-        # The backbone's hidden states, then the head on the scored positions only: the full
-        # (T, vocab) logits of a 49k-word vocabulary would cost more than the layers.
-        hidden = self.base.base_model(input_ids=x, use_cache=False).last_hidden_state[0]
         positions = torch.arange(max(first - 1, 0), len(window) - 1, device=self.device)
-        logits = self.base.get_output_embeddings()(hidden[positions])
+        with autocast(self.precision, self.device):
+            # The backbone's hidden states, then the head on the scored positions only: the full
+            # (T, vocab) logits of a 49k-word vocabulary would cost more than the layers.
+            hidden = self.base.base_model(input_ids=x, use_cache=False).last_hidden_state[0]
+            logits = self.base.get_output_embeddings()(hidden[positions])
         targets = x[0, positions + 1]
         return F.cross_entropy(logits.float(), targets, reduction="none").cpu()
 
