@@ -42,6 +42,79 @@ TRAIN_RECIPE = ["--preset", "mini", "--seq-len", "256", "--batch-size", "8", "--
 TRAIN_STEPS = 1200
 
 
+# The demo owns only what it writes in its workdir, and only in a workdir it made (the marker).
+WORKDIR_MARKER = ".retrofresh-demo"
+WORKDIR_ENTRIES = ("store", "sources.yaml", "cache", "server.log", "train-corpus.jsonl", "checkpoint", "train-store")
+
+
+def _prepare_workdir(workdir: Path) -> None:
+    """Create the workdir, or clear what an earlier demo wrote in it; never delete anything else.
+
+    Raises:
+        click.ClickException: ``workdir`` is a file, or a non-empty directory without the demo's marker.
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise click.ClickException(f"--workdir {workdir} is a file; give the demo a new or empty directory")
+    if workdir.is_dir() and not (workdir / WORKDIR_MARKER).is_file() and any(workdir.iterdir()):
+        raise click.ClickException(
+            f"--workdir {workdir} is not empty and was not made by `retrofresh demo` (it has no {WORKDIR_MARKER} file); "
+            "the demo clears what it wrote in its workdir each run, so give it a new or empty directory. Nothing was deleted"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / WORKDIR_MARKER).write_text("made by `retrofresh demo`, which clears what it wrote here on its next run: "
+                                          + ", ".join(WORKDIR_ENTRIES) + "\n")
+    for name in WORKDIR_ENTRIES:
+        path = workdir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _check_checkpoint(checkpoint: Path) -> dict:
+    """The checkpoint's config.json, refusing a damaged checkpoint before any step runs (milliseconds)."""
+    from model.checkpoint import check_checkpoint
+
+    try:
+        return check_checkpoint(checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"--checkpoint {checkpoint}: {exc}") from None
+
+
+def _serve(checkpoint: Path, store: str, port: int, log_path: Path, *, timeout_s: float = 180.0):
+    """Start ``retrofresh serve`` and wait until it is ready; if it exits first, fail at once with its log's end.
+
+    Returns:
+        ``(process, client)``.
+
+    Raises:
+        model.waiting.ProcessExited: the server exited while starting (the message holds the end of its log).
+        model.waiting.WaitTimeout: not ready within ``timeout_s``.
+    """
+    from model.client import RetroClient, RetroError
+    from model.waiting import tail, wait_for
+
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(checkpoint), "--store", store,
+                                   "--port", str(port), "--reload-interval", "2"], stdout=log, stderr=subprocess.STDOUT)
+    client = RetroClient(f"http://127.0.0.1:{port}", timeout=120)
+
+    def ready():
+        try:
+            return client.ready().ready
+        except RetroError:  # not listening yet
+            return False
+
+    try:
+        wait_for(ready, timeout=timeout_s, interval=0.2, what=f"the server was ready (its log, {log_path})", alive=server,
+                 log=lambda: tail(log_path))
+    except BaseException:
+        server.terminate()
+        server.wait(timeout=30)
+        raise
+    return server, client
+
+
 @contextmanager
 def _step(number: int, title: str, command: str | None = None):
     """Print a step's title and command, time it, and name it when it fails."""
@@ -114,11 +187,12 @@ def demo(workdir: Path, out_dir: Path, size: int, checkpoint: Path | None, train
     from beam_jobs.sample.server import SampleSiteServer
     from beam_jobs.sample.world import SampleWorld
     from flows.refresh import refresh_corpus
-    from model.client import RetroClient
 
     started = time.monotonic()
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    if not train_model:  # found out now, not after the first refresh
+        checkpoint = checkpoint or SHIPPED_CHECKPOINT
+        config = _check_checkpoint(checkpoint)
+    _prepare_workdir(workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store, sources = str(workdir / "store"), workdir / "sources.yaml"
     token = secrets.token_urlsafe(16)
@@ -146,20 +220,14 @@ def demo(workdir: Path, out_dir: Path, size: int, checkpoint: Path | None, train
                        f"{' '.join(TRAIN_RECIPE)} --steps {train_steps} --out CHECKPOINT"):
                 checkpoint = _train(workdir, train_steps)
         else:
-            checkpoint = checkpoint or SHIPPED_CHECKPOINT
             with _step(3, "The model: a small RETRO network trained on other worlds' edition 0"):
-                config = json.loads((checkpoint / "config.json").read_text())
                 console.print(f"{checkpoint}: d_model {config['d_model']}, {config['n_layers']} layers, CCA at {config['cca_layers']}, "
                               f"k={config['k']}; it has never seen this world's facts (README, \"The demo's model\")")
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         with _step(4, "Serve it over the first version", f"retrofresh serve --checkpoint {checkpoint} --store {store} --port {port}"):
-            log = open(workdir / "server.log", "w")
-            server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(checkpoint), "--store", store,
-                                       "--port", str(port), "--reload-interval", "2"], stdout=log, stderr=subprocess.STDOUT)
-            client = RetroClient(url, timeout=120)
-            client.wait_ready(timeout=180)
+            server, client = _serve(checkpoint, store, port, workdir / "server.log")
             served = client.index()
             if served.version != first["version"] or not served.retrieval:
                 # The server checks the checkpoint's tokenizer, embedder and chunk size against the version's.

@@ -62,15 +62,52 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"):
         if model_type == MODEL_TYPE:
             model = Retro.from_pretrained(directory, device=device)
         else:
-            from model.retrofit import MODEL_TYPE as RETROFIT_TYPE, RetroFit
+            from model.retrofit import RetroFit
 
-            if model_type != RETROFIT_TYPE:
-                raise ValueError(f"{directory} holds model_type {model_type!r}; expected {MODEL_TYPE!r} or {RETROFIT_TYPE!r}")
+            _check_model_type(directory, model_type)
             model = RetroFit.from_pretrained(directory, device=device)
     except SafetensorError as exc:
-        raise ValueError(f"{Path(directory) / WEIGHTS_FILE} is damaged or truncated ({exc}); copy the checkpoint again "
-                         "or save the model anew") from None
+        raise _damaged_weights(directory, exc) from None
     return model, load_tokenizer_for(directory, model.config.tokenizer)
+
+
+def check_checkpoint(directory: str | Path) -> dict:
+    """Check a checkpoint as far as that takes no weights: config.json, its model type and format,
+    and that model.safetensors is whole (its header, and a size that covers every tensor it lists).
+
+    Milliseconds, where loading takes seconds: for commands that load the model only later.
+
+    Returns:
+        config.json's fields.
+
+    Raises:
+        FileNotFoundError: not a checkpoint directory (no config.json or weights).
+        ValueError: a damaged file or another model type, named in the message.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from model.retro import read_config
+
+    model_type = checkpoint_model_type(directory)
+    _check_model_type(directory, model_type)
+    data = read_config(Path(directory), model_type)
+    try:
+        with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="pt") as weights:
+            weights.keys()
+    except SafetensorError as exc:
+        raise _damaged_weights(directory, exc) from None
+    return {"model_type": model_type, **data}
+
+
+def _check_model_type(directory: str | Path, model_type: str) -> None:
+    from model.retrofit import MODEL_TYPE as RETROFIT_TYPE
+
+    if model_type not in (MODEL_TYPE, RETROFIT_TYPE):
+        raise ValueError(f"{directory} holds model_type {model_type!r}; expected {MODEL_TYPE!r} or {RETROFIT_TYPE!r}")
+
+
+def _damaged_weights(directory: str | Path, exc: Exception) -> ValueError:
+    return ValueError(f"{Path(directory) / WEIGHTS_FILE} is damaged or truncated ({exc}); copy the checkpoint again or save the model anew")
 
 
 def save_training_state(directory: str | Path, optimizer: torch.optim.Optimizer, *, step: int, extra: dict | None = None) -> None:
