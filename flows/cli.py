@@ -21,7 +21,7 @@ SUBCOMMANDS = {
     "flows": ("flows.commands:flows_group", "Serve the Prefect deployments with their schedules."),
     "watch": ("flows.watch_commands:watch", "Poll sources for changes and announce them (Prefect events, webhook)."),
     "notify": ("flows.watch_commands:notify", "Announce that URLs changed (a Prefect event: a targeted refresh)."),
-    "index": ("model.commands.index:index", "Inspect and manage an index store: status, search, rollback, gc."),
+    "index": ("flows.index_commands:index", "Inspect and manage an index store: status, search, rollback, compact, gc."),
     "train": ("model.commands.train:train", "Train a RETRO model on a store version."),
     "eval": ("model.commands.eval:eval_group", "Evaluate a frozen model against index versions (temporal bits-per-byte)."),
     "score": ("model.commands.train:score", "Loss and bits-per-byte of a text, retrieval on and off."),

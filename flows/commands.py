@@ -39,7 +39,7 @@ LOG = logging.getLogger(__name__)
 def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, max_delete_share, as_json, log_file, verbose):
     """Ingest the sources, validate the new index version and publish it (one Prefect flow run)."""
     from flows.refresh import refresh_corpus
-    from flows.common.runlog import default_log_file, run_log
+    from flows.common.runlog import default_log_file, failure_message, flow_result, run_log
     from flows.common.temporary_api import prefect_api
 
     kwargs = {"runner": runner}
@@ -60,15 +60,11 @@ def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, m
                 return_state=True,
                 **kwargs,
             )
-            if not state.is_completed():
-                state.result()  # raises the flow's cause
-                raise RuntimeError(f"refresh ended {state.type.value}: {state.message}")
-            summary = state.result()
+            summary = flow_result(state)
     except Exception as error:  # noqa: BLE001 - report the flow's cause, whatever it was
         if as_json:
             _echo_failure(error, store, state)
-        shown = "" if verbose else "; --verbose shows them here"
-        raise click.ClickException(f"refresh failed: {error}\n(the run's log, tracebacks included, is in {log_file}{shown})") from error
+        raise click.ClickException(failure_message("refresh", error, log_file, verbose=verbose)) from error
     if as_json:
         keys = ("version", "parent", "published", "documents", "chunks_added", "chunks_removed", "seconds")
         head = {key: summary[key] for key in keys}

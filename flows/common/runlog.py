@@ -1,5 +1,5 @@
-"""A command's run log: every log record, tracebacks included, goes to a log file; the terminal
-shows the same lines without tracebacks unless asked (``--verbose``).
+"""A command's run of a flow: its log, tracebacks included, goes to a log file; the terminal shows
+the same lines without tracebacks unless asked (``--verbose``); a failure is one line naming the file.
 
 A failed flow run makes Prefect log each exception with its traceback (the task's, then the
 flow's) before the command prints its own one-line ``Error:``; on a terminal those screens of
@@ -75,3 +75,17 @@ def run_log(path: Path, *, verbose: bool = False) -> Iterator[Path]:
         handler.close()
         for terminal, formatter in replaced:
             terminal.setFormatter(formatter)
+
+
+def flow_result(state):
+    """The result of a flow run's final state, or its exception raised (a run that ended otherwise: RuntimeError)."""
+    if not state.is_completed():
+        state.result()  # raises the flow's cause
+        raise RuntimeError(f"the run ended {state.type.value}: {state.message}")
+    return state.result()
+
+
+def failure_message(what: str, error: BaseException, log_file: Path, *, verbose: bool) -> str:
+    """The one line a command prints when its flow failed, and where the rest is."""
+    shown = "" if verbose else "; --verbose shows them here"
+    return f"{what} failed: {error}\n(the run's log, tracebacks included, is in {log_file}{shown})"

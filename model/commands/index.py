@@ -1,10 +1,14 @@
-"""``retrofresh index``: inspect and manage an index store (status, versions, search, tune, rollback, compact, gc)."""
+"""``retrofresh index``: inspect and manage an index store (status, versions, search, tune, rollback, gc).
+
+``retrofresh index compact`` publishes under the refresh lease with validation, so it is the
+compaction flow's command and joins this group in ``flows/index_commands.py`` (``model`` imports
+no flows).
+"""
 
 from __future__ import annotations
 
 import functools
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -251,36 +255,6 @@ def rollback(store, as_json: bool, version: str) -> None:
         click.echo(json.dumps({"previous": previous, "current": version} | ({"repaired": damaged.decode("utf-8", "replace")} if damaged is not None else {})))
     else:
         click.echo(f"CURRENT: {previous if damaged is None else f'damaged ({damaged[:80]!r})'} -> {version}")
-
-
-@index.command()
-@click.option("--publish/--no-publish", default=True, show_default=True, help="publish the compacted version.")
-@_store_options
-def compact(store, as_json: bool, publish: bool) -> None:
-    """Merge the CURRENT version's shards and drop deleted chunks; the answers stay the same."""
-    start = time.perf_counter()
-    before = store.manifest()
-    after = store.compact(before.version)
-    if publish:
-        store.publish(after, expected_current=before.version)
-    else:
-        store.write_manifest(after)
-    info = {
-        "parent": before.version,
-        "version": after.version,
-        "published": publish,
-        "shards_before": len(before.shards),
-        "shards_after": len(after.shards),
-        "tombstones_dropped": len(before.tombstones),
-        "chunks": after.stats.chunks,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    if as_json:
-        click.echo(json.dumps(info))
-        return
-    state = "published" if publish else "written as a draft (publish it with `retrofresh index rollback`)"
-    click.echo(f"{before.version} -> {after.version} {state}: {info['shards_before']} shards -> {info['shards_after']}, "
-               f"{info['tombstones_dropped']} deleted chunks dropped, {info['chunks']} live, in {info['seconds']:.1f}s")
 
 
 @index.command()

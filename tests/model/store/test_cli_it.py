@@ -83,7 +83,7 @@ def test_store_retriever_refuses_another_embedder(store, corpus, embedder):
             StoreRetriever(view, embedder)
 
 
-def test_status_versions_rollback_compact_gc(store, corpus, tmp_path):
+def test_status_versions_rollback_compact_gc(prefect_api, store, corpus, tmp_path):
     first = publish(store, corpus, range(4))
     second = publish(store, corpus, range(4, 6), parent=first.manifest, tombstones=[first.chunks[0].chunk_id])
     common = ["--store", store.uri, "--cache-dir", str(tmp_path / "c")]
@@ -105,10 +105,11 @@ def test_status_versions_rollback_compact_gc(store, corpus, tmp_path):
     code, out = run("rollback", second.manifest.version, *common, "--json")
     assert json.loads(out) == {"previous": first.manifest.version, "current": second.manifest.version}
 
-    code, out = run("compact", *common, "--json")
-    info = json.loads(out)
+    # The compaction flow: lease, validation (no probe: these keys come from no real encoder), publish.
+    code, out = run("compact", "--store", store.uri, "--probe-queries", "0", "--log-file", str(tmp_path / "compact.log"), "--json")
+    info = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and info["published"] and info["shards_after"] == 1 and info["chunks"] == 23
-    assert store.current() == info["version"]
+    assert store.current() == info["version"] and store.manifest().tombstones == []
 
     code, out = run("gc", *common, "--keep", "1", "--min-age", "0", "--dry-run", "--json")
     planned = json.loads(out)["deleted"]
@@ -117,6 +118,22 @@ def test_status_versions_rollback_compact_gc(store, corpus, tmp_path):
     code, out = run("gc", *common, "--keep", "1", "--min-age", "0", "--json")
     assert sorted(json.loads(out)["deleted"]) == sorted(planned)
     assert [m.version for m in store.versions()] == [info["version"]]
+
+
+def test_compaction_while_a_refresh_holds_the_lease_fails_clearly_and_publishes_nothing(prefect_api, store, corpus, tmp_path):
+    from flows.common.lease import RefreshLease
+
+    first = publish(store, corpus, range(4))
+    publish(store, corpus, range(4, 6), parent=first.manifest, tombstones=[first.chunks[0].chunk_id])
+    current, written = store.current(), store.backend.list("versions/")
+    lease = RefreshLease(store.backend, holder="a refresh flow run", ttl_s=600)
+    lease.acquire()
+    try:
+        code, out = run("compact", "--store", store.uri, "--probe-queries", "0", "--log-file", str(tmp_path / "compact.log"))
+    finally:
+        lease.release()
+    assert code == 1 and "compaction failed: the refresh lease" in out and "held by a refresh flow run" in out, out
+    assert store.current() == current and store.backend.list("versions/") == written  # nothing published, no draft
 
 
 def test_errors_say_how_to_fix(store, tmp_path, monkeypatch):
