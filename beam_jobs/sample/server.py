@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterable
 from urllib.parse import urlsplit
 
 from beam_jobs.sample.world import Edition, SampleWorld
@@ -63,12 +64,23 @@ class SampleSiteServer:
     def edition(self) -> Edition:
         return self._edition
 
-    def set_edition(self, number: int) -> Edition:
-        """Serve another edition from now on (requests in flight finish on the old one)."""
+    def set_edition(self, number: int, *, without: Iterable[str] = ()) -> Edition:
+        """Serve another edition from now on (requests in flight finish on the old one).
+
+        Args:
+            number: the edition.
+            without: paths of pages taken down: they answer 404 and leave the sitemap (links
+                to them stay, as on a real site after a removal). The world's edition itself is
+                unchanged; ``edition`` is then a copy without them.
+        """
         edition = self.world.edition(number)
+        if without:
+            gone = set(without)
+            pages = {path: page for path, page in edition.pages.items() if path not in gone}
+            edition = Edition(edition.world, edition.number, pages, edition.facts, edition.changes, edition.news)
         with self._lock:
             self._edition = edition
-        LOG.info("sample site %s now serves edition %d", self.base_url, number)
+        LOG.info("sample site %s now serves edition %d%s", self.base_url, number, f" without {sorted(without)}" if without else "")
         return edition
 
     def requested(self, path: str) -> list[Request]:

@@ -163,3 +163,38 @@ def test_a_source_that_lists_nothing_keeps_its_documents_and_the_other_sources_p
     forced = refresh(sources, store, "--max-delete-share", "1")  # the user says the source really lost them
     assert forced["published"] and forced["documents"]["deleted"] == 2 and not forced["failed_sources"]
     assert live_urls(store) == {str(more / "m0.txt"), str(more / "m1.txt")}
+
+
+def test_a_page_removed_in_one_edition_and_restored_in_the_next_is_published_and_later_editions_publish(prefect_api, sample_site, tmp_path):
+    """The sample site: a page that answers 404 in edition 1 is back, unchanged, in edition 2."""
+    from tests.flows.support import write_sources
+
+    site = sample_site(0)
+    world = site.world
+    editions = [world.edition(n) for n in range(4)]
+    # A page whose text no edition changes: restored, it has exactly its old chunk ids.
+    page = next(p for p in editions[0].document_paths() if p != "/about.html"
+                and all(p in e.pages and e.pages[p].body == editions[0].pages[p].body for e in editions))
+    url = site.base_url + page
+    sources = write_sources(tmp_path / "sources.yaml", site.base_url)
+    store = tmp_path / "store"
+    assert refresh(sources, store)["published"] and url in live_urls(store)
+
+    served = site.set_edition(1, without=[page])
+    removed = refresh(sources, store)
+    assert "error" not in removed, removed
+    assert removed["published"] and removed["documents"]["deleted"] >= 1 and url not in live_urls(store)
+    assert live_urls(store) == set(served.document_urls(site.base_url))
+
+    site.set_edition(2)
+    restored = refresh(sources, store)
+    assert "error" not in restored, restored
+    assert restored["published"] and restored["validation"]["tombstones_returned"] == 0 and url in live_urls(store)
+    assert live_urls(store) == set(editions[2].document_urls(site.base_url))
+
+    site.set_edition(3)
+    later = refresh(sources, store)
+    assert "error" not in later, later
+    assert later["published"] and live_urls(store) == set(editions[3].document_urls(site.base_url))
+    with open_store(store).open() as view:
+        assert view.count == open_store(store).manifest().stats.chunks
