@@ -11,11 +11,17 @@ Per source, every ``interval_s``:
 - files: the glob's listing (Beam filesystems: local mtime, or a GCS object's update time, which
   every new generation moves), against the ledger's ``Last-Modified``; vanished files are re-checked.
 
-Changed URLs become ``retrofresh.source.changed`` events (:mod:`flows.common.events`), one batch per
-source and poll. Detection is level-triggered against what ``CURRENT`` serves: a URL stays
-"changed" until a refresh publishes it, so it is announced again after ``reannounce_after_s`` if
-the refresh it triggered failed. A source that cannot be polled (or whose input meets a bug) backs
-off exponentially (up to ``max_backoff_s``) while the others keep their pace.
+Changed URLs are recorded as pending entries in the store (:mod:`flows.common.pending`, durable: a
+lost event loses no change), then announced as ``retrofresh.source.changed`` events
+(:mod:`flows.common.events`), one batch per source and poll. The watch keeps one memory per
+document across sources: the change signal each source last announced for it. A signal is announced
+once. It is announced again only while the URL is still pending ``reannounce_after_s`` later (the
+refresh it asked for failed or never ran); once a refresh took it, a URL that still looks changed
+(a ``lastmod`` in the future, a feed date the page does not carry, a page that failed to fetch)
+waits for its signal to change, and the scheduled full crawl retries what failed. A document's
+memory ends when no source reports it changed any more (a site and a feed listing one page do not
+clear each other's). A source that cannot be polled backs off exponentially (up to
+``max_backoff_s``) while the others keep their pace.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from beam_jobs.fetch import Fetcher, parse_http_date
 from beam_jobs.limits import Admission, held_by_source
 from beam_jobs.sources import FeedSource, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import FETCHED, NOT_MODIFIED
+from flows.common.pending import PendingChanges
 from model.ids import doc_id
 
 LOG = logging.getLogger(__name__)
@@ -57,10 +64,20 @@ class SourceWatch:
     failures: int = 0
     next_poll: float = 0.0
     listed: set[str] = field(default_factory=set)  # URLs the last successful poll listed
+    changed: set[str] = field(default_factory=set)  # doc ids the last successful poll reported changed
     etags: dict[str, str] = field(default_factory=dict)  # sitemap/feed URL -> ETag
     parsed: dict[str, object] = field(default_factory=dict)  # sitemap/feed URL -> its last parsed body (for 304s)
     sitemaps: list[str] | None = None  # discovered once
     over_cap: int = 0  # new URLs the last poll left out for max_pages (logged when it changes)
+
+
+@dataclass
+class Announced:
+    """What the watch last announced for one document, whichever sources list it."""
+
+    url: str
+    stamps: dict[str, datetime | None] = field(default_factory=dict)  # source -> the signal it announced
+    at: float = 0.0  # clock() of the last announcement
 
 
 @dataclass(frozen=True)
@@ -83,10 +100,11 @@ class Watcher:
 
     Args:
         config: the sources.
-        store_uri: the store whose ``CURRENT`` ledger says what is already known.
+        store_uri: the store whose ``CURRENT`` ledger says what is already known; changed URLs
+            are recorded in its ``pending/`` entries before they are announced.
         interval_s: seconds between two polls of a healthy source.
         max_backoff_s: the longest wait before polling a failing source again.
-        reannounce_after_s: announce a URL again when it is still unpublished this long after.
+        reannounce_after_s: announce a URL again when it is still pending this long after.
         announce: called with each :class:`Announcement` (default: emit the Prefect event).
         clock: monotonic seconds (tests).
     """
@@ -109,6 +127,7 @@ class Watcher:
         self.config = config
         self.store = open_store(store_uri)
         self.store_uri = store_uri
+        self.pending = PendingChanges(self.store.backend)
         self.interval_s = interval_s
         self.max_backoff_s = max_backoff_s
         self.reannounce_after_s = reannounce_after_s
@@ -116,7 +135,7 @@ class Watcher:
         self.clock = clock
         self.known = KnownState()
         self.state = {source.name: SourceWatch() for source in config.sources}
-        self.announced: dict[str, tuple[datetime | None, float]] = {}  # URL -> (its stamp, when) last announced
+        self.announced: dict[str, Announced] = {}  # doc_id -> what was announced for it
         # The watch asks once per poll and must not stall on one source: no retries, short timeouts.
         fetch = config.fetch.model_copy(update={"retries": 0, "timeout_s": min(config.fetch.timeout_s, 5.0),
                                                 "deadline_s": min(config.fetch.deadline_s, 15.0)})
@@ -132,7 +151,7 @@ class Watcher:
     # ------------------------------------------------------------------ the loop
 
     def poll(self) -> list[Announcement]:
-        """Poll every source that is due; announce and return what changed."""
+        """Poll every source that is due; record, announce and return what changed."""
         self._refresh_known()
         now = self.clock()
         found = []
@@ -152,16 +171,15 @@ class Watcher:
             if watch.failures:
                 LOG.info("source %s is back after %d failed polls", source.name, watch.failures)
             watch.failures, watch.next_poll = 0, now + self.interval_s
-            fresh = []
-            for url, stamp in urls:
-                previous = self.announced.get(url)
-                if previous is None or previous[0] != stamp or now - previous[1] >= self.reannounce_after_s:
-                    fresh.append(url)
-                    self.announced[url] = (stamp, now)
+            watch.changed = {doc_id(url) for url, _ in urls}
+            fresh, again = self._to_announce(source.name, urls, now)
             if fresh:
-                announcement = Announcement(source.name, tuple(fresh), datetime.now(timezone.utc))
+                self.pending.add(fresh, origin=f"watch ({source.name})")  # durable before it is announced
+            if fresh or again:
+                announcement = Announcement(source.name, tuple(fresh + again), datetime.now(timezone.utc))
                 self.announce(announcement)
                 found.append(announcement)
+        self._forget()
         return found
 
     def run(self, *, max_polls: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -179,6 +197,34 @@ class Watcher:
         LOG.info("source %s: %d changed URLs", announcement.source, len(announcement.urls))
         emit_changes(list(announcement.urls), source=announcement.source, origin="watch", store=self.store_uri,
                      detected_at=announcement.detected_at)
+
+    def _to_announce(self, source: str, urls: list[tuple[str, datetime | None]], now: float) -> tuple[list[str], list[str]]:
+        """(URLs with a signal not announced before, URLs announced before and still pending since)."""
+        fresh, due = [], []
+        for url, stamp in urls:
+            memo = self.announced.setdefault(doc_id(url), Announced(url))
+            if source in memo.stamps and memo.stamps[source] == stamp:
+                if now - memo.at >= self.reannounce_after_s:
+                    due.append(memo)
+                continue
+            memo.stamps[source], memo.at = stamp, now
+            fresh.append(url)
+        again = []
+        if due:
+            pending = {doc_id(u) for entry in self.pending.entries() for u in entry.urls}
+            for memo in due:
+                if doc_id(memo.url) in pending:  # its refresh has not run (or failed): ask again
+                    memo.at = now
+                    again.append(memo.url)
+                else:  # a refresh took it and it still looks changed: wait for a new signal
+                    memo.at = float("inf")
+        return fresh, again
+
+    def _forget(self) -> None:
+        """End the memory of documents no source reports changed any more (published, or gone)."""
+        reported = set().union(*(watch.changed for watch in self.state.values()))
+        for key in [k for k in self.announced if k not in reported]:
+            del self.announced[key]
 
     def _refresh_known(self) -> None:
         """Re-read the published ledger when CURRENT moved (once per version)."""
@@ -221,11 +267,6 @@ class Watcher:
             admission.report("new URLs")
         vanished = [(u, None) for u in sorted(watch.listed - set(listed)) if doc_id(u) in marks]
         watch.listed = set(listed)
-        # Level-triggered: forget announcements of URLs that are no longer changed (published).
-        still = {url for url, _ in changed} | {url for url, _ in vanished}
-        for url in [u for u in self.announced if u in watch.listed or u in still]:
-            if url not in still:
-                del self.announced[url]
         return changed + vanished
 
     def _read(self, source, watch: SourceWatch, url: str, parse: Callable[[bytes, str], object]):
@@ -295,6 +336,7 @@ class LocalRefresher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="refresh-here", daemon=True)
+        self._running = False  # a refresh is in progress
         self.runs: list[dict] = []  # what each run returned (or the error), newest last
 
     def submit(self, urls, *, origin: str) -> None:
@@ -303,8 +345,8 @@ class LocalRefresher:
             self._wake.set()
 
     def announce(self, announcement: Announcement) -> None:
-        """A :class:`Watcher` ``announce`` callback."""
-        self.submit(announcement.urls, origin=f"watch ({announcement.source})")
+        """A :class:`Watcher` ``announce`` callback: the watcher recorded the URLs already, so only wake."""
+        self._wake.set()
 
     def start(self) -> "LocalRefresher":
         if self.pending.entries():
@@ -313,10 +355,10 @@ class LocalRefresher:
         return self
 
     def wait_idle(self, timeout: float = 600.0) -> bool:
-        """Wait until nothing is pending and no run is due; False on timeout."""
+        """Wait until nothing is pending and no run is due or running; False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._wake.is_set() and not self.pending.entries():
+            if not self._wake.is_set() and not self._running and not self.pending.entries():
                 return True
             time.sleep(0.2)
         return False
@@ -333,11 +375,15 @@ class LocalRefresher:
             self._wake.wait()
             if self._stop.is_set():
                 return
+            self._running = True  # before the wake is cleared, so wait_idle never sees neither
             self._wake.clear()
             try:
                 self.runs.append(refresh_changed(sources=self.sources, store=self.store_uri, servers=self.servers, **self.flow_kwargs))
             except Exception as error:  # noqa: BLE001 - keep watching; the entries stay pending
                 LOG.error("targeted refresh failed (its changes stay pending; retrying in %.0f s): %s", self.retry_after_s, error)
                 self.runs.append({"error": repr(error)})
-                self._stop.wait(self.retry_after_s)
                 self._wake.set()
+                self._running = False
+                self._stop.wait(self.retry_after_s)
+            finally:
+                self._running = False

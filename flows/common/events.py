@@ -7,7 +7,8 @@ refresh is asked for an unbounded batch at once.
 
 Two ways to send them. :func:`emit_changes` is Prefect's own fire-and-forget ``emit_event``: a
 background worker sends the events and only logs when the API cannot be reached; the watch's poll
-loop uses it because it announces a change again until it is published. :func:`deliver_changes`
+loop uses it because it records the URLs as pending in the store first and announces them again
+while they stay pending. :func:`deliver_changes`
 sends the events itself and returns only once the API has them, raising
 :class:`ChangesNotDelivered` otherwise: ``retrofresh notify`` and the webhook use it, because for
 them the event is the whole job and their caller must learn that it failed (a non-zero exit, a
