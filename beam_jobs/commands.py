@@ -118,10 +118,12 @@ def _seed_list(value: str) -> list[int]:
 @click.option("--runner", type=click.Choice(["local", "multiprocess", "dataflow"]), default="local", show_default=True)
 @click.option("--embedder", "embedder_path", default=None, help="encoder directory (default: bundled all-MiniLM-L6-v2)")
 @click.option("--tokenizer", "tokenizer_path", default=None, help="tokenizer.json or checkpoint dir (default: bundled)")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="the encoder's: fp32, bf16 (autocast) or auto, bf16 where a worker runs it faster [RETROFRESH_PRECISION, default auto]")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait for a Dataflow job to finish")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def ingest(sources_file, store, runner, embedder_path, tokenizer_path, wait, as_json, beam_args) -> None:
+def ingest(sources_file, store, runner, embedder_path, tokenizer_path, precision, wait, as_json, beam_args) -> None:
     """Run the Beam ingest job once (writes a draft delta version, does not publish).
 
     Anything after the options is passed to Beam, e.g. ``--project P --region R
@@ -139,7 +141,7 @@ def ingest(sources_file, store, runner, embedder_path, tokenizer_path, wait, as_
     try:
         result = run_ingest(
             sources_file, store, pipeline_args=list(beam_args), runner=runner,
-            embedder_path=embedder_path, tokenizer_path=tokenizer_path, wait=wait,
+            embedder_path=embedder_path, tokenizer_path=tokenizer_path, wait=wait, precision=precision,
         )  # fmt: skip
     except (SourcesError, StoreError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc

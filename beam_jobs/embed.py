@@ -54,12 +54,13 @@ def embedder_spec(path: str | Path | None = None, *, max_length: int = 128) -> E
 _ENCODERS = shared.Shared()
 
 
-def shared_embedder(path: str | None = None, *, max_length: int = 128):
+def shared_embedder(path: str | None = None, *, max_length: int = 128, precision: str = "fp32"):
     """The process's :class:`model.embedder.Embedder` for ``path``, loaded on first use.
 
     Args:
         path: encoder directory; None for the bundled all-MiniLM-L6-v2.
         max_length: the encoder's token limit per text.
+        precision: "fp32", "bf16" or "auto" (decided here, on the worker's CPU: model.precision).
     """
 
     def load():
@@ -69,9 +70,9 @@ def shared_embedder(path: str | None = None, *, max_length: int = 128):
 
         hf_logging.disable_progress_bar()  # one bar per worker per run is noise in job logs
         with timed("embedder_load"):  # counted only when it really loads (inside a job)
-            return Embedder(path, max_length=max_length)
+            return Embedder(path, max_length=max_length, precision=precision)
 
-    return _ENCODERS.acquire(load, tag=f"{path or DEFAULT_EMBEDDER_NAME}:{max_length}")
+    return _ENCODERS.acquire(load, tag=f"{path or DEFAULT_EMBEDDER_NAME}:{max_length}:{precision}")
 
 
 class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
@@ -91,6 +92,7 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
         share_across_processes: one model per machine instead of one per process: saves memory
             on many-process workers, but serialises inference, so off by default on CPUs.
         torch_threads: intra-op threads per model; None leaves torch's default.
+        precision: "fp32", "bf16" or "auto" (bf16 where the worker's CPU runs it faster).
     """
 
     def __init__(
@@ -103,8 +105,10 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
         encode_batch_size: int = 64,
         share_across_processes: bool = False,
         torch_threads: int | None = None,
+        precision: str = "fp32",
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.precision = precision
         self.path = path
         self.max_length = max_length
         self.encode_batch_size = encode_batch_size
@@ -116,7 +120,7 @@ class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
 
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        return shared_embedder(self.path, max_length=self.max_length)
+        return shared_embedder(self.path, max_length=self.max_length, precision=self.precision)
 
     def run_inference(self, batch: Sequence[Chunk], model, inference_args: dict | None = None) -> Iterable[tuple[Chunk, np.ndarray]]:
         with timed("embed"):

@@ -41,7 +41,9 @@ from beam_jobs.sources import SourcesConfig, load_sources
 from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargets, Targets, resolve_targets
 from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
 from model.compat import Compatibility
+from model.config import get_settings
 from model.embedder import EmbedderSpec
+from model.precision import check as check_precision
 from model.store.errors import IncompatibleIndex
 from model.tokenizer import RetroTokenizer
 
@@ -118,6 +120,8 @@ class IngestPlan:
     started_at: datetime
     embed_batch_size: int = 64
     torch_threads: int | None = None
+    # "auto", "fp32" or "bf16": the workers decide "auto" on their own CPUs (model.precision).
+    precision: str = "fp32"
     targets: Targets | None = None  # a targeted run: only these URLs, nothing deleted for absence
 
 
@@ -193,6 +197,7 @@ def embedding_handler(plan: IngestPlan) -> ChunkEmbeddingHandler:
         min_batch_size=4 * plan.embed_batch_size,
         max_batch_size=16 * plan.embed_batch_size,
         torch_threads=plan.torch_threads,
+        precision=plan.precision,
     )
 
 
@@ -222,6 +227,7 @@ def run_ingest(
     torch_threads: int | None = None,
     urls: list[str] | None = None,
     max_targets: int | None = None,
+    precision: str | None = None,
 ) -> IngestResult:
     """Run the ingest job once against a store's current version.
 
@@ -241,6 +247,9 @@ def run_ingest(
             configured source (others are refused, never fetched); documents not named are kept.
             None: the full crawl.
         max_targets: most URLs a targeted run fetches; the rest come back in ``deferred``.
+        precision: the encoder's: "fp32", "bf16" (autocast) or "auto" (bf16 where a worker's CPU
+            runs it faster, decided on each worker); None: the settings' (RETROFRESH_PRECISION,
+            default auto). Keys of either precision may share a store (docs/ARCHITECTURE.md).
 
     Returns:
         The IngestResult.
@@ -253,6 +262,7 @@ def run_ingest(
     from model.store import open_store
 
     started = time.monotonic()
+    precision = check_precision(precision if precision is not None else get_settings().precision)
     config = sources if isinstance(sources, SourcesConfig) else load_sources(sources)
     store = open_store(store_uri)
     parent = store.current()
@@ -286,6 +296,7 @@ def run_ingest(
         started_at=datetime.now(timezone.utc),
         embed_batch_size=embed_batch_size,
         torch_threads=torch_threads,
+        precision=precision,
         targets=targets,
     )
     LOG.info("ingest %s -> %s (parent %s) on %s", ",".join(config.names), version, parent, options.view_as(StandardOptions).runner)
@@ -344,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_path=ours.tokenizer,
         embed_batch_size=ours.embed_batch_size,
         torch_threads=ours.torch_threads,
+        precision=ours.precision,
     )
     print(json.dumps(result.to_dict(), indent=1, default=str))
     return 0

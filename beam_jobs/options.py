@@ -35,6 +35,8 @@ class IngestOptions(PipelineOptions):
         parser.add_argument("--tokenizer", default=None, help="tokenizer.json or checkpoint dir (default: the store's, else the bundled one)")
         parser.add_argument("--embed_batch_size", type=int, default=64, help="largest embedding batch")
         parser.add_argument("--torch_threads", type=int, default=None, help="torch threads per embedding model")
+        parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                            help="the encoder's precision; auto: bf16 where a worker runs it faster (default: RETROFRESH_PRECISION, else auto)")
 
 
 def pipeline_options(runner: str = "local", pipeline_args: list[str] | None = None, *, job_name: str | None = None) -> PipelineOptions:

@@ -92,7 +92,8 @@ def build_request(docs, stale_version, checkpoint, store, fresh_version, control
         fresh_version=fresh_version, control_store=control_store, control_version=control_version,
         retrained_checkpoint=Path(retrained_checkpoint) if retrained_checkpoint else None, k=k, bootstrap=bootstrap,
         embedder_path=Path(embedder_path) if embedder_path else settings.embedder_path, cache_dir=settings.cache_dir,
-        device=settings.device, in_context_ralm=in_context_ralm, base_model=Path(base_model) if base_model else None,
+        device=settings.device, precision=settings.precision, in_context_ralm=in_context_ralm,
+        base_model=Path(base_model) if base_model else None,
         gguf_file=gguf_file, max_tokens=max_tokens,
     )
 

@@ -5,7 +5,8 @@ a CPU only when a short probe matmul (measured once per process, a few ms) ran f
 autocast than in fp32. Measured, torch 2.13, 2 threads: CPUs with bf16 instructions ran
 2048×576×1536 matmuls 4-8× faster in bf16 (an Intel with AMX; an AMD EPYC with avx512_bf16), and an
 Ice Lake Xeon without them (AVX-512, no avx512_bf16) ran them about 4× slower, since it emulates
-bf16. So the choice is made per machine, never once for all. ``fp32`` and ``bf16`` force either.
+bf16 (docs/MEASUREMENTS.md, "CPU precision and kernels"). So the choice is made per machine,
+never once for all. ``fp32`` and ``bf16`` force either.
 fp32 is the reference: library functions default to it, and the entry points a user runs (CLI,
 server, ingest) default to ``auto``. torch is imported where it is used, so an ingest launcher
 can check a choice without loading it.

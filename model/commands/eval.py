@@ -49,7 +49,8 @@ def _settings(**flags) -> Settings:
 @click.option("--gguf-file", help="GGUF file name inside --base-model.")
 @click.option("--prefix-tokens", type=int, help="In-Context RALM: tokens of the text's own prefix kept before each scored chunk (default 384).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
-              help="In-Context RALM's precision: bf16 autocast where faster with auto [RETROFRESH_PRECISION, default auto].")
+              help="the models' and the query embedder's (RETRO and In-Context RALM): fp32, bf16 (autocast) or auto, bf16 where this "
+                   "machine runs it faster [RETROFRESH_PRECISION, default auto].")
 @click.option("--max-tokens", type=int, help="score only the first N tokens of each document (an In-Context RALM's tokens when one is scored).")
 @click.option("--quiet", is_flag=True, help="no progress bar.")
 def temporal(checkpoint, store, stale_version, docs, fresh_version, control_store, control_version, retrained_checkpoint, k, bootstrap,

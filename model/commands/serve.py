@@ -21,6 +21,9 @@ from model.config import Settings
 @click.option("--reverify-interval", "reverify_interval_s", type=click.FloatRange(min=0),
               help="seconds between re-verifications of the served shards' sha256, 0: off [RETROFRESH_REVERIFY_INTERVAL_S, default 3600].")
 @click.option("--device", help="torch device [RETROFRESH_DEVICE].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="the model's and the query embedder's: fp32, bf16 (autocast) or auto, bf16 where this machine runs it faster "
+                   "[RETROFRESH_PRECISION, default auto].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
 def serve(log_level: str, **flags) -> None:
     """Serve a checkpoint over HTTP, hot-swapping the index version CURRENT names.

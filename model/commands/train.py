@@ -66,10 +66,20 @@ def _open_view(settings: Settings, version: str | None, embedder):
         raise click.ClickException(str(exc)) from None
 
 
+def _precision(settings: Settings):
+    """The run's precision, decided once (``auto`` measures this machine: model.precision)."""
+    from model.precision import resolve
+
+    try:
+        return resolve(settings.precision, settings.device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _embedder(settings: Settings, path: Path | None):
     from model.embedder import Embedder
 
-    return Embedder(path or settings.embedder_path, device=settings.device)
+    return Embedder(path or settings.embedder_path, device=settings.device, precision=settings.precision)
 
 
 # train
@@ -98,6 +108,8 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--embedder", "embedder_path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="key/query encoder (default: bundled all-MiniLM-L6-v2).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="shard and neighbour cache [RETROFRESH_CACHE_DIR].")
 @click.option("--device", help="torch device [RETROFRESH_DEVICE].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="fp32, bf16 (autocast) or auto: bf16 where this machine runs it faster [RETROFRESH_PRECISION, default auto].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--own-passage-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="share of training chunks that also see a shifted window of their own document as a neighbour; "
@@ -107,7 +119,7 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step (faster on GPU; compiling takes a minute or two).")
 @click.option("--quiet", is_flag=True, help="no progress bars.")
 def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, batch_size, lr, warmup_steps, eval_every, eval_fraction,
-          checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, seed, own_passage_rate,
+          checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, precision, seed, own_passage_rate,
           neighbour_dropout, compile_model, quiet) -> None:
     """Train a RETRO model on a store version (or on files, indexed into a new store first).
 
@@ -124,7 +136,7 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
     from model.training.prepare import prepare_from_view
 
     _logging(not quiet)
-    settings = _settings(store=store, cache_dir=cache_dir, device=device)
+    settings = _settings(store=store, cache_dir=cache_dir, device=device, precision=precision)
     torch.manual_seed(seed)
     store_tokenizer = RetroTokenizer.load(tokenizer_path)
     embedder = _embedder(settings, embedder_path)
@@ -133,7 +145,7 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
         from model.training.corpus import index_documents, read_documents
 
         if not settings.store:
-            settings = _settings(store=str(out.parent / f"{out.name}-store"), cache_dir=cache_dir, device=device)
+            settings = _settings(store=str(out.parent / f"{out.name}-store"), cache_dir=cache_dir, device=device, precision=precision)
         try:
             version = index_documents(open_store(settings.store, cache_dir=settings.cache_dir), read_documents(inputs), store_tokenizer, embedder, progress=not quiet)
         except (ValueError, FileNotFoundError) as exc:
@@ -171,7 +183,8 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
     cfg.extra = {"data": data.info}
     train_cfg = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=warmup_steps, eval_every=eval_every,
-        checkpoint_every=checkpoint_every, out_dir=str(out), device=settings.device, seed=seed, compile=compile_model, progress=not quiet,
+        checkpoint_every=checkpoint_every, out_dir=str(out), device=settings.device, precision=settings.precision, seed=seed,
+        compile=compile_model, progress=not quiet,
         own_passage_rate=own_passage_rate, neighbour_dropout=neighbour_dropout,
     )
     click.echo(f"model: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
@@ -204,6 +217,8 @@ _common = [
     click.option("--embedder", "embedder_path", type=click.Path(exists=True, file_okay=False, path_type=Path), help="query encoder (default: bundled all-MiniLM-L6-v2)."),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="shard cache [RETROFRESH_CACHE_DIR]."),
     click.option("--device", help="torch device [RETROFRESH_DEVICE]."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="fp32, bf16 (autocast) or auto: bf16 where this machine runs it faster [RETROFRESH_PRECISION, default auto]."),
     click.option("--store-tokenizer", type=click.Path(exists=True, path_type=Path), help="tokenizer.json the store was chunked with, when it is not the model's (RETRO-fitted models)."),
 ]
 
@@ -221,7 +236,8 @@ def _with_common(fn):
 @click.option("--exclude-doc", help="never use neighbours from this document (its URL or doc id).")
 @click.option("--exclude-ngram", type=int, help="drop neighbours sharing an n-gram this long with the chunk they help predict.")
 @click.option("--no-retrieval", is_flag=True, help="only score with retrieval off.")
-def score(checkpoint, store, version, k, embedder_path, cache_dir, device, store_tokenizer, text, file, exclude_doc, exclude_ngram, no_retrieval) -> None:
+def score(checkpoint, store, version, k, embedder_path, cache_dir, device, precision, store_tokenizer, text, file, exclude_doc, exclude_ngram,
+          no_retrieval) -> None:
     """Loss and bits-per-byte of a text, with retrieval on and off (printed as JSON)."""
     from model.ids import doc_id
     from model.scoring import score as run_score
@@ -229,20 +245,22 @@ def score(checkpoint, store, version, k, embedder_path, cache_dir, device, store
     if (text is None) == (file is None):
         raise click.UsageError("give exactly one of --text and --file")
     text = text if text is not None else file.read_text(encoding="utf-8")
-    settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device)
+    settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device, precision=precision)
     model, tokenizer = _load(settings)
+    decision = _precision(settings)
     exclude = exclude_doc if exclude_doc is None or len(exclude_doc) == 16 and "/" not in exclude_doc else doc_id(exclude_doc)
     report = {}
     try:
-        report["no_retrieval"] = asdict(run_score(model, tokenizer, text, retriever=None))
+        report["no_retrieval"] = asdict(run_score(model, tokenizer, text, retriever=None, precision=decision))
         if settings.store and not no_retrieval:
             embedder = _embedder(settings, embedder_path)
             with _open_view(settings, version, embedder) as view:
                 result = run_score(model, tokenizer, text, retriever=_retriever(view, embedder), k=k, exclude_doc_id=exclude,
-                                   exclude_ngram=exclude_ngram, to_tokens=_to_tokens(view, tokenizer, store_tokenizer))
+                                   exclude_ngram=exclude_ngram, to_tokens=_to_tokens(view, tokenizer, store_tokenizer), precision=decision)
                 report["retrieval"] = {**asdict(result), "index_version": view.version}
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    report["precision"] = decision.precision
     click.echo(json.dumps(report, indent=2))
 
 
@@ -255,13 +273,15 @@ def score(checkpoint, store, version, k, embedder_path, cache_dir, device, store
 @click.option("--top-p", type=float)
 @click.option("--seed", type=int)
 @click.option("--json", "as_json", is_flag=True, help="print the whole result (neighbours included) as JSON.")
-def generate(checkpoint, store, version, k, embedder_path, cache_dir, device, store_tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, as_json) -> None:
+def generate(checkpoint, store, version, k, embedder_path, cache_dir, device, precision, store_tokenizer, prompt, max_new_tokens, temperature, top_k,
+             top_p, seed, as_json) -> None:
     """Continue a prompt, retrieving neighbours from the store at every completed chunk."""
     from model.generation import generate as run_generate
 
-    settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device)
+    settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device, precision=precision)
     model, tokenizer = _load(settings)
-    kwargs = dict(k=k, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    kwargs = dict(k=k, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  precision=_precision(settings))
     try:
         if settings.store:
             embedder = _embedder(settings, embedder_path)

@@ -46,7 +46,7 @@ class TemporalRequest:
     gguf_file: str | None = None
     prefix_tokens: int | None = None  # None: model.evaluation.ralm.PREFIX_TOKENS
     max_tokens: int | None = None  # score each document's first max_tokens tokens
-    precision: str = "fp32"  # the In-Context RALM's: fp32, bf16 or auto (model.precision)
+    precision: str = "fp32"  # the models' (RETRO and In-Context RALM) and the query embedder's: fp32, bf16 or auto (model.precision)
 
 
 def _load_checkpoint(path: Path, role: str, device: str):
@@ -145,6 +145,7 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
         model.evaluation.documents.DocumentsError: an unusable documents file.
     """
     from model.embedder import Embedder
+    from model.precision import resolve as resolve_precision
     from model.retrieval import StoreRetriever
     from model.tokenizer import RetroTokenizer
 
@@ -158,6 +159,10 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
         raise EvaluationSetupError("--retrained-checkpoint is compared with --checkpoint; pass --checkpoint too")
     if request.max_tokens is not None and request.max_tokens < 2:
         raise EvaluationSetupError(f"--max-tokens must be >= 2, got {request.max_tokens}")
+    try:
+        decision = resolve_precision(request.precision, request.device)  # the RETRO models' and the query embedder's
+    except ValueError as exc:
+        raise EvaluationSetupError(f"--precision: {exc}") from None
     documents = read_dated_documents(request.docs)
     model = tokenizer = None
     if request.checkpoint is not None:
@@ -172,7 +177,7 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
         except FileNotFoundError as exc:
             raise EvaluationSetupError(f"--store-tokenizer: {exc}") from None
     try:
-        embedder = CachingEmbedder(Embedder(request.embedder_path, device=request.device))
+        embedder = CachingEmbedder(Embedder(request.embedder_path, device=request.device, precision=decision))
     except FileNotFoundError as exc:
         raise EvaluationSetupError(f"--embedder: {exc}") from None
     if model is not None and model.config.embedder and model.config.embedder.max_length != embedder.spec.max_length:
@@ -183,7 +188,7 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
     if request.control_store:
         wanted.append(("control", request.control_store, request.control_version, "--control-store/--control-version"))
     with contextlib.ExitStack() as stack:
-        conditions = [Condition("none", model, tokenizer)] if model is not None else []
+        conditions = [Condition("none", model, tokenizer, precision=decision)] if model is not None else []
         views = {}
         for name, store_uri, version, role in wanted:
             view = stack.enter_context(_open_version(store_uri, version, embedder, request.cache_dir, role))
@@ -192,7 +197,7 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
                 continue
             to_tokens = check_fits(model, tokenizer, view.manifest, role="--checkpoint", checkpoint=request.checkpoint,
                                    store=store_uri, store_tokenizer=store_tokenizer)
-            conditions.append(Condition(name, model, tokenizer, StoreRetriever(view, embedder), view.version, store_uri, to_tokens))
+            conditions.append(Condition(name, model, tokenizer, StoreRetriever(view, embedder), view.version, store_uri, to_tokens, decision))
         if request.stale_version and views["stale"].version == views["fresh"].version:
             LOG.warning("stale and fresh are the same version %s: the comparison shows no difference", views["fresh"].version)
         if request.retrained_checkpoint is not None:
@@ -207,7 +212,8 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
                                    checkpoint=request.retrained_checkpoint, store=request.store, store_tokenizer=store_tokenizer)
             terms["--retrained-checkpoint"].check(terms["--checkpoint"], terms=("tokenizer",), error=EvaluationSetupError,
                                                   fix="train the upper control with the same tokenizer")
-            conditions.append(Condition("retrained", retrained, retrained_tokenizer, StoreRetriever(fresh, embedder), fresh.version, request.store, to_tokens))
+            conditions.append(Condition("retrained", retrained, retrained_tokenizer, StoreRetriever(fresh, embedder), fresh.version, request.store, to_tokens,
+                                        decision))
         ralm = None
         if request.in_context_ralm:
             ralm = load_ralm(request, views["stale"].manifest.chunk_tokens)
@@ -224,6 +230,7 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
         except ValueError as exc:
             raise EvaluationSetupError(f"--docs {request.docs}: {exc}") from None
     result["checkpoint"] = str(request.checkpoint) if request.checkpoint is not None else None
+    result["precision"] = {"precision": decision.precision, "reason": decision.reason}
     if ralm is not None:
         result["in_context_ralm"] = {"base": ralm.name, "prefix_tokens": ralm.config.prefix_tokens, "chunk_tokens": ralm.config.chunk_tokens,
                                      "precision": ralm.precision.precision, "precision_reason": ralm.precision.reason,

@@ -66,6 +66,7 @@ class Condition:
     version: str | None = None
     store: str | None = None
     to_tokens: Callable[[Neighbour], list[int]] | None = None
+    precision: object = "fp32"  # a RETRO model's: "fp32", "bf16", "auto" or a model.precision.Decision
 
     def token_losses(self, ids: list[int], found: list[list[Neighbour]] | None, *, k: int):
         """Nats of every predicted token: a RETRO model reads neighbours through chunked cross-attention,
@@ -73,7 +74,7 @@ class Condition:
         own = getattr(self.model, "token_losses", None)
         if own is not None:
             return own(ids, found, k=k, to_tokens=self.to_tokens)
-        return token_losses(self.model, ids, found, k=k, to_tokens=self.to_tokens)
+        return token_losses(self.model, ids, found, k=k, to_tokens=self.to_tokens, precision=self.precision)
 
 
 @dataclass

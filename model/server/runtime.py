@@ -49,6 +49,7 @@ class Runtime:
     store: Any  # from model.store.open_store
     compatibility: Compatibility
     longest_token_bytes: int  # no token of the tokenizer spans more bytes (bounds tokens from below)
+    precision: Any = "fp32"  # model.precision.Decision the model's scoring and generation run in
 
 
 class StartupError(Exception):
@@ -60,7 +61,7 @@ def load_runtime(settings: Settings) -> Runtime:
 
     Args:
         settings: ``checkpoint`` and ``store`` must be set; ``embedder_path`` (None: the bundled
-            all-MiniLM-L6-v2), ``cache_dir`` and ``device`` are used as given.
+            all-MiniLM-L6-v2), ``cache_dir``, ``device`` and ``precision`` are used as given.
 
     Returns:
         The runtime, with the compatibility every index version must match.
@@ -74,6 +75,7 @@ def load_runtime(settings: Settings) -> Runtime:
         raise StartupError("no index store: pass --store URI or set RETROFRESH_STORE")
     from model.checkpoint import load_checkpoint
     from model.embedder import Embedder
+    from model.precision import resolve
     from model.store import open_store
 
     try:
@@ -81,7 +83,11 @@ def load_runtime(settings: Settings) -> Runtime:
     except (FileNotFoundError, ValueError) as exc:
         raise StartupError(f"cannot load the checkpoint {settings.checkpoint}: {exc}") from exc
     model.eval()
-    embedder = Embedder(settings.embedder_path, device=settings.device)
+    try:
+        precision = resolve(settings.precision, settings.device)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    embedder = Embedder(settings.embedder_path, device=settings.device, precision=precision)
     config = model.config
     if config.embedder is None:
         LOG.warning("checkpoint %s records no embedder; using %s", settings.checkpoint, embedder.spec.name)
@@ -98,7 +104,8 @@ def load_runtime(settings: Settings) -> Runtime:
         store = open_store(settings.store, cache_dir=settings.cache_dir, cache_max_bytes=settings.cache_max_bytes)
     except Exception as exc:
         raise StartupError(f"cannot open the index store {settings.store}: {exc}") from exc
-    LOG.info("loaded checkpoint %s, embedder %s, store %s", settings.checkpoint, embedder.spec.name, settings.store)
+    LOG.info("loaded checkpoint %s, embedder %s, store %s; computing in %s (%s)", settings.checkpoint, embedder.spec.name, settings.store,
+             precision.precision, precision.reason)
     return Runtime(
         model=model,
         tokenizer=tokenizer,
@@ -106,6 +113,7 @@ def load_runtime(settings: Settings) -> Runtime:
         store=store,
         compatibility=compatibility,
         longest_token_bytes=longest_token_bytes(tokenizer),
+        precision=precision,
     )
 
 

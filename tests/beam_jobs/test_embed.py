@@ -58,3 +58,24 @@ def test_a_batch_is_encoded_in_token_count_order_and_returned_in_input_order():
     assert sorted(seen[0]) == sorted(texts)
     assert [c for c, _ in pairs] == chunks
     np.testing.assert_allclose(np.stack([v for _, v in pairs]), encode(texts), atol=1e-5)
+
+
+def test_the_handler_embeds_in_its_precision_with_vectors_that_may_share_a_store():
+    texts = ["The mayor of X is Y.", "Cats sleep a lot, mostly in the afternoon sun.", "Prices rose."]
+    chunks = [Chunk(i, "d", i, [], [], text, "u") for i, text in enumerate(texts)]
+    vectors = {}
+    for precision in ("fp32", "bf16"):
+        handler = ChunkEmbeddingHandler(None, precision=precision)
+        model = handler.load_model()
+        assert model.precision.precision == precision  # one shared encoder per precision, not the other's
+        vectors[precision] = np.stack([v for _, v in handler.run_inference(chunks, model)])
+    assert ((vectors["fp32"] * vectors["bf16"]).sum(1) >= 0.999).all()
+
+
+def test_an_ingest_refuses_an_unknown_precision_before_it_reads_anything(tmp_path):
+    import pytest
+
+    from beam_jobs.ingest import run_ingest
+
+    with pytest.raises(ValueError, match="choose one of auto, fp32, bf16"):
+        run_ingest(tmp_path / "missing.yaml", str(tmp_path / "store"), precision="half")

@@ -114,12 +114,29 @@ def test_train_config_refuses_an_unknown_precision():
         TrainConfig(precision="fp16")
 
 
-def test_bf16_embeddings_point_the_same_way_as_fp32():
-    from model.embedder import Embedder
-    from tests.fixtures.retro import PYDOC_CORPUS
+def test_the_cli_scores_in_the_precision_it_is_given(tiny_checkpoint, monkeypatch):
+    import json
 
-    texts = [text[:300] for text in PYDOC_CORPUS.values()]
-    fp32 = Embedder(precision="fp32").encode(texts)
-    bf16 = Embedder(precision="bf16").encode(texts)
-    assert bf16.dtype == fp32.dtype
-    assert ((fp32 * bf16).sum(1) >= 0.999).all()
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    text = PYDOC_PROMPT[:300]
+    reports = {}
+    for flag in ("fp32", "bf16", None):  # None: RETROFRESH_PRECISION, which the suite pins to fp32
+        args = ["score", "--checkpoint", str(tiny_checkpoint), "--text", text] + (["--precision", flag] if flag else [])
+        out = CliRunner().invoke(cli, args)
+        assert out.exit_code == 0, out.output
+        reports[flag] = json.loads(out.output)
+    assert [reports[f]["precision"] for f in ("fp32", "bf16", None)] == ["fp32", "bf16", "fp32"]
+    assert reports[None]["no_retrieval"] == reports["fp32"]["no_retrieval"]
+    assert reports["bf16"]["no_retrieval"]["loss"] == approx(reports["fp32"]["no_retrieval"]["loss"], dtype=torch.bfloat16)
+    out = CliRunner().invoke(cli, ["score", "--checkpoint", str(tiny_checkpoint), "--text", text, "--precision", "fp16"])
+    assert out.exit_code == 2 and "'fp16' is not one of 'auto', 'fp32', 'bf16'" in out.output
+
+
+def test_the_server_runtime_runs_model_and_query_embedder_in_the_settings_precision(tiny_checkpoint, tmp_path):
+    from model.server.runtime import load_runtime
+
+    runtime = load_runtime(Settings(checkpoint=tiny_checkpoint, store=str(tmp_path / "store"), cache_dir=tmp_path / "cache", precision="bf16"))
+    assert runtime.precision.precision == runtime.embedder.inner.precision.precision == "bf16"

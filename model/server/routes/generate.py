@@ -48,6 +48,7 @@ async def generate(body: GenerateRequest, server: ServerDep, runtime: RuntimeDep
             top_k=body.top_k,
             top_p=body.top_p,
             seed=body.seed,
+            precision=runtime.precision,
         )
 
     result = await run_model_work(server, work)

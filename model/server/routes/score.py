@@ -33,7 +33,7 @@ async def score(body: ScoreRequest, server: ServerDep, runtime: RuntimeDep, _: A
         limits.check_prompt_tokens(tokens, what="the text's length in tokens")
         if tokens < 2:  # the first token is never predicted: one token leaves nothing to score
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"the text is {tokens} token(s); scoring needs at least 2")
-        return score_text(runtime.model, runtime.tokenizer, body.text, retriever=retriever, k=body.k)
+        return score_text(runtime.model, runtime.tokenizer, body.text, retriever=retriever, k=body.k, precision=runtime.precision)
 
     result = await run_model_work(server, work)
     return ScoreResponse(
