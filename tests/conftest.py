@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -16,3 +18,16 @@ pytest_plugins = [
     "tests.fixtures.site",
     "tests.fixtures.server",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def retrofresh_cache_dir(tmp_path_factory):
+    """``RETROFRESH_CACHE_DIR`` under the session's temp dir: the commands' default log files
+    (``<cache dir>/logs/refresh.log``) and shard caches never land in the user's ``~/.cache``."""
+    previous = os.environ.get("RETROFRESH_CACHE_DIR")
+    os.environ["RETROFRESH_CACHE_DIR"] = str(tmp_path_factory.mktemp("retrofresh-cache"))
+    yield os.environ["RETROFRESH_CACHE_DIR"]
+    if previous is None:
+        os.environ.pop("RETROFRESH_CACHE_DIR", None)
+    else:
+        os.environ["RETROFRESH_CACHE_DIR"] = previous
