@@ -271,13 +271,8 @@ class _Failover:
     def failed_to_send(self, index: int, url: str, exc: httpx.HTTPError) -> None:
         """Record a request that got no response; raises when it must not be sent elsewhere."""
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, _NOT_SENT):
-            self.client._replica_failed(index, "timed out")
-            error = RetroTimeout(f"{self.method} {url}{self.path} timed out after {self.client.timeout}s")
-            if not self.repeatable:
-                raise error from exc
-            LOG.debug("%s; trying the next server", error)
-            self.errors[url] = f"timed out after {self.client.timeout}s"
-            self.failed = error
+            why = f"timed out after {self.client.timeout}s"
+            self._failed(index, url, why, RetroTimeout(f"{self.method} {url}{self.path} {why}"), cause=exc)
             return
         self.client._replica_failed(index, type(exc).__name__)
         if not (self.repeatable or isinstance(exc, _NOT_SENT)):
@@ -297,12 +292,7 @@ class _Failover:
             return False, None
         if status >= 500:
             error = _error_of(response)
-            client._replica_failed(index, f"HTTP {status}")
-            if not self.repeatable:
-                raise error
-            LOG.debug("%s %s%s: %s; trying the next server", self.method, url, self.path, error)
-            self.errors[url] = str(error)
-            self.failed = error
+            self._failed(index, url, str(error), error)
             return False, None
         if status >= 400:  # the request is wrong: every replica would say so
             client._active = index
@@ -311,13 +301,9 @@ class _Failover:
         try:
             answer = parse(response)
         except _BAD_BODY as exc:
-            client._replica_failed(index, "an unreadable answer")
-            error = RetroBadResponse(f"{self.method} {url}{self.path} answered {status} with a body that is {_why_unreadable(exc)}")
-            if not self.repeatable:
-                raise error from exc
-            LOG.warning("%s; trying the next server", error)
-            self.errors[url] = f"unreadable answer: {_why_unreadable(exc)}"
-            self.failed = error
+            why = _why_unreadable(exc)
+            error = RetroBadResponse(f"{self.method} {url}{self.path} answered {status} with a body that is {why}")
+            self._failed(index, url, f"unreadable answer: {why}", error, cause=exc, level=logging.WARNING)
             return False, None
         client._replica_answered(index)
         version = _version_of(answer) if self.monotonic else None
@@ -330,6 +316,17 @@ class _Failover:
         if self.monotonic:
             client._returned(version)
         return True, answer
+
+    def _failed(self, index: int, url: str, why: str, error: RetroError, *, cause: Exception | None = None,
+                level: int = logging.DEBUG) -> None:
+        """Record a failure after which the request may have reached ``url`` (a timeout, a 5xx, an
+        unreadable answer); raises ``error`` when the route is not :data:`_REPEATABLE`."""
+        self.client._replica_failed(index, why)
+        if not self.repeatable:
+            raise error from cause
+        LOG.log(level, "%s %s%s: %s; trying the next server", self.method, url, self.path, why)
+        self.errors[url] = why
+        self.failed = error
 
     def rolled_back(self) -> tuple[bool, Any]:
         """After a round with only older answers: (True, the newest of them) once the grace has passed."""
