@@ -7,13 +7,14 @@ from typing import Iterator
 
 import apache_beam as beam
 
-from beam_jobs.metrics import count
+from beam_jobs.metrics import count, count_failure
 from beam_jobs.types import LedgerRow, ToChunk
 from model.chunking import chunk_document
 
 LOG = logging.getLogger(__name__)
 
 LEDGER = "ledger"  # tagged output: the ledger row of each chunked document (with its chunk ids)
+KEPT = "kept"  # tagged output: the parent rows of changed documents that could not be chunked
 
 
 def ledger_row(item: ToChunk, chunk_ids: tuple[int, ...]) -> LedgerRow:
@@ -34,8 +35,33 @@ def ledger_row(item: ToChunk, chunk_ids: tuple[int, ...]) -> LedgerRow:
     )
 
 
+def _tombstone_key(ids) -> str:
+    return ",".join(str(int(i)) for i in ids)
+
+
+class DropKeptTombstones(beam.PTransform):
+    """The diff's tombstones less those of changed documents kept (quarantined by the chunker).
+
+    Input: ``{"tombstones": chunk id tuples (one per document), "kept": parent LedgerRows}``.
+    """
+
+    def expand(self, parts: dict):
+        return (
+            {
+                "tombstones": parts["tombstones"] | "KeyTombstones" >> beam.Map(lambda ids: (_tombstone_key(ids), tuple(ids))),
+                "kept": parts["kept"] | "KeyKept" >> beam.Map(lambda row: (_tombstone_key(row.chunk_ids), True)),
+            }
+            | "JoinKept" >> beam.CoGroupByKey()
+            | "NotKept" >> beam.FlatMap(lambda item: [] if list(item[1]["kept"]) else list(item[1]["tombstones"]))
+        )
+
+
 class ChunkDoFn(beam.DoFn):
     """ToChunk -> Chunks (main output) and the document's LedgerRow (tagged ``ledger``).
+
+    A document the chunker fails on is quarantined: counted ``failed_chunk_error``, left out
+    (new), or kept as its parent row (changed; tagged ``kept``, its tombstones taken back by
+    :class:`DropKeptTombstones`), so the rest of the run still publishes.
 
     Args:
         tokenizer_json: the tokenizer's ``tokenizer.json`` text. The tokenizer travels inside
@@ -60,8 +86,18 @@ class ChunkDoFn(beam.DoFn):
 
     def process(self, item: ToChunk) -> Iterator:
         obs = item.observation
-        tokens = self._tokenizer.encode(obs.text or "")
-        chunks = chunk_document(tokens, doc_id=obs.doc_id, url=obs.url, content_hash=obs.content_hash or "", tokenizer=self._tokenizer)
+        try:
+            tokens = self._tokenizer.encode(obs.text or "")
+            chunks = chunk_document(tokens, doc_id=obs.doc_id, url=obs.url, content_hash=obs.content_hash or "", tokenizer=self._tokenizer)
+        except Exception:  # one document the chunker cannot take must not fail every source's refresh
+            LOG.exception("%s could not be chunked: quarantined, it stays as the parent version has it", obs.url)
+            count_failure("chunk_error")
+            count(item.outcome, -1)
+            if item.old is not None:  # changed: keep the old row; its tombstones are taken back
+                count("unchanged")
+                count("tombstones", -len(item.old.chunk_ids))
+                yield beam.pvalue.TaggedOutput(KEPT, item.old)
+            return
         count("chunks", len(chunks))
         yield beam.pvalue.TaggedOutput(LEDGER, ledger_row(item, tuple(c.chunk_id for c in chunks)))
         yield from chunks

@@ -90,7 +90,7 @@ def classify(
             return Decision(NEW, to_chunk=ToChunk(obs, first_seen=now, outcome=NEW))
         if old.content_hash == obs.content_hash:
             return Decision(UNCHANGED, row=_refreshed(old, obs))
-        return Decision(CHANGED, to_chunk=ToChunk(obs, first_seen=old.first_seen or now, outcome=CHANGED), tombstones=old.chunk_ids)
+        return Decision(CHANGED, to_chunk=ToChunk(obs, first_seen=old.first_seen or now, outcome=CHANGED, old=old), tombstones=old.chunk_ids)
     if old is None:
         return Decision(None)  # a failure, removal or block of something we never had
     if obs.outcome == NOT_MODIFIED:

@@ -12,7 +12,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.utils import shared
 
-from beam_jobs.chunk import LEDGER as CHUNK_LEDGER, ChunkDoFn
+from beam_jobs.chunk import KEPT, LEDGER as CHUNK_LEDGER, ChunkDoFn
 from beam_jobs.metrics import timed
 from model.chunking import Chunk
 from model.embedder import DEFAULT_EMBEDDER_NAME, EmbedderSpec, default_embedder_path, weights_sha256
@@ -162,7 +162,7 @@ class ChunkAndEmbed(beam.PTransform):
 
     Returns:
         ``{"embedded": (Chunk, float32 vector) pairs, "ledger": one LedgerRow per document, with
-        its chunk ids}``.
+        its chunk ids, "kept": parent rows of changed documents the chunker quarantined}``.
 
     Example::
 
@@ -175,6 +175,6 @@ class ChunkAndEmbed(beam.PTransform):
         self.handler = handler
 
     def expand(self, to_chunk):
-        chunked = to_chunk | "Chunk" >> beam.ParDo(ChunkDoFn(*self.tokenizer)).with_outputs(CHUNK_LEDGER, main="chunks")
+        chunked = to_chunk | "Chunk" >> beam.ParDo(ChunkDoFn(*self.tokenizer)).with_outputs(CHUNK_LEDGER, KEPT, main="chunks")
         embedded = chunked.chunks | "Embed" >> RunInference(self.handler)
-        return {"embedded": embedded, "ledger": chunked[CHUNK_LEDGER]}
+        return {"embedded": embedded, "ledger": chunked[CHUNK_LEDGER], KEPT: chunked[KEPT]}

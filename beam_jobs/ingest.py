@@ -1,7 +1,7 @@
 """The ingest job: sources -> one delta shard, ledger and tombstones in the store (a draft version).
 
     ReadLedger -> Crawl (discover + fetch; FetchTargets for a targeted run) -> Extract
-    -> DiffAgainstLedger -> ChunkAndEmbed (RunInference) -> WriteDelta (one worker)
+    -> DiffAgainstLedger -> ChunkAndEmbed (RunInference) -> DropKeptTombstones -> WriteDelta (one worker)
 
 Each step is a composite PTransform in its stage's module (beam_jobs/write.py, crawl.py,
 targets.py, extract.py, diff.py, embed.py); ``build_pipeline`` chains them.
@@ -31,6 +31,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from beam_jobs import metrics
+from beam_jobs.chunk import KEPT, DropKeptTombstones
 from beam_jobs.crawl import Crawl
 from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffAgainstLedger
 from beam_jobs.embed import ChunkAndEmbed, ChunkEmbeddingHandler, embedder_spec
@@ -183,8 +184,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
     chunked = diff[TO_CHUNK] | "ChunkAndEmbed" >> ChunkAndEmbed(
         plan.tokenizer_json, plan.tokenizer_name, plan.tokenizer_sha256, embedding_handler(plan)
     )
-    rows = (diff[LEDGER], chunked["ledger"]) | "AllLedgerRows" >> beam.Flatten()
-    delta = {"embedded": chunked["embedded"], "ledger": rows, "tombstones": diff[TOMBSTONES], "changes": diff["changes"]}
+    rows = (diff[LEDGER], chunked["ledger"], chunked[KEPT]) | "AllLedgerRows" >> beam.Flatten()
+    tombstones = {"tombstones": diff[TOMBSTONES], "kept": chunked[KEPT]} | "DropKeptTombstones" >> DropKeptTombstones()
+    delta = {"embedded": chunked["embedded"], "ledger": rows, "tombstones": tombstones, "changes": diff["changes"]}
     delta | "WriteDelta" >> WriteDelta(draft_spec(plan))
 
 

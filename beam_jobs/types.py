@@ -163,3 +163,4 @@ class ToChunk:
     observation: Observation
     first_seen: datetime
     outcome: str  # NEW or CHANGED
+    old: "LedgerRow | None" = None  # a changed document's parent row: kept if it cannot be chunked
