@@ -8,11 +8,15 @@ chunk size (64), neighbour length (128), k and sequence length, and the same ran
 - training: forward + backward + optimizer step on a batch of windows with k neighbours per
   chunk; each library's own optimizer set-up (ours: ``model.training.loop.make_optimizer``;
   theirs: ``retro_pytorch.optimizer.get_optimizer``). Tokens per second, median of ROUNDS
-  rounds, the two sides interleaved so a busy machine slows both alike.
+  rounds, the two sides (and the two precisions) interleaved so a busy machine slows all alike.
 - generation: 256 new tokens (128 with --quick) after a 64-token prompt, one intra-op thread on
   CPU, neighbours retrieved at every completed chunk from the same in-memory random "retriever".
   Ours: ``model.generation.generate`` (KV cache, neighbours encoded once per chunk). Theirs: the
   loop of ``TrainingWrapper.generate`` (a whole forward pass over the sequence per token).
+
+On CPU both precisions are timed, interleaved in every round: fp32 and bf16 autocast
+(``model.precision``). Each side is compared with the other at the same precision, and each at
+its best; ``default_precision`` is what ``auto`` (the CLI's and the server's default) picks here.
 
 ``--gpu`` runs the paper-like 185M configuration on CUDA with bf16 autocast, and times our side
 as users run it on a GPU: training both eager and through ``torch.compile`` (``retrofresh train
@@ -28,7 +32,6 @@ bench/results/model.json (model-gpu.json with --gpu) and prints it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -56,6 +59,8 @@ PROMPT_TOKENS = 64
 # costs more than it gains (measured here: one 256x768 matvec 6 ms with 2 threads, 0.09 ms with 1).
 # Both sides generate with this many intra-op threads; None keeps torch's default.
 GENERATE_THREADS = 1
+PRECISIONS = ("fp32", "bf16")  # timed side by side on CPU (model.precision: bf16 is autocast)
+GPU_PRECISIONS = ("bf16",)
 LR = 3e-4
 SEED = 0
 TARGETS = {"train_ratio_vs_retro_pytorch": 1.5, "generate_ratio_vs_retro_pytorch": 10.0}
@@ -108,22 +113,17 @@ def build_theirs(cfg: dict, device: torch.device):
     ).to(device)
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()  # fp32 on CPU: bf16 is several times slower there
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def train_steppers(ours, theirs, cfg: dict, device: torch.device, *, compile_ours: bool):
-    """Closures that each run one training step on the same data: ours (eager, and compiled when
-    asked, sharing the weights and optimizer) and retro-pytorch's."""
+def train_steppers(ours, theirs, cfg: dict, device: torch.device, *, compile_ours: bool, precisions: tuple[str, ...]):
+    """Closures that each run one training step on the same data, keyed (precision, side): ours
+    (eager, and compiled when asked, sharing the weights and optimizer) and retro-pytorch's."""
     from retro_pytorch.optimizer import get_optimizer
 
+    from model.precision import autocast
     from model.training.loop import TrainConfig, make_optimizer
 
     g = torch.Generator().manual_seed(SEED)
@@ -135,9 +135,9 @@ def train_steppers(ours, theirs, cfg: dict, device: torch.device, *, compile_our
     ours.train()
     theirs.train()
 
-    def stepper(forward):
+    def stepper(forward, precision):
         def step():
-            with autocast(device):
+            with autocast(precision, device):
                 _, loss = forward(seq[:, :-1], neighbours, targets=seq[:, 1:])
             opt_ours.zero_grad(set_to_none=True)
             loss.backward()
@@ -146,18 +146,24 @@ def train_steppers(ours, theirs, cfg: dict, device: torch.device, *, compile_our
 
         return step
 
-    def step_theirs():
-        with autocast(device):
-            loss = theirs(seq, neighbours, return_loss=True)
-        opt_theirs.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
-        opt_theirs.step()
+    def stepper_theirs(precision):
+        def step():
+            with autocast(precision, device):
+                loss = theirs(seq, neighbours, return_loss=True)
+            opt_theirs.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+            opt_theirs.step()
 
-    steppers = {"ours_eager": stepper(ours)}
-    if compile_ours:  # what `retrofresh train --compile` runs (TrainConfig.compile)
-        steppers["ours_compiled"] = stepper(torch.compile(ours))
-    steppers["retro_pytorch"] = step_theirs
+        return step
+
+    compiled = torch.compile(ours) if compile_ours else None  # what `retrofresh train --compile` runs
+    steppers = {}
+    for precision in precisions:
+        steppers[precision, "ours_eager"] = stepper(ours, precision)
+        if compiled is not None:
+            steppers[precision, "ours_compiled"] = stepper(compiled, precision)
+        steppers[precision, "retro_pytorch"] = stepper_theirs(precision)
     return steppers, B * T
 
 
@@ -171,16 +177,18 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 
 
 @torch.no_grad()
-def generate_theirs(theirs, prompt: torch.Tensor, retriever: RandomRetriever, k: int, device: torch.device, new_tokens: int) -> int:
+def generate_theirs(theirs, prompt: torch.Tensor, retriever: RandomRetriever, k: int, device: torch.device, new_tokens: int, precision: str) -> int:
     """retro-pytorch's sampling loop (TrainingWrapper.generate), minus faiss: a full forward per token."""
     from retro_pytorch.training import gumbel_sample, top_k
+
+    from model.precision import autocast
 
     theirs.eval()
     out = prompt.to(device)
     L = out.shape[1] // CHUNK_TOKENS
     retrieved = retriever.tokens(L, k)[None].to(device) if L else None
     for _ in range(new_tokens):
-        with autocast(device):
+        with autocast(precision, device):
             logits = theirs(out, retrieved=retrieved)[:, -1]
         sampled = gumbel_sample(top_k(logits.float(), thres=0.9), temperature=1.0, dim=-1)
         out = torch.cat((out, sampled[:, None]), dim=1)
@@ -190,12 +198,12 @@ def generate_theirs(theirs, prompt: torch.Tensor, retriever: RandomRetriever, k:
     return new_tokens
 
 
-def generate_ours(ours, tokenizer, prompt_text: str, retriever: RandomRetriever, k: int, device: torch.device, new_tokens: int, *, static_steps: bool | None = None) -> int:
+def generate_ours(ours, tokenizer, prompt_text: str, retriever: RandomRetriever, k: int, device: torch.device, new_tokens: int, precision: str, *,
+                  static_steps: bool | None = None) -> int:
     from model.generation import generate
 
-    with autocast(device):
-        result = generate(ours, tokenizer, prompt_text, retriever=retriever, k=k, max_new_tokens=new_tokens, temperature=1.0, top_k=50, seed=SEED,
-                          stop_at_eos=False, static_steps=static_steps)
+    result = generate(ours, tokenizer, prompt_text, retriever=retriever, k=k, max_new_tokens=new_tokens, temperature=1.0, top_k=50, seed=SEED,
+                      stop_at_eos=False, static_steps=static_steps, precision=precision)
     return len(result.token_ids)
 
 
@@ -229,6 +237,7 @@ def static_vs_eager(ours, cfg: dict, device: torch.device) -> dict:
 
 
 def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
+    from model.precision import cpu_bf16_flags, resolve
     from model.tokenizer import RetroTokenizer
 
     device = torch.device("cuda" if gpu else "cpu")
@@ -236,32 +245,34 @@ def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
         raise SystemExit("--gpu needs CUDA; this machine has none")
     cfg = GPU_CONFIG if gpu else CPU_CONFIG
     targets = GPU_TARGETS if gpu else TARGETS
+    precisions = GPU_PRECISIONS if gpu else PRECISIONS
     steps = QUICK_TRAIN_STEPS if quick else TRAIN_STEPS
     rounds = QUICK_ROUNDS if quick else ROUNDS
     notes: dict = {}
+    auto = resolve("auto", device)  # what the CLI and the server run in here by default
     torch.manual_seed(SEED)
     ours, theirs = build_ours(cfg, device), build_theirs(cfg, device)
-    steppers, tokens_per_step = train_steppers(ours, theirs, cfg, device, compile_ours=compile_ours)
-    for name, fn in list(steppers.items()):  # warm-up: allocator, kernels, optimizer state, compilation
+    steppers, tokens_per_step = train_steppers(ours, theirs, cfg, device, compile_ours=compile_ours, precisions=precisions)
+    for key, fn in list(steppers.items()):  # warm-up: allocator, kernels, optimizer state, compilation
         start = time.perf_counter()
         try:
             fn()
             sync(device)
         except Exception as exc:  # a compiler failure must not cost the run: report it, time eager only
-            if name != "ours_compiled":
+            if key[1] != "ours_compiled":
                 raise
-            LOG.exception("torch.compile failed; timing eager only")
-            notes["compile_error"] = f"{type(exc).__name__}: {exc}"[:500]
-            del steppers[name]
+            LOG.exception("torch.compile failed in %s; timing eager only", key[0])
+            notes[f"compile_error_{key[0]}"] = f"{type(exc).__name__}: {exc}"[:500]
+            del steppers[key]
             continue
-        if name == "ours_compiled":
-            notes["compile_s"] = round(time.perf_counter() - start, 1)
-    train = {name: [] for name in steppers}
+        if key[1] == "ours_compiled":
+            notes[f"compile_s_{key[0]}"] = round(time.perf_counter() - start, 1)
+    train = {p: {name: [] for q, name in steppers if q == p} for p in precisions}
     for r in range(rounds):
-        for name, fn in steppers.items():
+        for (precision, name), fn in steppers.items():
             seconds = timed(fn, steps, device)
-            train[name].append(tokens_per_step * steps / seconds)
-            LOG.info("round %d train %s: %.0f tokens/s", r, name, train[name][-1])
+            train[precision][name].append(tokens_per_step * steps / seconds)
+            LOG.info("round %d train %s %s: %.0f tokens/s", r, precision, name, train[precision][name][-1])
     del steppers
 
     tokenizer = RetroTokenizer.load()
@@ -276,41 +287,63 @@ def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
         except Exception as exc:
             LOG.exception("static decoding check failed")
             notes["static_vs_eager"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-    gen = {name: [] for name in [*ours_sides, "retro_pytorch"]}
+    gen = {p: {name: [] for name in [*ours_sides, "retro_pytorch"]} for p in precisions}
     new_tokens = QUICK_NEW_TOKENS if quick else NEW_TOKENS
     threads = torch.get_num_threads()
     if GENERATE_THREADS and not gpu:
         torch.set_num_threads(GENERATE_THREADS)
     try:
         for r in range(rounds):
-            for name, static_steps in list(ours_sides.items()):
+            for precision in precisions:
+                for name, static_steps in list(ours_sides.items()):
+                    start = time.perf_counter()
+                    try:
+                        n = generate_ours(ours.eval(), tokenizer, prompt_text, RandomRetriever(cfg["vocab_size"], SEED), cfg["k"], device, new_tokens,
+                                          precision, static_steps=static_steps)
+                    except Exception as exc:  # graphed decoding failed on this machine: report it, keep eager
+                        if static_steps is not None:
+                            raise
+                        LOG.exception("generation with static steps failed; timing eager only")
+                        notes["static_steps_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                        del ours_sides[name]
+                        for p in precisions:
+                            gen[p].pop(name, None)
+                        continue
+                    sync(device)
+                    gen[precision][name].append(n / (time.perf_counter() - start))
                 start = time.perf_counter()
-                try:
-                    n = generate_ours(ours.eval(), tokenizer, prompt_text, RandomRetriever(cfg["vocab_size"], SEED), cfg["k"], device, new_tokens,
-                                      static_steps=static_steps)
-                except Exception as exc:  # graphed decoding failed on this machine: report it, keep eager
-                    if static_steps is not None:
-                        raise
-                    LOG.exception("generation with static steps failed; timing eager only")
-                    notes["static_steps_error"] = f"{type(exc).__name__}: {exc}"[:500]
-                    del ours_sides[name], gen[name]
-                    continue
+                n = generate_theirs(theirs, prompt_ids, RandomRetriever(cfg["vocab_size"], SEED), cfg["k"], device, new_tokens, precision)
                 sync(device)
-                gen[name].append(n / (time.perf_counter() - start))
-            start = time.perf_counter()
-            n = generate_theirs(theirs, prompt_ids, RandomRetriever(cfg["vocab_size"], SEED), cfg["k"], device, new_tokens)
-            sync(device)
-            gen["retro_pytorch"].append(n / (time.perf_counter() - start))
-            LOG.info("round %d generate (tokens/s): %s", r, ", ".join(f"{k} {v[-1]:.1f}" for k, v in gen.items()))
+                gen[precision]["retro_pytorch"].append(n / (time.perf_counter() - start))
+                LOG.info("round %d generate %s (tokens/s): %s", r, precision, ", ".join(f"{k} {v[-1]:.1f}" for k, v in gen[precision].items()))
     finally:
         torch.set_num_threads(threads)
 
-    train_med = {k: statistics.median(v) for k, v in train.items()}
-    gen_med = {k: statistics.median(v) for k, v in gen.items()}
-    # Compiled and eager are both how users train (`retrofresh train [--compile]`): the faster counts.
-    ours_train = max((name for name in train_med if name.startswith("ours")), key=train_med.get)
-    train_ours = train_med[ours_train]
-    gen_ours = gen_med.get("ours", gen_med.get("ours_eager"))
+    train_med = {p: {k: statistics.median(v) for k, v in by_side.items()} for p, by_side in train.items()}
+    gen_med = {p: {k: statistics.median(v) for k, v in by_side.items()} for p, by_side in gen.items()}
+
+    def ours_train(p: str) -> str:
+        # Compiled and eager are both how users train (`retrofresh train [--compile]`): the faster counts.
+        return max((name for name in train_med[p] if name.startswith("ours")), key=train_med[p].get)
+
+    def ours_gen(p: str) -> float:
+        return gen_med[p].get("ours", gen_med[p].get("ours_eager"))
+
+    same_precision = {
+        p: {"train_ratio_vs_retro_pytorch": train_med[p][ours_train(p)] / train_med[p]["retro_pytorch"],
+            "generate_ratio_vs_retro_pytorch": ours_gen(p) / gen_med[p]["retro_pytorch"],
+            "train_ratio_eager_vs_retro_pytorch": train_med[p]["ours_eager"] / train_med[p]["retro_pytorch"],
+            **({"generate_ratio_eager_vs_retro_pytorch": gen_med[p]["ours_eager"] / gen_med[p]["retro_pytorch"]} if "ours_eager" in gen_med[p] else {})}
+        for p in precisions
+    }
+    # Each side at its best precision on this machine.
+    best = {
+        "train": {"ours": max(((p, train_med[p][ours_train(p)]) for p in precisions), key=lambda x: x[1]),
+                  "retro_pytorch": max(((p, train_med[p]["retro_pytorch"]) for p in precisions), key=lambda x: x[1])},
+        "generate": {"ours": max(((p, ours_gen(p)) for p in precisions), key=lambda x: x[1]),
+                     "retro_pytorch": max(((p, gen_med[p]["retro_pytorch"]) for p in precisions), key=lambda x: x[1])},
+    }
+    best = {task: {side: {"precision": p, "tokens_per_s": v} for side, (p, v) in sides.items()} for task, sides in best.items()}
     result = {
         "benchmark": "model",
         "quick": quick,
@@ -318,21 +351,22 @@ def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
         "config": {**cfg, "cca_layers": list(cfg["cca_layers"]), "chunk_tokens": CHUNK_TOKENS, "neighbour_tokens": NEIGHBOUR_TOKENS,
                    "train_steps_per_round": steps, "rounds": rounds, "new_tokens": new_tokens, "prompt_tokens": PROMPT_TOKENS,
                    "generate_threads": None if gpu else (GENERATE_THREADS or threads), "train_threads": None if gpu else threads,
-                   "precision": "bf16 autocast" if gpu else "fp32", "ours_train": ours_train,
-                   "ours_generate": "static steps as CUDA graphs" if gpu and "ours" in gen_med else "eager KV cache"},
+                   "precisions": list(precisions), "ours_train": {p: ours_train(p) for p in precisions},
+                   "ours_generate": "static steps as CUDA graphs" if gpu and "ours" in gen_med[precisions[0]] else "eager KV cache"},
+        "default_precision": {"precision": auto.precision, "bf16_speedup_probe": auto.bf16_speedup, "reason": auto.reason},
         "params": {"ours": sum(p.numel() for p in ours.parameters()), "retro_pytorch": sum(p.numel() for p in theirs.parameters())},
         "train_tokens_per_s": train_med,
         "generate_tokens_per_s": gen_med,
-        "train_ratio_vs_retro_pytorch": train_ours / train_med["retro_pytorch"],
-        "generate_ratio_vs_retro_pytorch": gen_ours / gen_med["retro_pytorch"],
-        "train_ratio_eager_vs_retro_pytorch": train_med["ours_eager"] / train_med["retro_pytorch"],
+        "same_precision": same_precision,
+        "best": best,
+        "train_ratio_vs_retro_pytorch": best["train"]["ours"]["tokens_per_s"] / best["train"]["retro_pytorch"]["tokens_per_s"],
+        "generate_ratio_vs_retro_pytorch": best["generate"]["ours"]["tokens_per_s"] / best["generate"]["retro_pytorch"]["tokens_per_s"],
         "targets": targets,
         "rounds": {"train": train, "generate": gen},
         "notes": notes,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0],
+                        "cpu_bf16_flags": list(cpu_bf16_flags())},
     }
-    if "ours_eager" in gen_med:
-        result["generate_ratio_eager_vs_retro_pytorch"] = gen_med["ours_eager"] / gen_med["retro_pytorch"]
     if gpu:
         result["gpu_memory_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     result["targets_met"] = {key: result[key] >= target for key, target in targets.items()}
