@@ -130,6 +130,17 @@ def test_a_deleted_document_restored_with_the_same_content_is_live_again(store, 
         found, _, shards = view.search_scored(vec, 1)
         assert found[:, 0].tolist() == ids.tolist() and view.is_live(found[:, 0], shards[:, 0]).all()
         assert not view.is_live(np.array([12345]), None).any()
+    # Compaction keeps the restored chunks (and drops the hidden copies); rollback and forward agree.
+    compacted = store.publish(store.compact(v3.version), expected_current=v3.version)
+    with store.open(compacted.version) as view:
+        assert view.count == 16 and view.is_live(ids).all() and not compacted.tombstones
+        assert view.search(vec, 1)[0][0].chunk_id == ids[0]
+    store.rollback(v2.version)
+    with store.open() as view:
+        assert view.version == v2.version and not view.is_live(ids).any()
+    store.rollback(compacted.version)
+    with store.open() as view:
+        assert view.is_live(ids).all()
 
 
 def test_iter_chunks_yields_live_chunks_once(store, corpus):
