@@ -184,15 +184,16 @@ def demo(workdir: Path, out_dir: Path, size: int, checkpoint: Path | None, train
 
     Takes a few minutes on 2 CPU cores; nothing is downloaded.
     """
-    from beam_jobs.sample.server import SampleSiteServer
-    from beam_jobs.sample.world import SampleWorld
-    from flows.refresh import refresh_corpus
-
     started = time.monotonic()
     if not train_model:  # found out now, not after the first refresh
         checkpoint = checkpoint or SHIPPED_CHECKPOINT
         config = _check_checkpoint(checkpoint)
     _prepare_workdir(workdir)
+    # Imported after the checks: Prefect and Beam take seconds to import, a refusal should not wait for them.
+    from beam_jobs.sample.server import SampleSiteServer
+    from beam_jobs.sample.world import SampleWorld
+    from flows.refresh import refresh_corpus
+
     out_dir.mkdir(parents=True, exist_ok=True)
     store, sources = str(workdir / "store"), workdir / "sources.yaml"
     token = secrets.token_urlsafe(16)

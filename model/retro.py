@@ -678,7 +678,8 @@ def load_config_json(directory: str | Path) -> dict:
     """
     file = Path(directory) / CONFIG_FILE
     if not file.exists():
-        raise FileNotFoundError(f"{directory} is not a retrofresh checkpoint: no {CONFIG_FILE}")
+        raise FileNotFoundError(f"{directory} is not a retrofresh checkpoint: no {CONFIG_FILE}; name the directory `retrofresh train --out` "
+                                f"or save_pretrained wrote ({CONFIG_FILE} beside {WEIGHTS_FILE})")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -16,9 +16,9 @@ from model.waiting import ProcessExited
 
 
 def run_demo(*args: str):
-    started = time.monotonic()
-    result = CliRunner().invoke(demo, list(args))
-    return result, time.monotonic() - started
+    # No time bound: "before any step" is what the output and the untouched directories show; how
+    # long the refusal takes is mostly importing torch, seconds on a loaded machine.
+    return CliRunner().invoke(demo, list(args))
 
 
 def test_a_workdir_the_demo_did_not_make_is_refused_and_left_alone(tmp_path):
@@ -26,10 +26,10 @@ def test_a_workdir_the_demo_did_not_make_is_refused_and_left_alone(tmp_path):
     workdir.mkdir()
     (workdir / "thesis.txt").write_text("three years of work")
     (workdir / "store").mkdir()  # even one holding a name the demo writes
-    result, seconds = run_demo("--workdir", str(workdir), "--out", str(tmp_path / "out"))
+    result = run_demo("--workdir", str(workdir), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1 and "not made by `retrofresh demo`" in result.output and "Nothing was deleted" in result.output
     assert (workdir / "thesis.txt").read_text() == "three years of work" and (workdir / "store").is_dir()
-    assert not (workdir / WORKDIR_MARKER).exists() and seconds < 10
+    assert not (workdir / WORKDIR_MARKER).exists() and "1. Sample world" not in result.output
 
 
 def test_the_demo_clears_only_what_it_wrote_in_a_workdir_it_made(tmp_path):
@@ -47,7 +47,7 @@ def test_the_demo_clears_only_what_it_wrote_in_a_workdir_it_made(tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("not-a-checkpoint", "is not a retrofresh checkpoint: no config.json"),
+    ("not-a-checkpoint", "is not a retrofresh checkpoint: no config.json; name the directory `retrofresh train --out`"),
     ("truncated", "model.safetensors is damaged or truncated"),
 ])
 def test_a_bad_checkpoint_is_refused_before_any_step(tmp_path, damage, message):
@@ -59,9 +59,9 @@ def test_a_bad_checkpoint_is_refused_before_any_step(tmp_path, damage, message):
         shutil.copytree(SHIPPED_CHECKPOINT, checkpoint)
         weights = checkpoint / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    result, seconds = run_demo("--workdir", str(tmp_path / "demo"), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint))
+    result = run_demo("--workdir", str(tmp_path / "demo"), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint))
     assert result.exit_code == 1 and message in result.output and str(checkpoint) in result.output, result.output
-    assert "1. Sample world" not in result.output and not (tmp_path / "demo").exists() and seconds < 10
+    assert "1. Sample world" not in result.output and not (tmp_path / "demo").exists()
 
 
 @pytest.mark.integration
