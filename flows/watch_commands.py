@@ -160,16 +160,15 @@ def notify(urls, sources, store):
         raise click.ClickException("no URL belongs to a configured source; nothing announced")
     store = store or os.environ.get("RETROFRESH_STORE")
     announced = events = 0
-    sources_left = list(by_source)
-    for name, found in by_source.items():
-        sources_left.remove(name)
+    per_source = list(by_source.items())
+    for position, (name, found) in enumerate(per_source):
         try:
             events += len(deliver_changes(found, source=name, origin="notify", store=store))
         except ChangesNotDelivered as error:
             announced += sum(len(event.payload["urls"]) for event in error.delivered)
             events += len(error.delivered)
             done = f"Announced {announced} URLs in {events} events before that. " if events else ""
-            lost = error.urls + [url for left in sources_left for url in by_source[left]]
+            lost = error.urls + [url for _, left in per_source[position + 1:] for url in left]
             missing = " ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
             raise click.ClickException(
                 f"{error}. {done}Not announced: {missing}. Check that the Prefect server is up (prefect server start) "
