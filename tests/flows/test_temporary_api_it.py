@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.fixtures.waiting import wait_for
 from tests.flows.support import write_sources
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -62,20 +62,6 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def until(condition, *, timeout_s: float, what: str, alive: subprocess.Popen | None = None, log: list[str] | None = None):
-    """Poll ``condition`` until it returns something truthy; fail after the deadline or if ``alive`` exits."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if alive is not None and alive.poll() is not None:
-            raise AssertionError(f"the refresh exited ({alive.returncode}) before {what}:\n" + "".join((log or [])[-60:]))
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}:\n" + "".join((log or [])[-60:]))
-        time.sleep(0.05)
-
-
 def children_of(pid: int) -> list[int]:
     """Live processes whose parent is ``pid``."""
     found = []
@@ -107,14 +93,14 @@ def test_sigkill_of_a_refresh_stops_its_temporary_prefect_api(tmp_path):
     threading.Thread(target=read_lines, args=(victim.stdout, log), daemon=True).start()
     started: list[int] = []
     try:
-        until(site.requested.is_set, timeout_s=300, what="the refresh's first request", alive=victim, log=log)
+        wait_for(site.requested.is_set, timeout=300, what="the refresh's first request", alive=victim, log=lambda: "".join(log[-60:]))
         started = children_of(victim.pid)  # the flow is running, so its API is up: that is all it started
         assert started, "".join(log[-60:])
 
         victim.send_signal(signal.SIGKILL)  # no finally block, no atexit hook runs in the refresh
         victim.wait()
-        until(lambda: all(process_state(pid) in (None, "Z") for pid in started), timeout_s=30,
-              what=f"the processes the refresh started ({started}) to exit", log=log)
+        wait_for(lambda: all(process_state(pid) in (None, "Z") for pid in started), timeout=30,
+                 what=f"the processes the refresh started ({started}) to exit", log=lambda: "".join(log[-60:]))
         announced = [m for m in map(ANNOUNCED.search, log) if m]  # the user was told where it ran
         assert announced and int(announced[0].group(2)) in started, "".join(log[-60:])
         with pytest.raises(httpx.TransportError):
