@@ -149,7 +149,8 @@ def sitemap_roots(source, robots_sitemaps: Callable[[str], list[str]]) -> list[s
     return list(dict.fromkeys(found))
 
 
-def walk_sitemaps(roots: Iterable[str], read: Callable[[str], SitemapEntries | None], hosts: Iterable[str]) -> dict[str, datetime | None]:
+def walk_sitemaps(roots: Iterable[str], read: Callable[[str], SitemapEntries | None], hosts: Iterable[str],
+                  memo: dict | None = None) -> dict[str, datetime | None]:
     """Every page a site's sitemaps list on its hosts, with its lastmod (the last listing wins).
 
     Args:
@@ -157,6 +158,8 @@ def walk_sitemaps(roots: Iterable[str], read: Callable[[str], SitemapEntries | N
         read: a sitemap URL -> its parsed entries, or None when it cannot be read (skipped); the
             crawl fetches plainly, the watch conditionally.
         hosts: the site's hosts (lower case); entries on other hosts are left out.
+        memo: kept between walks by a caller whose ``read`` returns the same entries object for
+            an unchanged sitemap (the watch, on a 304): their filtered list is reused, not rebuilt.
 
     Returns:
         URL -> lastmod, in listing order. Nested sitemaps are read after the ones that list them,
@@ -174,9 +177,16 @@ def walk_sitemaps(roots: Iterable[str], read: Callable[[str], SitemapEntries | N
         if entries is None:
             continue
         pending.extend(entries.sitemaps)
-        for loc, lastmod in entries.urls:
-            if (urlsplit(loc).hostname or "").lower() in hosts:  # parse_sitemap let only well-formed URLs through
-                listed[loc] = lastmod
+        kept = memo.get(url) if memo is not None else None
+        if kept is None or kept[0] is not entries:
+            # parse_sitemap let only well-formed URLs through: urlsplit cannot raise here
+            kept = (entries, [(loc, lastmod) for loc, lastmod in entries.urls if (urlsplit(loc).hostname or "").lower() in hosts])
+            if memo is not None:
+                memo[url] = kept
+        listed.update(kept[1])
+    if memo is not None:
+        for url in set(memo) - seen:
+            del memo[url]
     return listed
 
 

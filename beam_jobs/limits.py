@@ -51,9 +51,9 @@ class Admission:
     def full(self) -> bool:
         return self.cap is not None and len(self.held) + len(self.taken) >= self.cap
 
-    def admit(self, url: str) -> bool:
-        """Whether ``url`` may enter the store (a new document is counted against the cap)."""
-        key = doc_id(url)
+    def admit(self, url: str, key: str | None = None) -> bool:
+        """Whether ``url`` (whose doc id is ``key``, when known) may enter the store; a new one counts against the cap."""
+        key = key or doc_id(url)
         if key in self.held or key in self.stored or key in self.taken:
             return True
         if self.full:

@@ -68,6 +68,8 @@ class SourceWatch:
     etags: dict[str, str] = field(default_factory=dict)  # sitemap/feed URL -> ETag
     parsed: dict[str, object] = field(default_factory=dict)  # sitemap/feed URL -> its last parsed body (for 304s)
     sitemaps: list[str] | None = None  # discovered once
+    walked: dict = field(default_factory=dict)  # sitemap URL -> (parsed, its entries on the site's hosts)
+    ids: dict[str, str] = field(default_factory=dict)  # listed URL -> doc_id (hashing 100k URLs a poll is not free)
     over_cap: int = 0  # new URLs the last poll left out for max_pages (logged when it changes)
 
 
@@ -255,10 +257,12 @@ class Watcher:
             marks = self.known.last_modified
         admission = Admission.of(source, self.known.held.get(source.name, ()), marks.keys())
         changed = []
+        ids = {url: watch.ids.get(url) or doc_id(url) for url in listed}
+        watch.ids = ids
         for url, stamp in listed.items():
-            key = doc_id(url)
+            key = ids[url]
             if key not in marks:
-                if admission.admit(url):
+                if admission.admit(url, key):
                     changed.append((url, stamp))  # new to the store, and within the source's limits
             elif stamp is not None and marks[key] is not None and stamp > marks[key]:
                 changed.append((url, stamp))
@@ -289,7 +293,7 @@ class Watcher:
             return {}
         if watch.sitemaps is None:
             watch.sitemaps = sitemap_roots(source, self.fetchers[source.name].sitemaps)
-        return walk_sitemaps(watch.sitemaps, lambda url: self._read(source, watch, url, parse_sitemap), source.hosts)
+        return walk_sitemaps(watch.sitemaps, lambda url: self._read(source, watch, url, parse_sitemap), source.hosts, watch.walked)
 
     def _feed_listing(self, source: FeedSource, watch: SourceWatch) -> dict[str, datetime | None]:
         entries = self._read(source, watch, source.url, parse_feed)[: source.max_entries]
