@@ -7,6 +7,7 @@ Example::
     documents:                   # optional; per-document size limits (DocumentLimits)
       max_bytes: 1000000
       max_chunks: 4000
+    max_delete_share: 0.5        # optional; a refresh never deletes more of one source (--max-delete-share)
     sources:
       - kind: site
         name: sample

@@ -60,3 +60,13 @@ def test_errors_name_the_field_and_line(tmp_path, text, expected):
 def test_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(SourcesError, match="cannot read sources file"):
         load_sources(tmp_path / "nope.yaml")
+
+
+def test_max_delete_share_defaults_to_half_and_must_be_a_share():
+    from beam_jobs.sources import SourcesConfig
+
+    files = 'sources:\n  - {kind: files, name: a, glob: "/data/*.txt"}\n'
+    assert SourcesConfig.from_yaml(files).max_delete_share == 0.5
+    assert SourcesConfig.from_yaml("max_delete_share: 1\n" + files).max_delete_share == 1.0
+    with pytest.raises(SourcesError, match=r"<sources>:1: max_delete_share: Input should be less than or equal to 1"):
+        SourcesConfig.from_yaml("max_delete_share: 2\n" + files)
