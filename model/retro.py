@@ -694,7 +694,8 @@ def config_from(directory: str | Path, data: dict) -> RetroConfig:
     try:
         return RetroConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{Path(directory) / CONFIG_FILE}: {exc}") from None
+        raise ValueError(f"{Path(directory) / CONFIG_FILE}: {exc}; restore the checkpoint's {CONFIG_FILE}, or load it with "
+                         "the retrofresh version that wrote it") from None
 
 
 def read_config(directory: Path, model_type: str) -> dict:

@@ -245,7 +245,7 @@ def test_cli_json_and_outputs_with_leakage_control(temporal_store, tiny_checkpoi
     ("truncate", "model.safetensors is damaged or truncated"),
     ("config", "config.json is not valid JSON"),
     ("config-list", "config.json holds a JSON list, not an object"),
-    ("config-field", "config.json: unknown RetroConfig fields: ['colour']"),
+    ("config-field", "config.json: unknown RetroConfig fields: ['colour']; restore the checkpoint's config.json"),
 ])
 def test_cli_names_the_damaged_checkpoint_file_without_a_traceback(tiny_checkpoint, tmp_path, damage, message):
     import shutil
