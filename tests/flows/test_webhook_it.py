@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 
 from beam_jobs.sources import SourcesConfig
 from flows.common.webhook import MAX_BODY_BYTES, MAX_URL_CHARS, create_webhook_app
-from model.server.ports import free_port
+from tests.fixtures.server import serve_app
 from tests.flows.support import dead_url
 
 pytestmark = pytest.mark.integration
@@ -34,26 +31,14 @@ def webhook():
         announced: list = []
         record = None if prefect_api else (lambda source, urls: announced.append((source, urls)) or 1)
         app = create_webhook_app(CONFIG, "/tmp/store", token, announce=record)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", log_config=None))
-
-        def run():
-            with temporary_settings({PREFECT_API_URL: prefect_api} if prefect_api else {}):
-                server.run()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        started.append((server, thread))
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the webhook did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{server.config.port}", announced
+        running = serve_app(app, timeout=30, context=lambda: temporary_settings({PREFECT_API_URL: prefect_api} if prefect_api else {}))
+        started.append(running)
+        return running.url, announced
 
     started: list = []
     yield make
-    for server, thread in started:
-        server.should_exit = True
-        thread.join(10)
+    for running in started:
+        running.stop(10)
 
 
 def answer_to_headers_alone(url: str, headers: str) -> bytes:
