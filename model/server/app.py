@@ -8,7 +8,7 @@ from model.config import Settings
 from model.server import errors
 from model.server.limits import BodySizeLimitMiddleware
 from model.server.metrics import MetricsMiddleware
-from model.server.routes import admin, generate, health, index, metrics, retrieve, score
+from model.server.routes import admin, docs, generate, health, index, metrics, retrieve, score
 from model.server.state import ServerState, lifespan
 
 
@@ -22,18 +22,20 @@ def create_app(settings: Settings) -> FastAPI:
         settings: checkpoint, store, cache directory, limits, admin token, reload interval.
 
     Returns:
-        The FastAPI app (OpenAPI docs at ``/docs``).
+        The FastAPI app (OpenAPI docs at ``/docs`` and ``/redoc``, their assets served by the app itself).
     """
     app = FastAPI(
         title="retrofresh",
         summary="A RETRO model served over a retrieval database that is replaced under live traffic.",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # FastAPI's pages load their assets from a CDN: routes/docs.py serves them from here
+        redoc_url=None,
     )
     app.state.server = ServerState.create(settings)
     for module in (health, index, retrieve, generate, score, admin, metrics):
         app.include_router(module.router)
+    docs.install(app)
     errors.install(app)
     # Added last = outermost: the body limit runs before anything parses the body, and metrics
     # see every answer, the 413s included.

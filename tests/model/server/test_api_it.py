@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import re
 import socket
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -50,6 +53,41 @@ def test_openapi_schema_and_docs(api):
         assert path in schema["paths"], path
     docs = httpx.get(f"{server.url}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+ROUTES = ("/v1/retrieve", "/v1/generate", "/v1/score", "/v1/index", "/admin/reload", "/healthz")
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.parametrize("page, assets", [("/docs", 4), ("/redoc", 3)])
+def test_docs_pages_reference_only_assets_this_server_serves(api, page, assets):
+    """No CDN: every script, style, icon and schema the page names is a path on this server, and is served."""
+    server, *_ = api
+    html = httpx.get(f"{server.url}{page}").text
+    refs = re.findall(r"""(?:src|href|spec-url)=["']([^"']+)["']|\burl: *['"]([^'"]+)['"]""", html)
+    refs = [a or b for a, b in refs]
+    assert len(refs) == assets and "//" not in html.replace("window.location.origin + '/docs/oauth2-redirect'", ""), html
+    for ref in refs:
+        assert ref.startswith("/") and not ref.startswith("//"), ref
+        got = httpx.get(f"{server.url}{ref}")
+        assert got.status_code == 200 and len(got.content) > 1000, (ref, got.status_code)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no headless browser here: {CHROMIUM} is missing (Debian: apt-get install -y chromium)")
+def test_docs_render_the_routes_in_a_headless_browser_offline(api, tmp_path):
+    """Swagger UI, rendered by a real browser that can resolve no host but the loopback address, lists the API's routes."""
+    server, *_ = api
+    command = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+        # Every host name fails to resolve: a page that needed a CDN would render nothing.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--virtual-time-budget=20000", "--dump-dom", f"{server.url}/docs",
+    ]  # fmt: skip
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=180, check=True).stdout
+    assert 'class="swagger-ui"' in dom, dom[-2000:]
+    missing = [route for route in ROUTES if f'data-path="{route}"' not in dom]  # one operation block per route
+    assert not missing, f"routes not rendered: {missing}\n{dom[-2000:]}"
 
 
 def test_index_describes_the_loaded_version(api):
