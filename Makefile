@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test install bench-deps clean
+.PHONY: demo test test-avx2 install bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The numerics-sensitive tests (marker `numerics`) again with oneDNN and ATen held to AVX2: another
+# kernel path on the same CPU, as another machine's CPU would take (docs/MEASUREMENTS.md). With an
+# Inductor cache of its own: kernels compiled for the default pass's ISA break a held pass.
+test-avx2: install
+	rm -rf .pytest_cache/inductor-avx2
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.pytest_cache/inductor-avx2 \
+		$(BIN)/python -m pytest -m numerics
 
 bench-deps: install
 	$(BIN)/pip install -e '.[bench]'

@@ -21,6 +21,7 @@ from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
 from model.chunking import Chunk
 from model.ids import content_hash, doc_id
 from model.tokenizer import RetroTokenizer
+from tests.fixtures.numerics import approx
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
@@ -122,10 +123,10 @@ def test_chunk_and_embed_gives_each_chunk_a_unit_key_and_each_document_its_chunk
     with local_pipeline() as pipeline:
         to_chunk = pipeline | beam.Create([ToChunk(observation, first_seen=NOW, outcome=NEW)], reshuffle=False)
         parts = to_chunk | ChunkAndEmbed(tokenizer.to_json(), tokenizer.name, tokenizer.sha256, handler)
-        embedded = parts["embedded"] | beam.Map(lambda pair: (pair[0].chunk_id, pair[0].doc_id, pair[1].shape, round(float(np.linalg.norm(pair[1])), 4)))
+        embedded = parts["embedded"] | beam.Map(lambda pair: (pair[0].chunk_id, pair[0].doc_id, pair[1].shape, float(np.linalg.norm(pair[1]))))
 
         def check_embedded(actual):
-            assert len(actual) > 2 and all(d == "d1" and shape == (dim,) and norm == 1.0 for _, d, shape, norm in actual)
+            assert len(actual) > 2 and all(d == "d1" and shape == (dim,) and norm == approx(1.0) for _, d, shape, norm in actual)
 
         assert_that(embedded, check_embedded, label="embedded")
         # The document's ledger row lists exactly the chunks that were embedded.

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.numpy import save_file
+from tests.fixtures.numerics import approx
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -112,10 +113,10 @@ def test_train_phase_reports_losses_and_the_base_is_the_no_retrieval_path(prepar
     loss = out["eval_loss"]
     assert set(loss) == {"before", "after"} and all(set(v) == {"retrieval", "no_retrieval"} for v in loss.values())
     # Retrieval off is the frozen base model, before and after training.
-    assert loss["before"]["no_retrieval"] == base_loss(root, evaluation["inputs"], evaluation["targets"])
+    assert loss["before"]["no_retrieval"] == approx(base_loss(root, evaluation["inputs"], evaluation["targets"]))  # another process, other batches
     assert loss["after"]["no_retrieval"] == loss["before"]["no_retrieval"] and out["no_retrieval_unchanged"]
     # Freshly wrapped, the CCA outputs are zero: retrieval changes nothing until training.
-    assert loss["before"]["retrieval"] == pytest.approx(loss["before"]["no_retrieval"], rel=1e-6)
+    assert loss["before"]["retrieval"] == approx(loss["before"]["no_retrieval"])
     assert loss["after"]["retrieval"] != loss["after"]["no_retrieval"]
     # Bits per byte: the summed loss in bits over the bytes recorded for the eval windows.
     tokens, n_bytes = out["eval_tokens"], out["eval_bytes"]

@@ -7,8 +7,9 @@ from model.decoding import StaticDecoder
 from model.generation import generate
 from model.retro import pack_neighbours
 from tests.fixtures.retro import PYDOC_PROMPT
+from tests.fixtures.numerics import assert_close
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("single_thread")]
 
 PROMPT = PYDOC_PROMPT
 
@@ -57,10 +58,10 @@ def test_static_steps_equal_cached_steps_across_chunks(tiny_retro, retro_tokeniz
         logits[0].append(model(ids, cache=eager_cache)[:, -1])
         logits[1].append(decoder(ids).clone())
     assert eager_cache.pos == static_cache.pos == len(sequence)
-    torch.testing.assert_close(torch.cat(logits[1]), torch.cat(logits[0]), rtol=1e-4, atol=1e-5)
+    assert_close(torch.cat(logits[1]), torch.cat(logits[0]))  # the static step reads the whole cache under a mask: other kernels
     written = len(sequence)
     for eager_layer, static_layer in zip(eager_cache.layers, static_cache.layers):
-        torch.testing.assert_close(static_layer.k[:, :, :written], eager_layer.k[:, :, :written], rtol=1e-4, atol=1e-5)
+        assert_close(static_layer.k[:, :, :written], eager_layer.k[:, :, :written])
 
 
 @torch.inference_mode()
@@ -74,7 +75,7 @@ def test_static_steps_without_retrieval(tiny_retro, retro_tokenizer):
     for token in range(5, 30):
         ids = torch.tensor([[token]])
         expected, got = model(ids, cache=eager)[:, -1], decoder(ids)
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        assert_close(got, expected)
     assert decoder.cca_mask is None  # nothing to attend: no CCA buffers were made
 
 

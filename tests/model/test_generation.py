@@ -5,9 +5,10 @@ import torch
 
 from model.generation import generate, sample_next
 from model.retro import pack_neighbours
+from tests.fixtures.numerics import assert_greedy
 from tests.fixtures.retro import PYDOC_PROMPT
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("single_thread")]
 
 PROMPT = PYDOC_PROMPT
 
@@ -17,15 +18,15 @@ def retriever(pydoc_retriever):
     return pydoc_retriever
 
 
-def full_forward_argmax(model, tokenizer, prompt_ids, new_ids, neighbours, k):
-    """Greedy choices of a plain forward over prompt + new tokens, with the neighbours generation used."""
+def full_forward_logits(model, tokenizer, prompt_ids, new_ids, neighbours, k):
+    """Logits a plain forward over prompt + new tokens gives where each new token was chosen, with the neighbours generation used."""
     m = model.config.chunk_tokens
     seq = prompt_ids + new_ids
     L = len(seq) // m
     nb, mask = pack_neighbours(neighbours[:L], k=k, r=model.config.neighbour_tokens)
     with torch.no_grad():
         logits = model(torch.tensor([seq]), nb[None] if L else None, mask[None] if L else None)
-    return logits[0, len(prompt_ids) - 1 : len(seq) - 1].argmax(-1).tolist()
+    return logits[0, len(prompt_ids) - 1 : len(seq) - 1]
 
 
 def test_greedy_generation_with_cache_equals_full_forward(tiny_retro, retro_tokenizer, retriever):
@@ -41,7 +42,7 @@ def test_greedy_generation_with_cache_equals_full_forward(tiny_retro, retro_toke
     first_texts = retriever.calls[0][0]
     assert first_texts == [retro_tokenizer.decode(prompt_ids[u * 64 : (u + 1) * 64]) for u in range(len(prompt_ids) // 64)]
     assert all(len(texts) == 1 for texts, _, _ in retriever.calls[1:])
-    assert full_forward_argmax(tiny_retro, retro_tokenizer, prompt_ids, out.token_ids, out.neighbours, 2) == out.token_ids
+    assert_greedy(full_forward_logits(tiny_retro, retro_tokenizer, prompt_ids, out.token_ids, out.neighbours, 2), out.token_ids)
     assert out.text == retro_tokenizer.decode(out.token_ids)
 
 
@@ -52,7 +53,7 @@ def test_generation_without_retrieval(tiny_retro, retro_tokenizer):
     seq = prompt_ids + out.token_ids
     with torch.no_grad():
         logits = tiny_retro(torch.tensor([seq]))
-    assert logits[0, len(prompt_ids) - 1 : -1].argmax(-1).tolist() == out.token_ids
+    assert_greedy(logits[0, len(prompt_ids) - 1 : -1], out.token_ids)
 
 
 def test_sampling_is_seeded_and_knobs_apply(tiny_retro, retro_tokenizer, retriever):

@@ -26,7 +26,7 @@ from tests.fixtures.checkpoints.write_legacy import (
 )
 from tests.fixtures.numerics import MARGIN_NATS, assert_close, tolerance
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("single_thread")]
 
 
 def assert_same_outputs(model, expected: dict[str, torch.Tensor], positions) -> None:

@@ -11,8 +11,9 @@ from model.config import RetroConfig
 from model.retro import IGNORE_INDEX, Retro, Rotary, _apply_rotary_real, apply_rotary, pack_neighbours
 from model.retrieval import Neighbour
 from model.tokenizer import RetroTokenizer
+from tests.fixtures.numerics import assert_close, assert_differs
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("single_thread")]
 
 V, M, K, R = 256, 64, 2, 128
 
@@ -68,11 +69,11 @@ def test_missing_neighbours_are_masked_explicitly(model):
     nb2 = nb.clone()
     nb2[0, 1, 1] = (nb2[0, 1, 1] + 7) % V
     nb2[1, 0, 0, 100:] = (nb2[1, 0, 0, 100:] + 7) % V
-    assert torch.allclose(model(ids, nb2, mask), base, atol=1e-6)
+    assert_close(model(ids, nb2, mask), base)
     # ...while a valid neighbour does matter.
     nb3 = nb.clone()
     nb3[0, 1, 0] = (nb3[0, 1, 0] + 7) % V
-    assert not torch.allclose(model(ids, nb3, mask), base, atol=1e-4)
+    assert_differs(model(ids, nb3, mask), base)
     # The per-neighbour (B, L, k) form equals the per-token form it expands to.
     per_nb = torch.ones(2, 3, K, dtype=torch.bool)
     per_nb[0, 1, 1] = False
@@ -87,15 +88,15 @@ def test_causality_of_tokens_and_neighbours(model):
         ids2 = ids.clone()
         ids2[:, t] = (ids2[:, t] + 1) % V
         out = model(ids2, nb)
-        assert torch.allclose(out[:, :t], base[:, :t], atol=1e-6), f"logits before {t} changed"
-        assert not torch.allclose(out[:, t], base[:, t], atol=1e-5)
+        assert_close(out[:, :t], base[:, :t], msg=f"logits before {t} changed")
+        assert_differs(out[:, t], base[:, t])
     for u in range(3):
         nb2 = nb.clone()
         nb2[:, u] = (nb2[:, u] + 3) % V
         out = model(ids, nb2)
         first = (u + 1) * M - 1  # the last token of chunk u is the first to see its neighbours
-        assert torch.allclose(out[:, :first], base[:, :first], atol=1e-6), f"chunk {u}'s neighbours leaked before {first}"
-        assert not torch.allclose(out[:, first], base[:, first], atol=1e-5)
+        assert_close(out[:, :first], base[:, :first], msg=f"chunk {u}'s neighbours leaked before {first}")
+        assert_differs(out[:, first], base[:, first])
 
 
 @torch.no_grad()
@@ -113,7 +114,7 @@ def test_kv_cache_step_equals_full_forward(model, prompt_len):
         u = (t + 1) // M - 1
         done = (t + 1) % M == 0
         pieces.append(model(ids[:, t : t + 1], nb[:, u : u + 1] if done else None, mask[:, u : u + 1] if done else None, cache=cache))
-    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+    assert_close(torch.cat(pieces, 1), full)  # one-token steps run other kernels than the whole sequence
 
 
 def test_previous_token_keys_need_square_cca():
@@ -126,7 +127,7 @@ def test_kv_cache_without_retrieval(model):
     ids, _ = batch(T=150)
     cache = model.new_cache(2, 150)
     pieces = [model(ids[:, :5], cache=cache)] + [model(ids[:, t : t + 1], cache=cache) for t in range(5, 150)]
-    assert torch.allclose(torch.cat(pieces, 1), model(ids), atol=1e-5)
+    assert_close(torch.cat(pieces, 1), model(ids))
 
 
 def test_bad_inputs_are_clear_errors(model):
@@ -153,8 +154,8 @@ def test_rotary_in_real_arithmetic_equals_the_complex_form():
     """torch.compile runs the real-arithmetic rotation; eager runs the complex one: they must agree."""
     cos, sin = Rotary(16, 64, 10000.0)(5, 25)
     x = torch.randn(2, 3, 20, 16)
-    torch.testing.assert_close(_apply_rotary_real(x, cos, sin), apply_rotary(x, cos, sin))
-    torch.testing.assert_close(apply_rotary(x, cos * 0 + 1, sin * 0), x)  # angle 0: unchanged
+    assert_close(_apply_rotary_real(x, cos, sin), apply_rotary(x, cos, sin))
+    assert_close(apply_rotary(x, cos * 0 + 1, sin * 0), x)  # angle 0: unchanged
 
 
 def test_config_validation():

@@ -15,6 +15,7 @@ from model.retro import IGNORE_INDEX, Retro
 from model.training.data import Document, SequenceSet, documents_from_texts, plan_sequences, split_documents
 from model.training.loop import TrainConfig, lr_at, train
 from model.training.neighbours import NeighbourCache, cache_key, precompute_neighbours
+from tests.fixtures.numerics import assert_close
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -140,6 +141,7 @@ def small_model(V=64):
     return Retro(RetroConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, cca_layers=(2,), enc_layers=1, max_seq_len=128))
 
 
+@pytest.mark.numerics
 def test_resume_continues_exactly(tmp_path):
     data = random_set()
     straight = small_model()
@@ -154,7 +156,7 @@ def test_resume_continues_exactly(tmp_path):
     result = train(resumed, data, None, cfg, resume=True)
     assert result.steps == 6
     for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
-        assert torch.allclose(a, b, atol=1e-6), name
+        assert_close(b, a, msg=name)
     loaded = Retro.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(loaded.wte.weight, resumed.wte.weight)
 
@@ -196,6 +198,7 @@ def test_copy_task_retrieval_lowers_loss():
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_compiled_training_matches_eager():
     """--compile changes how the step runs, not what it computes (the wrapper shares the weights)."""
     data = random_set()
@@ -204,4 +207,7 @@ def test_compiled_training_matches_eager():
     result = train(compiled, data, None, TrainConfig(steps=3, batch_size=4, warmup_steps=1, progress=False, compile=True))
     assert result.steps == 3
     for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+        # Adam divides each update by the gradient's running RMS: where a gradient is near zero, a
+        # roundoff difference between Inductor's kernels and eager ones becomes a visible difference
+        # of the weight, so three steps are compared to ~1e-3 relative, not to roundoff.
+        assert_close(b, a, ulps=2**13, msg=name)

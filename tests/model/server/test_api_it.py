@@ -16,6 +16,7 @@ import pytest
 from model.client import AsyncRetroClient, RetroClient, RetroHTTPError
 from tests.fixtures.server import ADMIN_TOKEN, label_of, start_server
 from tests.fixtures.waiting import wait_for
+from tests.fixtures.numerics import assert_close
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +116,7 @@ def test_retrieve_one_text_and_a_batch(api, query_embedder):
         direct = view.search(query_embedder.encode(texts), 2)
     assert [[n.chunk_id for n in row] for row in batch.results] == [[n.chunk_id for n in row] for row in direct]
     for row, want in zip(batch.results, direct):
-        assert [n.score for n in row] == pytest.approx([n.score for n in want], abs=1e-4)
+        assert_close([n.score for n in row], [n.score for n in want], magnitude=1.0)  # the server embeds in fixed shapes: other kernels
         for got, exp in zip(row, want):
             assert (got.url, got.text) == (exp.url, exp.text)
             assert label_of(got.url) == "A"

@@ -14,6 +14,7 @@ import pytest
 
 from model.embedder import SHAPE_STEP
 from model.server.batching import RetrieveBatcher, _Pending
+from tests.fixtures.numerics import assert_close
 
 WORDS = "harbour master old port mayor river town price bread market winner spring regatta".split()
 
@@ -58,8 +59,9 @@ def test_batches_of_every_size_and_length_run_at_few_shapes(query_embedder, shap
     assert len(distinct) <= 7 * (128 // SHAPE_STEP)  # batch 1..64 by powers of two, length 16..128
 
 
+@pytest.mark.numerics
 def test_fixed_shapes_give_the_same_vectors(query_embedder):
     texts = [" ".join(WORDS[: 1 + i % len(WORDS)]) for i in range(45)]
     plain = query_embedder.encode(texts)
     fixed = query_embedder.encode(texts, fixed_shapes=True)
-    np.testing.assert_allclose(fixed, plain, atol=2e-5)
+    assert_close(fixed, plain, magnitude=1.0)  # unit vectors, padded to other shapes: other kernels

@@ -13,6 +13,7 @@ from model.store import IndexPolicy, open_store
 from model.store.tuning import _others, recall_at_k
 
 from .conftest import SPEC, Corpus, next_manifest, publish
+from tests.fixtures.numerics import assert_close
 
 
 @pytest.fixture
@@ -118,7 +119,8 @@ def test_the_score_error_model_matches_what_sq_codes_do():
         errors = queries @ (keys - decoded).T  # (queries, keys): exact minus coded score
         predicted = score_error_std(index, queries)
         if flat:
-            assert np.allclose(errors, 0, atol=1e-6) and not predicted.any()
+            assert_close(errors, np.zeros_like(errors), magnitude=1.0)  # unit keys and queries: scores of magnitude 1
+            assert not predicted.any()
             continue
         ratio = errors.std(axis=1) / predicted
         assert 0.8 < np.median(ratio) < 1.25, (codec, np.median(ratio))
