@@ -46,8 +46,11 @@ def stamp(path: str) -> Stamp:
     if FileSystems.get_scheme(path) in (None, "file"):
         st = os.stat(path.removeprefix("file://"))
         return Stamp(st.st_size, st.st_mtime, st.st_ino, st.st_mtime_ns)
-    meta = FileSystems.metadata(path)
-    return Stamp(meta.size_in_bytes, meta.last_updated_in_seconds)
+    # FileSystems has no single-file stat: a match on the exact path gives its metadata.
+    found = [m for m in FileSystems.match([path])[0].metadata_list if m.path == path]
+    if not found:
+        raise FileNotFoundError(f"{path}: no such file")
+    return Stamp(found[0].size_in_bytes, found[0].last_updated_in_seconds)
 
 
 def read_bytes(path: str, limit: int) -> bytes:
