@@ -7,6 +7,10 @@
     ``encode`` loop over the same chunk texts (its model load also left out; the ratio with loads
     is reported too). The two run alternately over slices of the chunks (the machine is shared),
     each in a fresh process.
+    Both precisions are timed side by side (``model.precision``: fp32, and bf16 autocast for the
+    job's Embedder and for sentence-transformers alike): ``embed_by_precision`` compares the two
+    loops at the same precision, ``embed_best`` each at its best; the top-level ``embed_*`` keys
+    are at ``default_precision``, what ``auto`` (the ingest's default) picks on this machine.
 (b) ``incremental_vs_full``: wall time of an ingest of edition 1 on top of edition 0's published
     version (about 1% of documents new, changed or removed) over a full ingest of edition 1 into
     an empty store. Both crawl the same site served from this process.
@@ -33,7 +37,11 @@ TARGET_CHANGED = 0.01  # share of documents new, changed or removed between the 
 DOCS_CHANGED_PER_FACT = 5.5  # documents one fact change touches (profile, index, news in/out, ...)
 EMBED_BATCH = 64  # batch size for both the Beam handler and the plain loop
 EMBED_SLICES = 4  # the embedding comparison alternates Beam and plain over this many slices
-QUICK = dict(SIZE=26, EMBED_SLICES=2)  # ~2,000 chunks
+PRECISIONS = ("fp32", "bf16")  # the embedding comparison runs at each
+EMBED_CHUNKS = None  # chunks the embedding comparison runs on, at each precision (None: all)
+# ~2,000 chunks; the embedding comparison on 640 of them, as it runs twice (fp32, bf16) and bf16
+# runs ~2.5x slower than fp32 on a CPU without bf16 instructions.
+QUICK = dict(SIZE=26, EMBED_SLICES=2, EMBED_CHUNKS=640)
 
 RESULT = Path(__file__).parent / "results" / "ingest.json"
 
@@ -63,7 +71,7 @@ def timed_ingest(config, store_uri: str):
     from beam_jobs.ingest import run_ingest
 
     started = time.perf_counter()
-    result = run_ingest(config, store_uri, embed_batch_size=EMBED_BATCH)
+    result = run_ingest(config, store_uri, embed_batch_size=EMBED_BATCH, precision="auto")
     return result, time.perf_counter() - started
 
 
@@ -78,7 +86,7 @@ def _bench_chunks(_):
     yield from _CHUNKS
 
 
-def embed_in_beam(texts: list[str]) -> tuple[float, float]:
+def embed_in_beam(texts: list[str], precision: str) -> tuple[float, float]:
     """(wall seconds, model-load seconds) of a pipeline that embeds the texts with the job's handler."""
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
@@ -97,7 +105,8 @@ def embed_in_beam(texts: list[str]) -> tuple[float, float]:
     # A first pipeline in a fresh process pays one-time imports (runner, gRPC): keep them out.
     with beam.Pipeline(options=PipelineOptions([], runner="FnApiRunner")) as warm:
         _ = warm | beam.Create([0]) | beam.Map(lambda x: x)
-    handler = ChunkEmbeddingHandler(None, encode_batch_size=EMBED_BATCH, min_batch_size=4 * EMBED_BATCH, max_batch_size=16 * EMBED_BATCH)
+    handler = ChunkEmbeddingHandler(None, encode_batch_size=EMBED_BATCH, min_batch_size=4 * EMBED_BATCH, max_batch_size=16 * EMBED_BATCH,
+                                    precision=precision)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions([], runner="FnApiRunner"))
     _ = pipeline | beam.Impulse() | "Chunks" >> beam.FlatMap(this._bench_chunks) | RunInference(handler) | beam.combiners.Count.Globally()
@@ -108,16 +117,18 @@ def embed_in_beam(texts: list[str]) -> tuple[float, float]:
     return wall, sum(d.committed.sum for d in loads["distributions"]) / 1000
 
 
-def embed_plain(texts: list[str]) -> tuple[float, float]:
+def embed_plain(texts: list[str], precision: str) -> tuple[float, float]:
     """(wall seconds, model-load seconds) for sentence-transformers to load the model and encode the texts."""
     from sentence_transformers import SentenceTransformer
 
     from model.embedder import default_embedder_path
+    from model.precision import autocast
 
     started = time.perf_counter()
     model = SentenceTransformer(str(default_embedder_path()), device="cpu")
     loaded = time.perf_counter()
-    model.encode(texts, batch_size=EMBED_BATCH, normalize_embeddings=True, show_progress_bar=False)
+    with autocast(precision, "cpu"):  # the same bf16 autocast the job's Embedder runs under
+        model.encode(texts, batch_size=EMBED_BATCH, normalize_embeddings=True, show_progress_bar=False)
     return time.perf_counter() - started, loaded - started
 
 
@@ -137,12 +148,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    knobs = dict(SIZE=SIZE, EMBED_SLICES=EMBED_SLICES) | (QUICK if args.quick else {})
+    knobs = dict(SIZE=SIZE, EMBED_SLICES=EMBED_SLICES, EMBED_CHUNKS=EMBED_CHUNKS) | (QUICK if args.quick else {})
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     import torch
 
     from beam_jobs.sample.server import SampleSiteServer
+    from model.precision import cpu_bf16_flags, resolve
     from model.store import open_store
 
     world = make_world(knobs["SIZE"])
@@ -163,30 +175,45 @@ def main() -> None:
 
         with open_store(f"{tmp}/full").open(full.version) as view:
             texts = [row["text"] for batch in view.iter_chunks() for row in batch.to_pylist()]
+    chunks = len(texts)
+    texts = texts[: knobs["EMBED_CHUNKS"]]
     # The machine is shared: alternate the two loops over slices (A B, B A, ...) so that load
     # drifting during the measurement weighs on both alike.
     # Model loading is timed apart: it happens once per worker per run and is not the loop.
-    totals = {embed_in_beam: [0.0, 0.0], embed_plain: [0.0, 0.0]}  # wall, load
-    step = -(-len(texts) // knobs["EMBED_SLICES"])
-    for i, start in enumerate(range(0, len(texts), step)):
-        part = texts[start : start + step]
-        for loop in (embed_in_beam, embed_plain) if i % 2 == 0 else (embed_plain, embed_in_beam):
-            wall, load = in_fresh_process(loop, part)
-            totals[loop][0] += wall
-            totals[loop][1] += load
-        say(f"slice {i + 1}: {len(part)} chunks; so far Beam {totals[embed_in_beam]}, plain {totals[embed_plain]} (wall, load s)")
-    (beam_s, beam_load), (plain_s, plain_load) = totals[embed_in_beam], totals[embed_plain]
+    embed = {}
+    for precision in PRECISIONS:
+        totals = {embed_in_beam: [0.0, 0.0], embed_plain: [0.0, 0.0]}  # wall, load
+        step = -(-len(texts) // knobs["EMBED_SLICES"])
+        for i, start in enumerate(range(0, len(texts), step)):
+            part = texts[start : start + step]
+            for loop in (embed_in_beam, embed_plain) if i % 2 == 0 else (embed_plain, embed_in_beam):
+                wall, load = in_fresh_process(loop, part, precision)
+                totals[loop][0] += wall
+                totals[loop][1] += load
+            say(f"{precision} slice {i + 1}: {len(part)} chunks; so far Beam {totals[embed_in_beam]}, plain {totals[embed_plain]} (wall, load s)")
+        (beam_s, beam_load), (plain_s, plain_load) = totals[embed_in_beam], totals[embed_plain]
+        embed[precision] = {
+            "embed_chunks_per_s_beam": round(len(texts) / (beam_s - beam_load), 2),
+            "embed_chunks_per_s_plain": round(len(texts) / (plain_s - plain_load), 2),
+            "embed_ratio_vs_plain": round((plain_s - plain_load) / (beam_s - beam_load), 3),
+            "embed_ratio_vs_plain_with_model_load": round(plain_s / beam_s, 3),
+            "embed_model_load_s": {"beam": round(beam_load, 2), "plain": round(plain_load, 2)},
+        }
+    best = {side: max(PRECISIONS, key=lambda p: embed[p][f"embed_chunks_per_s_{side}"]) for side in ("beam", "plain")}
+    default = resolve("auto", "cpu")
 
     result = {
         "quick": args.quick,
         "size": knobs["SIZE"],
         "documents": full.metrics["new"],
-        "chunks": len(texts),
-        "embed_chunks_per_s_beam": round(len(texts) / (beam_s - beam_load), 2),
-        "embed_chunks_per_s_plain": round(len(texts) / (plain_s - plain_load), 2),
-        "embed_ratio_vs_plain": round((plain_s - plain_load) / (beam_s - beam_load), 3),
-        "embed_ratio_vs_plain_with_model_load": round(plain_s / beam_s, 3),
-        "embed_model_load_s": {"beam": round(beam_load, 2), "plain": round(plain_load, 2)},
+        "chunks": chunks,
+        "embed_chunks": len(texts),
+        "default_precision": {"precision": default.precision, "bf16_speedup_probe": default.bf16_speedup},
+        **embed[default.precision],
+        "embed_by_precision": embed,
+        "embed_best": {
+            side: {"precision": p, "chunks_per_s": embed[p][f"embed_chunks_per_s_{side}"]} for side, p in best.items()
+        } | {"ratio_vs_plain": round(embed[best["beam"]]["embed_chunks_per_s_beam"] / embed[best["plain"]]["embed_chunks_per_s_plain"], 3)},
         "full_ingest_s": round(full_s, 2),
         "incremental_ingest_s": round(incremental_s, 2),
         "incremental_vs_full": round(incremental_s / full_s, 4),
@@ -194,7 +221,8 @@ def main() -> None:
         "incremental": {k: m[k] for k in ("new", "changed", "deleted", "unchanged", "not_modified", "fetched", "chunks", "tombstones")},
         "edition_0_ingest_s": round(base_s, 2),
         "targets": {"embed_ratio_vs_plain": ">= 0.9", "incremental_vs_full": "<= 0.05 at the full size"},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_bf16_flags": list(cpu_bf16_flags()),
+                    "load_avg_1m": os.getloadavg()[0]},
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1) + "\n")
