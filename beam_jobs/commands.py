@@ -115,7 +115,7 @@ def _seed_list(value: str) -> list[int]:
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--sources", "sources_file", type=click.Path(exists=True, dir_okay=False), required=True, help="sources YAML file")
 @click.option("--store", default=None, help="index store (directory or gs://bucket/prefix); default RETROFRESH_STORE")
-@click.option("--runner", type=click.Choice(["local", "multiprocess", "dataflow"]), default="local", show_default=True)
+@click.option("--runner", type=click.Choice(["local", "multiprocess", "dask", "dataflow"]), default="local", show_default=True)
 @click.option("--embedder", "embedder_path", default=None, help="encoder directory (default: bundled all-MiniLM-L6-v2)")
 @click.option("--tokenizer", "tokenizer_path", default=None, help="tokenizer.json or checkpoint dir (default: bundled)")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
@@ -127,7 +127,8 @@ def ingest(sources_file, store, runner, embedder_path, tokenizer_path, precision
     """Run the Beam ingest job once (writes a draft delta version, does not publish).
 
     Anything after the options is passed to Beam, e.g. ``--project P --region R
-    --temp_location gs://b/tmp --sdk_container_image IMAGE`` with ``--runner dataflow``.
+    --temp_location gs://b/tmp --sdk_container_image IMAGE`` with ``--runner dataflow``, or
+    ``--dask_client_address=tcp://HOST:PORT`` with ``--runner dask``.
     """
     from beam_jobs.ingest import run_ingest
     from beam_jobs.sources import SourcesError

@@ -237,7 +237,8 @@ def run_ingest(
         sources: a SourcesConfig, or the path of a sources YAML file.
         store_uri: the index store (a directory or gs://bucket/prefix).
         pipeline_args: standard Beam flags; ``--runner`` among them overrides ``runner``.
-        runner: "local" (in-process), "multiprocess" (a worker process per core) or "dataflow".
+        runner: "local" (in-process), "multiprocess" (a worker process per core), "dask" (a Dask
+            cluster: ``--dask_client_address=tcp://HOST:PORT`` in pipeline_args) or "dataflow".
         embedder_path: encoder directory (on the workers); None: bundled all-MiniLM-L6-v2.
         tokenizer_path: tokenizer.json or checkpoint dir; None: the bundled default, which
             must be the store's.

@@ -1,4 +1,4 @@
-"""Pipeline options of the ingest job, and the runner presets (local, multi-process, Dataflow)."""
+"""Pipeline options of the ingest job, and the runner presets (local, multi-process, Dask, Dataflow)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ RUNNERS = {
     "local": "FnApiRunner",
     "multiprocess": "FnApiRunner",
     "dataflow": "DataflowRunner",
+    # Beam's DaskRunner with what the ingest needs added (beam_jobs/dask_runner.py); named by path
+    # so that dask is imported only for a Dask run.
+    "dask": "beam_jobs.dask_runner.IngestDaskRunner",
 }
 
 
@@ -44,7 +47,9 @@ def pipeline_options(runner: str = "local", pipeline_args: list[str] | None = No
 
     Args:
         runner: "local" (in-process FnApiRunner), "multiprocess" (FnApiRunner with one worker
-            process per core) or "dataflow"; a Beam runner name is accepted too.
+            process per core), "dask" (the workers of a running Dask scheduler, named by
+            ``--dask_client_address=tcp://HOST:PORT``) or "dataflow"; a Beam runner name is
+            accepted too.
         pipeline_args: standard Beam flags (``--runner``, ``--project``, ``--region``,
             ``--temp_location``, ``--sdk_container_image``, ``--dry_run=True``, ...).
         job_name: Dataflow job name when none is given.
@@ -67,6 +72,10 @@ def pipeline_options(runner: str = "local", pipeline_args: list[str] | None = No
             import os
 
             direct.direct_num_workers = max(2, os.cpu_count() or 2)
+    if standard.runner == RUNNERS["dask"]:
+        from beam_jobs.dask_runner import check_options
+
+        check_options(options)
     if is_dataflow(options):
         cloud = options.view_as(GoogleCloudOptions)
         if not cloud.job_name and job_name:

@@ -21,8 +21,9 @@ LOG = logging.getLogger(__name__)
 @click.option("--sources", "sources", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="sources file (YAML) [env RETROFRESH_SOURCES]")
 @click.option("--store", "store", default=None, help="index store: a directory or gs://bucket/prefix [env RETROFRESH_STORE]")
-@click.option("--runner", type=click.Choice(["local", "multiprocess", "dataflow"]), default="local", show_default=True,
-              help="run the Beam job in this process (multiprocess: a worker per core), or submit it to Dataflow and follow it")
+@click.option("--runner", type=click.Choice(["local", "multiprocess", "dask", "dataflow"]), default="local", show_default=True,
+              help="run the Beam job in this process (multiprocess: a worker per core), on a Dask cluster "
+                   "(with --pipeline-arg=--dask_client_address=tcp://HOST:PORT), or submit it to Dataflow and follow it")
 @click.option("--pipeline-arg", "pipeline_args", multiple=True, help="extra Beam pipeline argument (repeatable)")
 @click.option("--server", "servers", multiple=True, help="server URL to notify after publishing (repeatable) [env RETROFRESH_SERVERS]")
 @click.option("--compact-threshold", type=click.IntRange(min=1), default=None,

@@ -52,7 +52,8 @@ def refresh_corpus(
     Args:
         sources: sources YAML file (default ``RETROFRESH_SOURCES``).
         store: the index store (default ``RETROFRESH_STORE``).
-        runner: "local" (Beam in this process), "multiprocess", or "dataflow" (submit and poll).
+        runner: "local" (Beam in this process), "multiprocess", "dask" (a Dask cluster named by
+            ``--dask_client_address=tcp://HOST:PORT`` in pipeline_args), or "dataflow" (submit and poll).
         pipeline_args: extra Beam flags (Dataflow: --project, --region, --temp_location, ...).
         servers: server URLs to tell about the new version (default ``RETROFRESH_SERVERS``).
         compact_threshold: compact the new version when it lists more shards than this.

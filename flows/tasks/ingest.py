@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the Beam job loads only when a task runs
 
 LOG = logging.getLogger(__name__)
 
-RUNNERS = ("local", "multiprocess", "dataflow")
+RUNNERS = ("local", "multiprocess", "dask", "dataflow")
 NAMESPACE = "retrofresh"  # the ingest job's counter namespace (beam_jobs.metrics.NAMESPACE)
 
 
@@ -49,7 +49,8 @@ def run_ingest_job(
     Args:
         sources: sources file (YAML).
         store_uri: the store.
-        runner: "local", "multiprocess" or "dataflow".
+        runner: "local", "multiprocess", "dask" (the workers of the scheduler named by
+            ``--dask_client_address`` in pipeline_args; waited for here) or "dataflow".
         pipeline_args: extra Beam flags (Dataflow needs --project, --region, --temp_location).
         embedder_path, tokenizer_path: as for :func:`beam_jobs.ingest.run_ingest`.
         lease: renewed on each Dataflow poll (the flow's heartbeat renews it too).

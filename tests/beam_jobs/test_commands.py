@@ -36,3 +36,12 @@ def test_ingest_needs_a_store(tmp_path, monkeypatch):
     sources.write_text("sources:\n  - kind: feed\n    name: f\n    url: http://127.0.0.1:9/feed.xml\n")
     result = CliRunner().invoke(cli, ["ingest", "--sources", str(sources)])
     assert result.exit_code == 2 and "no store" in result.output
+
+
+def test_ingest_on_dask_without_a_scheduler_says_how_to_name_one(tmp_path):
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  - kind: feed\n    name: f\n    url: http://127.0.0.1:9/feed.xml\n")
+    result = CliRunner().invoke(cli, ["ingest", "--sources", str(sources), "--store", str(tmp_path / "store"), "--runner", "dask"])
+    assert result.exit_code == 1
+    assert "--dask_client_address=tcp://HOST:PORT" in result.output and "dask scheduler" in result.output
+    assert not (tmp_path / "store" / "CURRENT").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, StandardOptions
 
 from beam_jobs.options import is_dataflow, is_dry_run, pipeline_options
@@ -22,3 +23,12 @@ def test_explicit_flags_win_and_dataflow_jobs_are_named():
     named = pipeline_options("dataflow", ["--job_name", "mine"], job_name="other")
     assert named.view_as(GoogleCloudOptions).job_name == "mine"
     assert pipeline_options("multiprocess", ["--direct_num_workers=3"]).view_as(DirectOptions).direct_num_workers == 3
+
+
+def test_the_dask_preset_names_the_ingest_runner_and_needs_a_scheduler():
+    from beam_jobs.dask_runner import MissingSchedulerAddress
+
+    options = pipeline_options("dask", ["--dask_client_address=tcp://127.0.0.1:8786"])
+    assert options.view_as(StandardOptions).runner == "beam_jobs.dask_runner.IngestDaskRunner"
+    with pytest.raises(MissingSchedulerAddress, match="--dask_client_address=tcp://HOST:PORT"):
+        pipeline_options("dask", [])
