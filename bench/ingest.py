@@ -177,21 +177,24 @@ def main() -> None:
             texts = [row["text"] for batch in view.iter_chunks() for row in batch.to_pylist()]
     chunks = len(texts)
     texts = texts[: knobs["EMBED_CHUNKS"]]
-    # The machine is shared: alternate the two loops over slices (A B, B A, ...) so that load
-    # drifting during the measurement weighs on both alike.
+    # The machine is shared: alternate the two loops and the two precisions over slices (Beam
+    # fp32, plain fp32, Beam bf16, plain bf16, then reversed, ...) so that load drifting during the
+    # measurement weighs on all four alike (run one precision after the other, a drop in load
+    # between them made bf16 look faster than fp32).
     # Model loading is timed apart: it happens once per worker per run and is not the loop.
+    totals = {(loop, precision): [0.0, 0.0] for precision in PRECISIONS for loop in (embed_in_beam, embed_plain)}  # wall, load
+    order = list(totals)
+    step = -(-len(texts) // knobs["EMBED_SLICES"])
+    for i, start in enumerate(range(0, len(texts), step)):
+        part = texts[start : start + step]
+        for loop, precision in order if i % 2 == 0 else order[::-1]:
+            wall, load = in_fresh_process(loop, part, precision)
+            totals[loop, precision][0] += wall
+            totals[loop, precision][1] += load
+        say(f"slice {i + 1}: {len(part)} chunks; so far " + ", ".join(f"{loop.__name__} {p} {t}" for (loop, p), t in totals.items()) + " (wall, load s)")
     embed = {}
     for precision in PRECISIONS:
-        totals = {embed_in_beam: [0.0, 0.0], embed_plain: [0.0, 0.0]}  # wall, load
-        step = -(-len(texts) // knobs["EMBED_SLICES"])
-        for i, start in enumerate(range(0, len(texts), step)):
-            part = texts[start : start + step]
-            for loop in (embed_in_beam, embed_plain) if i % 2 == 0 else (embed_plain, embed_in_beam):
-                wall, load = in_fresh_process(loop, part, precision)
-                totals[loop][0] += wall
-                totals[loop][1] += load
-            say(f"{precision} slice {i + 1}: {len(part)} chunks; so far Beam {totals[embed_in_beam]}, plain {totals[embed_plain]} (wall, load s)")
-        (beam_s, beam_load), (plain_s, plain_load) = totals[embed_in_beam], totals[embed_plain]
+        (beam_s, beam_load), (plain_s, plain_load) = totals[embed_in_beam, precision], totals[embed_plain, precision]
         embed[precision] = {
             "embed_chunks_per_s_beam": round(len(texts) / (beam_s - beam_load), 2),
             "embed_chunks_per_s_plain": round(len(texts) / (plain_s - plain_load), 2),
