@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import pytest
-from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import filestat
 from beam_jobs.crawl import ReadFileDoFn
 from beam_jobs.sources import FilesSource
 from beam_jobs.types import FAILED, FETCHED
+from tests.fixtures.rewrites import writer_between_open_and_close
 
 BODY = b'{"id": 1, "text": "one"}\n{"id": 2, "text": "two"}\n'
 PAST = 1_600_000_000  # listed mtimes lie in the past, so a rewrite now always moves mtime
@@ -20,36 +19,6 @@ PAST = 1_600_000_000  # listed mtimes lie in the past, so a rewrite now always m
 def listed(path) -> tuple[int, float]:
     os.utime(path, (PAST, PAST))
     return os.path.getsize(path), os.path.getmtime(path)
-
-
-@contextmanager
-def writer_between_open_and_close(monkeypatch, path, *, partial: bytes = b"", then: bytes = BODY):
-    """A writer that truncates ``path`` (to ``partial``) as it is opened and writes ``then`` when it is closed."""
-    real_open = FileSystems.open
-
-    class Rewritten:
-        def __init__(self, f):
-            self.f = f
-
-        def read(self, n=-1):
-            return self.f.read(n)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-            path.write_bytes(then)
-
-    def rewriting_open(p, *args, **kwargs):
-        if str(p) != str(path):
-            return real_open(p, *args, **kwargs)
-        path.write_bytes(partial)
-        return Rewritten(real_open(p, *args, **kwargs))
-
-    monkeypatch.setattr(FileSystems, "open", rewriting_open)
-    yield
-    monkeypatch.setattr(FileSystems, "open", real_open)
 
 
 def test_an_unchanged_file_is_read_whole(tmp_path):
@@ -65,7 +34,7 @@ def test_a_file_rewritten_with_the_same_bytes_while_read_is_changed_while_read(t
     path = tmp_path / "a.jsonl"
     path.write_bytes(BODY)
     size, mtime = listed(path)
-    with writer_between_open_and_close(monkeypatch, path, partial=partial):
+    with writer_between_open_and_close(monkeypatch, path, then=BODY, partial=partial):
         assert filestat.read_unchanged(str(path), size=size, mtime=mtime, max_bytes=1000) == (None, filestat.CHANGED_WHILE_READ)
     assert path.read_bytes() == BODY  # the writer finished: the next run reads it
 
@@ -95,7 +64,7 @@ def test_read_files_fails_a_jsonl_file_caught_mid_rewrite_and_keeps_its_source(t
     path.write_bytes(BODY)
     size, mtime = listed(path)
     source = FilesSource(kind="files", name="docs", glob=str(tmp_path / "*.jsonl"))
-    with writer_between_open_and_close(monkeypatch, path):
+    with writer_between_open_and_close(monkeypatch, path, then=BODY):
         out = list(ReadFileDoFn().process((source, str(path), size, mtime)))
     results = [o for o in out if hasattr(o, "outcome")]
     assert [(r.outcome, r.reason) for r in results] == [(FAILED, "changed_while_read")]

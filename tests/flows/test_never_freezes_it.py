@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from flows.cli import cli
 from model.store import open_store
+from tests.fixtures.rewrites import writer_between_open_and_close
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,8 +84,6 @@ def test_a_jsonl_file_caught_mid_rewrite_is_skipped_and_reported_and_keeps_its_d
     """A writer truncates the file as the refresh opens it and writes the same bytes back as it closes it."""
     import os
 
-    from apache_beam.io.filesystems import FileSystems
-
     docs = tmp_path / "docs"
     docs.mkdir()
     feed = docs / "a.jsonl"
@@ -96,34 +95,12 @@ def test_a_jsonl_file_caught_mid_rewrite_is_skipped_and_reported_and_keeps_its_d
     # The deletion guard would refuse losing 20 of 21 documents too: this test is about the read alone.
     assert refresh(sources, store, "--max-delete-share", "1")["documents"]["new"] == 21
 
-    real_open = FileSystems.open
-
-    class RewrittenAsClosed:
-        def __init__(self, f):
-            self.f = f
-
-        def read(self, n=-1):
-            return self.f.read(n)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-            feed.write_bytes(body)
-
-    def open_mid_rewrite(path, *args, **kwargs):
-        if str(path) != str(feed):
-            return real_open(path, *args, **kwargs)
-        feed.write_bytes(b"")  # the writer truncated the file...
-        return RewrittenAsClosed(real_open(path, *args, **kwargs))  # ...and rewrites it when the read ends
-
     os.utime(feed, (1_600_000_000, 1_600_000_000))  # listed in the past: the rewrite moves mtime
     (docs / "c.txt").write_text(text(2))  # another change, which must publish
-    monkeypatch.setattr(FileSystems, "open", open_mid_rewrite)
     stderr: list[str] = []
-    caught = refresh(sources, store, "--max-delete-share", "1", stderr=stderr)
-    monkeypatch.setattr(FileSystems, "open", real_open)
+    # The writer truncates the file as the refresh opens it and rewrites it when the read ends.
+    with writer_between_open_and_close(monkeypatch, feed, then=body):
+        caught = refresh(sources, store, "--max-delete-share", "1", stderr=stderr)
     assert "error" not in caught, caught
     assert caught["published"] and caught["documents"]["new"] == 1 and caught["documents"]["deleted"] == 0
     assert caught["failures"] == {"changed_while_read": 1}
