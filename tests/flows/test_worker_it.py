@@ -1,0 +1,107 @@
+"""The deployments on a Prefect work pool, for real: ``prefect deploy --prefect-file
+infra/prefect/prefect.yaml --all``, ``prefect worker start`` on a process pool, and a
+retrofresh.source.changed event -> the refresh-changed trigger -> a run the worker executes -> the
+named page published.
+
+The test deploys a copy of prefect.yaml that differs in two places only: the work pool (one of the
+test's own, so no other test's deployments or runs reach its worker) and every schedule inactive
+(the ``*/15`` refresh would otherwise be due during the test and publish a version of its own).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.waiting import stop_process_group, wait_for
+from tests.flows.test_deployments_it import PREFECT_YAML, ROOT, env_for, read_deployments
+
+pytestmark = pytest.mark.integration
+
+
+def deploy_copy(directory: Path, pool: str) -> Path:
+    """prefect.yaml with every deployment on ``pool`` and every schedule inactive."""
+    config = yaml.safe_load(PREFECT_YAML.read_text())
+    for spec in config["deployments"]:
+        spec["work_pool"] = {**spec["work_pool"], "name": pool}
+        spec["schedules"] = [{**schedule, "active": False} for schedule in spec["schedules"]]
+    path = directory / "prefect.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def deploy(prefect_api: str, config: Path, pool: str) -> dict[str, object]:
+    """Create the process pool, ``prefect deploy --all`` the file; the deployments, by flow/name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    prefect = Path(sys.executable).with_name("prefect")
+    done = subprocess.run([str(prefect), "--no-prompt", "deploy", "--prefect-file", str(config), "--all"],
+                          cwd=ROOT, env=env_for(prefect_api), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {key: d for key, d in read_deployments().items() if d.work_pool_name == pool}
+
+
+def runs_of(deployment_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+@pytest.mark.slow
+def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(prefect_api, refreshed, tmp_path):
+    """prefect.yaml deployed to a process pool; `prefect worker start` executes the run a change
+    event triggers, which publishes the changed page; no other run starts."""
+    from flows.common.events import deliver_changes
+    from model.store import open_store
+    from tests.flows.support import copy_store
+
+    store = copy_store(refreshed.store, tmp_path / "store")
+    before = open_store(store).current()
+    pool = f"worker-it-{uuid.uuid4().hex[:8]}"
+    deployments = deploy(prefect_api, deploy_copy(tmp_path, pool), pool)
+    specs = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+    assert len(deployments) == len(specs)
+    assert all(not s.active for d in deployments.values() for s in d.schedules)
+    changed = deployments["refresh-changed/refresh-changed"]
+
+    # The worker reads the store and sources from its environment (prefect.yaml stores neither).
+    env = env_for(prefect_api) | {"RETROFRESH_STORE": store, "RETROFRESH_SOURCES": str(refreshed.sources),
+                                  "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env.pop("RETROFRESH_SERVERS", None)
+    log_path = tmp_path / "worker.log"
+    log = open(log_path, "w")
+    worker = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", pool, "--name", f"{pool}-worker"],
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    site = refreshed.site
+    try:
+        site.set_edition(2)
+        site.clear_log()
+        page = site.base_url + "/"
+        # Runs wait in the pool until the worker polls, so the event need not wait for the worker.
+        deliver_changes([page], source="sample", origin="test", store=store)
+        run = wait_for(lambda: next((r for r in runs_of(changed.id) if r.state and r.state.is_final()), None), timeout=300,
+                       interval=0.5, what="the worker to finish the triggered run", alive=worker, log=lambda: log_path.read_text()[-4000:])
+        assert run.state.is_completed(), (run.state, log_path.read_text()[-4000:])
+        assert run.work_pool_name == pool and run.infrastructure_pid, run  # a process the worker started
+        assert run.parameters["urls"] == [page]
+        after = open_store(store).current()
+        assert after != before
+        hashes = lambda version: {r["url"]: r["content_hash"] for r in open_store(store).read_ledger(version).to_pylist()}  # noqa: E731
+        assert hashes(after)[page] != hashes(before)[page]
+        assert {r.path for r in site.requests} <= {"/", "/robots.txt"}  # a targeted refresh, not a crawl
+        others = [r for d in deployments.values() if d.id != changed.id for r in runs_of(d.id)]
+        assert others == [], [(r.name, r.state_name) for r in others]
+    finally:
+        stop_process_group(worker)
+        log.close()
+        site.set_edition(1)
