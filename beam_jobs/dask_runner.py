@@ -5,7 +5,7 @@ job on the workers of a running ``dask scheduler`` (``dask worker`` processes on
 machines, each with retrofresh installed and the store reachable at the same URI).
 
 Beam's own ``apache_beam.runners.dask.dask_runner.DaskRunner`` (Beam 2.77) translates every
-PTransform into a ``dask.bag`` operation, but five gaps stop it from running this job correctly:
+PTransform into a ``dask.bag`` operation, but six gaps stop it from running this job correctly:
 
 - **Multi-output ParDos.** It puts every output of a ParDo, whatever its tag, into one bag, and
   each consumer reads that bag: a consumer of ``diff[TOMBSTONES]`` would also see the ledger rows
@@ -24,7 +24,14 @@ PTransform into a ``dask.bag`` operation, but five gaps stop it from running thi
 - **Side inputs are recomputed per bundle.** It hands a DoFn the side input's bag, which each
   bundle computes again from scratch, re-running the upstream steps (for the diff's ``incomplete``
   side input: the crawl, fetching every page again). Here a side input is a dependency of the
-  graph, computed once and broadcast.
+  graph, computed once and broadcast: its tasks are the graph's own (``to_delayed`` without
+  optimizing, which would fuse a private copy of every upstream step into the side input).
+- **A shuffle on the client's disk.** Its GroupByKey is ``Bag.groupby``, which picks dask's
+  ``disk`` shuffle when no Client exists yet (the graph is built before one is made): every
+  partition task appends to a partd directory, so a task that runs twice (dask may run a task more
+  than once, e.g. when it is stolen or a worker is lost) appends its rows twice, and on several
+  machines the directory is on one of them only. A refresh then wrote duplicate chunks now and
+  then. Here the graph is built for dask's ``tasks`` shuffle, whose tasks are pure.
 
 What stays as in Beam's runner: a bundle is a Dask partition, so ``DoFn.setup`` and ``teardown``
 run once per partition (RunInference keeps its model per worker process through
@@ -57,6 +64,7 @@ import apache_beam
 LOG = logging.getLogger(__name__)
 
 DASK_RUNNER = f"{__name__}.IngestDaskRunner"  # the --runner value of runner="dask"
+SHUFFLE = "tasks"  # GroupByKey's shuffle: pure tasks, safe to rerun and to spread over machines
 
 
 class MissingSchedulerAddress(ValueError):
@@ -250,7 +258,7 @@ class _Translate(apache_beam.pipeline.PipelineVisitor):
             sides = [self._bag_of(si.pvalue) for si in node.side_inputs]
             bundle = _Bundle(node.full_label, transform.fn, list(args), dict(kwargs),
                              [(type(si), si._view_options()) for si in node.side_inputs], tuple(node.outputs))  # fmt: skip
-            whole = [dask.delayed(_whole)(*bag.to_delayed()) for bag in sides]
+            whole = [dask.delayed(_whole)(*bag.to_delayed(optimize_graph=False)) for bag in sides]
             raw = inputs[0].map_partitions(_run_bundle, bundle, *whole)
             self.raw.append((raw, True))
             for tag in node.outputs:
@@ -258,10 +266,8 @@ class _Translate(apache_beam.pipeline.PipelineVisitor):
             return
         op_class = TRANSLATIONS.get(transform.__class__, NoOp)
         op = op_class(node, bag_kwargs=self.bag_kwargs)
-        if op_class is Flatten:
-            bag = op.apply(inputs)
-        else:
-            bag = op.apply(inputs[0] if inputs else None)
+        with dask.config.set({"dataframe.shuffle.method": SHUFFLE}):  # what Bag.groupby picks
+            bag = op.apply(inputs if op_class is Flatten else inputs[0] if inputs else None)
         if bag is None:
             raise NotImplementedError(f"the Dask runner cannot run {node.full_label} ({type(transform).__name__})")
         self.raw.append((bag, False))
