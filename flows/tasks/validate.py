@@ -106,6 +106,19 @@ def probe(view, embedder, sample: list[tuple[int, str]], *, k: int, nprobe: int 
     return found / len(sample), float(np.mean(scores)) if scores else 0.0, dead
 
 
+def probe_embedder(path: str | None, max_length: int):
+    """The encoder to probe with: the process's shared one, the ingest's when it ran here.
+
+    At the settings' precision, the one the flows' ingest runs at: Beam's Shared keeps one encoder
+    per tag and replaces it when another tag asks, so probing at another precision would make a
+    long-lived process load the encoder twice per refresh.
+    """
+    from beam_jobs.embed import shared_embedder
+    from model.config import get_settings
+
+    return shared_embedder(path, max_length=max_length, precision=get_settings().precision)
+
+
 def validate(
     store,
     version: str,
@@ -176,9 +189,7 @@ def validate(
             if report.ledger_documents != manifest.stats.documents:
                 report.failures.append(f"the manifest says {manifest.stats.documents} documents, the ledger lists {report.ledger_documents}")
         if probe_queries > 0 and view.count > 0:
-            from beam_jobs.embed import shared_embedder
-
-            embedder = shared_embedder(embedder_path, max_length=manifest.embedder.max_length)  # the ingest's, when loaded
+            embedder = probe_embedder(embedder_path, manifest.embedder.max_length)
             Compatibility.of(embedder=embedder.spec, source="the probe embedder", kind="run").check(
                 Compatibility.of_manifest(manifest), terms=("embedder",), error=ValidationFailed,
                 fix="probe with the encoder that made its keys",

@@ -35,3 +35,19 @@ def test_the_probe_counts_a_restored_document_as_live_and_a_hidden_copy_as_delet
         assert len(sample) == 16
         recall, self_score, dead = probe(view, embedder, sample, k=8)
         assert (recall, dead) == (1.0, 0) and self_score > 0.99
+
+
+
+def test_validation_probes_with_the_encoder_the_ingest_loaded(monkeypatch):
+    """A long-lived process (``watch --refresh-here``, ``flows worker``) keeps one encoder between
+    refreshes (Beam's Shared holds one per tag, and another tag replaces it): validation must reuse
+    the one the ingest's handler loaded at the default precision, or each refresh loads it twice."""
+    from beam_jobs.embed import ChunkEmbeddingHandler
+    from flows.tasks.validate import probe_embedder
+    from model.config import get_settings
+
+    monkeypatch.setenv("RETROFRESH_PRECISION", "auto")  # the default outside the tests, which pin fp32
+    handler = ChunkEmbeddingHandler(None, max_length=128, precision=get_settings().precision)  # as a refresh's job builds it
+    loaded = handler.load_model()
+    assert probe_embedder(None, 128) is loaded
+    assert handler.load_model() is loaded
