@@ -149,3 +149,38 @@ def serve(config, store, sources, poll_s):
         raise click.ClickException(str(error)) from error
     click.echo(f"serving {len(deployments)} deployments: {', '.join(d.name for d in deployments)}", err=True)
     prefect_serve(*deployments, query_seconds=poll_s)
+
+
+@flows_group.command("worker")
+@click.option("--pool", "pool", required=True, help="the process work pool to take runs from (prefect work-pool create NAME --type process)")
+@click.option("--work-queue", "queues", multiple=True, help="only these queues of the pool (repeatable; default: all)")
+@click.option("--name", default=None, help="the worker's name in the UI (default: a random one)")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="most runs at a time (default: no limit)")
+@click.option("--poll-interval", "poll_s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="seconds between checks for runs to start (Prefect's default, 10 s, would delay every event-triggered refresh)")
+@click.option("--no-preload", is_flag=True, help="load the flows and the encoder at the first run instead of at start")
+def worker(pool, queues, name, limit, poll_s, no_preload):
+    """A warm worker for a process pool: `prefect worker start --pool POOL`, but installed flows run
+    in this long-lived process (no process start, imports or encoder load per run).
+
+    Runs until interrupted. Deployments with code to pull, a command or an environment of their own
+    run in a subprocess, as with `prefect worker start`.
+    """
+    import anyio
+    from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+
+    from flows.worker import WarmWorker, preload
+
+    if not no_preload:
+        click.echo("loading the flows and the encoder", err=True)
+        preload()
+
+    async def run() -> None:
+        with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: poll_s}):
+            await WarmWorker(work_pool_name=pool, work_queues=list(queues) or None, name=name, limit=limit).start(
+                printer=lambda message: click.echo(message, err=True))
+
+    try:
+        anyio.run(run)
+    except KeyboardInterrupt:
+        click.echo("worker stopped", err=True)

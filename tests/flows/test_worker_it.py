@@ -1,11 +1,13 @@
 """The deployments on a Prefect work pool, for real: ``prefect deploy --prefect-file
-infra/prefect/prefect.yaml --all``, ``prefect worker start`` on a process pool, and a
-retrofresh.source.changed event -> the refresh-changed trigger -> a run the worker executes -> the
-named page published.
+infra/prefect/prefect.yaml --all``, a worker on a process pool (``prefect worker start``, or the
+warm ``retrofresh flows worker``), and a retrofresh.source.changed event -> the refresh-changed
+trigger -> a run the worker executes -> the named page published.
 
-The test deploys a copy of prefect.yaml that differs in two places only: the work pool (one of the
-test's own, so no other test's deployments or runs reach its worker) and every schedule inactive
-(the ``*/15`` refresh would otherwise be due during the test and publish a version of its own).
+The test deploys a copy of prefect.yaml that differs in three places only: the work pool (one of
+the test's own, so its worker takes no other test's runs), every schedule inactive (the ``*/15``
+refresh would otherwise be due during the test and publish a version of its own), and each
+deployment's name suffixed with the pool's (other tests deploy the same names: runs of theirs that
+a trigger left waiting would be absorbed by this test's run).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ pytestmark = pytest.mark.integration
 
 
 def deploy_copy(directory: Path, pool: str) -> Path:
-    """prefect.yaml with every deployment on ``pool`` and every schedule inactive."""
+    """prefect.yaml with every deployment on ``pool``, named ``NAME-POOL``, and every schedule inactive."""
     config = yaml.safe_load(PREFECT_YAML.read_text())
     for spec in config["deployments"]:
+        spec["name"] = f"{spec['name']}-{pool}"
         spec["work_pool"] = {**spec["work_pool"], "name": pool}
         spec["schedules"] = [{**schedule, "active": False} for schedule in spec["schedules"]]
     path = directory / "prefect.yaml"
@@ -57,10 +60,29 @@ def runs_of(deployment_id) -> list:
         return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
 
 
+def logs_of(run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return [entry.message for entry in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+
+
+WORKERS = {
+    # Prefect's own: a new process per run.
+    "prefect-worker": lambda pool: [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", pool, "--name", f"{pool}-worker"],
+    # retrofresh's warm worker: installed flows run inside it.
+    "warm-worker": lambda pool: [sys.executable, "-m", "flows.cli", "flows", "worker", "--pool", pool, "--name", f"{pool}-worker"],
+}
+
+
 @pytest.mark.slow
-def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(prefect_api, refreshed, tmp_path):
-    """prefect.yaml deployed to a process pool; `prefect worker start` executes the run a change
-    event triggers, which publishes the changed page; no other run starts."""
+@pytest.mark.parametrize("kind", sorted(WORKERS))
+def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(prefect_api, refreshed, tmp_path, kind):
+    """prefect.yaml deployed to a process pool; the worker executes the run a change event
+    triggers, which publishes the changed page; no other run starts. The warm worker runs it in
+    its own process, with the run's logs and artifacts as in a process of its own."""
+    from tests.flows.support import artifacts_of
     from flows.common.events import deliver_changes
     from model.store import open_store
     from tests.flows.support import copy_store
@@ -72,7 +94,7 @@ def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(p
     specs = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
     assert len(deployments) == len(specs)
     assert all(not s.active for d in deployments.values() for s in d.schedules)
-    changed = deployments["refresh-changed/refresh-changed"]
+    changed = deployments[f"refresh-changed/refresh-changed-{pool}"]
 
     # The worker reads the store and sources from its environment (prefect.yaml stores neither).
     env = env_for(prefect_api) | {"RETROFRESH_STORE": store, "RETROFRESH_SOURCES": str(refreshed.sources),
@@ -80,8 +102,8 @@ def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(p
     env.pop("RETROFRESH_SERVERS", None)
     log_path = tmp_path / "worker.log"
     log = open(log_path, "w")
-    worker = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", pool, "--name", f"{pool}-worker"],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env["PYTHONPATH"] = str(ROOT)  # `python -m flows.cli` from tmp_path
+    worker = subprocess.Popen(WORKERS[kind](pool), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     site = refreshed.site
     try:
         site.set_edition(2)
@@ -92,7 +114,13 @@ def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(p
         run = wait_for(lambda: next((r for r in runs_of(changed.id) if r.state and r.state.is_final()), None), timeout=300,
                        interval=0.5, what="the worker to finish the triggered run", alive=worker, log=lambda: log_path.read_text()[-4000:])
         assert run.state.is_completed(), (run.state, log_path.read_text()[-4000:])
-        assert run.work_pool_name == pool and run.infrastructure_pid, run  # a process the worker started
+        assert run.work_pool_name == pool and run.infrastructure_pid, run
+        ran_inside = run.infrastructure_pid.rsplit(":", 1)[-1] == str(worker.pid)
+        assert ran_inside == (kind == "warm-worker"), (run.infrastructure_pid, worker.pid)
+        assert "refresh-summary" in artifacts_of(run.id)
+        # The run's logs reach the API through a background sender, after the run may have ended.
+        wait_for(lambda: any(m.startswith("published ") for m in logs_of(run.id)), timeout=60, interval=0.5,
+                 what="the run's log line 'published ...' in the API", log=lambda: "\n".join(logs_of(run.id)))
         assert run.parameters["urls"] == [page]
         after = open_store(store).current()
         assert after != before
