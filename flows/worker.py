@@ -12,6 +12,11 @@ the imports and the encoder load (Beam's ``Shared`` handle in :mod:`beam_jobs.em
 once per worker instead of once per run. Any other run goes to a subprocess exactly as the process
 worker starts it.
 
+It also starts runs as soon as they exist: besides polling the pool (every ``--poll-interval``),
+it follows Prefect's ``prefect.flow-run.Scheduled`` events and polls at once when one names its
+pool, so an event-triggered run does not wait for the next poll. Polling stays the fallback when
+the event stream is down.
+
 The price: a run inside the worker cannot be killed, so cancelling a running one leaves it to
 finish (a refresh publishes by compare-and-swap and releases its lease either way; the process
 worker of this Prefect version does not kill runs either). Runs share the worker's environment
@@ -30,6 +35,9 @@ import anyio.to_thread
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 LOG = logging.getLogger(__name__)
+
+SCHEDULED = "prefect.flow-run.Scheduled"  # the event a new run (scheduled, triggered or manual) emits
+EVENTS_RETRY_S = 10.0  # wait before reconnecting to the event stream (polling goes on meanwhile)
 
 # What a warm worker imports and loads before its first poll, so the first run is as fast as the rest.
 PRELOAD = ("flows.refresh_changed", "flows.refresh", "beam_jobs.ingest")
@@ -99,6 +107,43 @@ with warnings.catch_warnings():
         type = "process"
         _description = "Runs installed flows inside the worker's long-lived process (no process start per run); others as subprocesses."
         _display_name = "Process (warm)"
+
+        async def setup(self) -> None:
+            await super().setup()
+            # Cancelled at teardown with the worker's other background scopes, before it waits for runs.
+            scope = anyio.CancelScope()
+            self._scheduled_task_scopes.add(scope)
+            await self._runs_task_group.start(self._start_on_events, scope)
+
+        def _names_this_pool(self, event) -> bool:
+            pools = [r for r in event.related if r.role == "work-pool"]
+            return not pools or any(r.name == self._work_pool_name for r in pools)
+
+        async def _start_on_events(self, scope: anyio.CancelScope, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+            """Poll the pool whenever a run of it is scheduled; returns (started) once subscribed."""
+            from prefect.events.clients import get_events_subscriber
+            from prefect.events.filters import EventFilter, EventNameFilter
+
+            started = False
+            with scope:
+                while True:
+                    try:
+                        # The server streams live events from the moment it has the filter, then
+                        # backfills the last minute: no run scheduled after this returns is missed.
+                        async with get_events_subscriber(filter=EventFilter(event=EventNameFilter(name=[SCHEDULED]))) as events:
+                            if not started:
+                                started = True
+                                task_status.started()
+                            async for event in events:
+                                if self._names_this_pool(event):
+                                    await self.get_and_submit_flow_runs()
+                    except Exception as error:  # noqa: BLE001 - polling still starts every run
+                        self._logger.warning("no flow-run events from the API (%s: %s); starting runs by polling only, retrying in %.0f s",
+                                             type(error).__name__, error, EVENTS_RETRY_S)
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await anyio.sleep(EVENTS_RETRY_S)
 
         async def run(self, flow_run, configuration: ProcessJobConfiguration, task_status: Any = None) -> ProcessWorkerResult:
             entrypoint = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -71,9 +72,12 @@ def logs_of(run_id) -> list[str]:
 WORKERS = {
     # Prefect's own: a new process per run.
     "prefect-worker": lambda pool: [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", pool, "--name", f"{pool}-worker"],
-    # retrofresh's warm worker: installed flows run inside it.
-    "warm-worker": lambda pool: [sys.executable, "-m", "flows.cli", "flows", "worker", "--pool", pool, "--name", f"{pool}-worker"],
+    # retrofresh's warm worker: installed flows run inside it. It polls only at start (then every
+    # WARM_POLL_S): later runs start only because it follows the flow-run events.
+    "warm-worker": lambda pool: [sys.executable, "-m", "flows.cli", "flows", "worker", "--pool", pool, "--name", f"{pool}-worker",
+                                 "--poll-interval", str(WARM_POLL_S)],
 }
+WARM_POLL_S = 600
 
 
 @pytest.mark.slow
@@ -81,11 +85,11 @@ WORKERS = {
 def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(prefect_api, refreshed, tmp_path, kind):
     """prefect.yaml deployed to a process pool; the worker executes the run a change event
     triggers, which publishes the changed page; no other run starts. The warm worker runs it in
-    its own process, with the run's logs and artifacts as in a process of its own."""
-    from tests.flows.support import artifacts_of
+    its own process, with the run's logs and artifacts as in a process of its own, and starts a
+    second change's run on the flow-run event, long before its next poll."""
     from flows.common.events import deliver_changes
     from model.store import open_store
-    from tests.flows.support import copy_store
+    from tests.flows.support import artifacts_of, copy_store
 
     store = copy_store(refreshed.store, tmp_path / "store")
     before = open_store(store).current()
@@ -103,6 +107,7 @@ def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(p
     log_path = tmp_path / "worker.log"
     log = open(log_path, "w")
     env["PYTHONPATH"] = str(ROOT)  # `python -m flows.cli` from tmp_path
+    started = time.monotonic()  # the worker's first poll comes after this; its next >= 0.7 * WARM_POLL_S after that
     worker = subprocess.Popen(WORKERS[kind](pool), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     site = refreshed.site
     try:
@@ -129,6 +134,17 @@ def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(p
         assert {r.path for r in site.requests} <= {"/", "/robots.txt"}  # a targeted refresh, not a crawl
         others = [r for d in deployments.values() if d.id != changed.id for r in runs_of(d.id)]
         assert others == [], [(r.name, r.state_name) for r in others]
+        if kind == "warm-worker":
+            # The worker polled at start; its next poll is >= 0.7 * WARM_POLL_S later (Prefect's
+            # jitter clamps the interval to ~0.75-1.3 of it). Before then, only the run's Scheduled
+            # event can start this one.
+            site.set_edition(3)
+            deliver_changes([page], source="sample", origin="test", store=store)
+            second = wait_for(lambda: next((r for r in runs_of(changed.id) if r.id != run.id and r.state and r.state.is_final()), None),
+                              timeout=0.7 * WARM_POLL_S - (time.monotonic() - started), interval=0.5,
+                              what="the warm worker to start a run on its Scheduled event", alive=worker, log=lambda: log_path.read_text()[-4000:])
+            assert second.state.is_completed() and second.infrastructure_pid == run.infrastructure_pid, second
+            assert open_store(store).current() != after
     finally:
         stop_process_group(worker)
         log.close()
