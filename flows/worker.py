@@ -84,16 +84,18 @@ def run_here(flow_run_id, entrypoint: str) -> int:
     return 0
 
 
-def preload(modules: tuple[str, ...] = PRELOAD, *, embedder: bool = True) -> None:
-    """Import the flows' modules and load the encoder into the process's shared handle."""
+def preload(modules: tuple[str, ...] = PRELOAD, *, embedder: bool = True):
+    """Import the flows' modules and load the encoder into the process's shared handle; returns the encoder (or None)."""
     import importlib
 
     for name in modules:
         importlib.import_module(name)
     if embedder:
         from beam_jobs.embed import shared_embedder
+        from model.config import get_settings
 
-        shared_embedder()
+        return shared_embedder(precision=get_settings().precision)  # the tag the ingest and validation acquire
+    return None
 
 
 with warnings.catch_warnings():
