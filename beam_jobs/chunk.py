@@ -9,7 +9,7 @@ import apache_beam as beam
 
 from beam_jobs.metrics import count, count_failure
 from beam_jobs.types import LedgerRow, ToChunk
-from model.chunking import chunk_document
+from model.contracts.chunking import chunk_document
 
 LOG = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ChunkDoFn(beam.DoFn):
         self._tokenizer = None
 
     def setup(self) -> None:
-        from model.tokenizer import RetroTokenizer
+        from model.contracts.tokenizer import RetroTokenizer
 
         self._tokenizer = RetroTokenizer.from_json(self.tokenizer_json, self.tokenizer_name)
         if self._tokenizer.sha256 != self.tokenizer_sha256:  # the manifest must name what chunked

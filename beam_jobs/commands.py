@@ -132,7 +132,7 @@ def ingest(sources_file, store, runner, embedder_path, tokenizer_path, precision
     """
     from beam_jobs.ingest import run_ingest
     from beam_jobs.sources import SourcesError
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
     from model.store.errors import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

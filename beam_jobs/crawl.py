@@ -27,8 +27,8 @@ from beam_jobs.limits import Admission
 from beam_jobs.metrics import count, count_failure
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, NOT_MODIFIED, FetchResult, KnownDoc, Seed
-from model.clock import utcnow
-from model.ids import doc_id
+from model.contracts.clock import utcnow
+from model.contracts.ids import doc_id
 
 LOG = logging.getLogger(__name__)
 

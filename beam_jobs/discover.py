@@ -2,7 +2,7 @@
 
 Pure functions over bytes; the crawl (:mod:`beam_jobs.crawl`) decides what to request. Parsers
 are defensive: malformed input yields fewer URLs, never an exception. Every URL they read goes
-through :func:`model.ids.web_url`; one that is malformed (``http://[::1``, a port out of range) is
+through :func:`model.contracts.ids.web_url`; one that is malformed (``http://[::1``, a port out of range) is
 dropped, logged and counted (``malformed_urls``).
 """
 
@@ -21,7 +21,7 @@ import lxml.etree
 import lxml.html
 
 from beam_jobs.metrics import count
-from model.ids import web_url
+from model.contracts.ids import web_url
 
 LOG = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from apache_beam.utils import shared
 
 from beam_jobs.chunk import KEPT, LEDGER as CHUNK_LEDGER, ChunkDoFn
 from beam_jobs.metrics import timed
-from model.chunking import Chunk
-from model.embedder import DEFAULT_EMBEDDER_NAME, EmbedderSpec, default_embedder_path, weights_sha256
+from model.contracts.chunking import Chunk
+from model.contracts.embedder import DEFAULT_EMBEDDER_NAME, EmbedderSpec, default_embedder_path, weights_sha256
 
 LOG = logging.getLogger(__name__)
 
 
 def embedder_spec(path: str | Path | None = None, *, max_length: int = 128) -> EmbedderSpec:
-    """The EmbedderSpec that ``model.embedder.Embedder(path)`` will report, without loading torch.
+    """The EmbedderSpec that ``model.contracts.embedder.Embedder(path)`` will report, without loading torch.
 
     The launcher compares it with the parent manifest before starting a job, and the writer
     records it; a test checks it equals the loaded Embedder's spec.
@@ -55,18 +55,18 @@ _ENCODERS = shared.Shared()
 
 
 def shared_embedder(path: str | None = None, *, max_length: int = 128, precision: str = "fp32"):
-    """The process's :class:`model.embedder.Embedder` for ``path``, loaded on first use.
+    """The process's :class:`model.contracts.embedder.Embedder` for ``path``, loaded on first use.
 
     Args:
         path: encoder directory; None for the bundled all-MiniLM-L6-v2.
         max_length: the encoder's token limit per text.
-        precision: "fp32", "bf16" or "auto" (decided here, on the worker's CPU: model.precision).
+        precision: "fp32", "bf16" or "auto" (decided here, on the worker's CPU: model.contracts.precision).
     """
 
     def load():
         from transformers.utils import logging as hf_logging
 
-        from model.embedder import Embedder
+        from model.contracts.embedder import Embedder
 
         hf_logging.disable_progress_bar()  # one bar per worker per run is noise in job logs
         with timed("embedder_load"):  # counted only when it really loads (inside a job)
@@ -78,7 +78,7 @@ def shared_embedder(path: str | None = None, *, max_length: int = 128, precision
 class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):
     """RunInference handler: batches of Chunks -> (chunk, float32 vector) pairs.
 
-    The model (``model.embedder.Embedder``) loads once per worker in ``load_model``; batches are
+    The model (``model.contracts.embedder.Embedder``) loads once per worker in ``load_model``; batches are
     sized by Beam's BatchElements between ``min_batch_size`` and ``max_batch_size``.
 
     Args:

@@ -20,8 +20,8 @@ import apache_beam as beam
 from beam_jobs.discover import parse_datetime
 from beam_jobs.metrics import count, count_failure, timed
 from beam_jobs.types import FAILED, FETCHED, INCOMPLETE, FetchResult, Observation
-from model.chunking import CHUNK_TOKENS
-from model.ids import content_hash, doc_id
+from model.contracts.chunking import CHUNK_TOKENS
+from model.contracts.ids import content_hash, doc_id
 
 LOG = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class ExtractDoFn(beam.DoFn):
             return
         count_tokens = None
         if self.tokenizer_json is not None:
-            from model.tokenizer import RetroTokenizer
+            from model.contracts.tokenizer import RetroTokenizer
 
             tokenizer = RetroTokenizer.from_json(self.tokenizer_json, name="size-limit")
             count_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731

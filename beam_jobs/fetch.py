@@ -24,8 +24,8 @@ from beam_jobs.metrics import count
 from beam_jobs.netguard import AddressPolicy, BlockedAddress, GuardedTransport, resolve_allowed
 from beam_jobs.sources import FetchSettings
 from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED, FetchResult
-from model.clock import utcnow
-from model.ids import web_url
+from model.contracts.clock import utcnow
+from model.contracts.ids import web_url
 
 LOG = logging.getLogger(__name__)
 

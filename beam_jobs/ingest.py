@@ -41,12 +41,12 @@ from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_o
 from beam_jobs.sources import SourcesConfig, load_sources
 from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargets, Targets, resolve_targets
 from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
-from model.compat import Compatibility
-from model.config import get_settings
-from model.embedder import EmbedderSpec
-from model.precision import check as check_precision
+from model.contracts.compat import Compatibility
+from model.contracts.embedder import EmbedderSpec
+from model.contracts.precision import check as check_precision
+from model.contracts.settings import get_settings
+from model.contracts.tokenizer import RetroTokenizer
 from model.store.errors import IncompatibleIndex
-from model.tokenizer import RetroTokenizer
 
 LOG = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class IngestPlan:
     started_at: datetime
     embed_batch_size: int = 64
     torch_threads: int | None = None
-    # "auto", "fp32" or "bf16": the workers decide "auto" on their own CPUs (model.precision).
+    # "auto", "fp32" or "bf16": the workers decide "auto" on their own CPUs (model.contracts.precision).
     precision: str = "fp32"
     targets: Targets | None = None  # a targeted run: only these URLs, nothing deleted for absence
 

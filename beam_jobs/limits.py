@@ -18,7 +18,7 @@ from typing import Collection
 
 from beam_jobs.metrics import count
 from beam_jobs.sources import SiteSource
-from model.ids import doc_id
+from model.contracts.ids import doc_id
 
 LOG = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from beam_jobs.limits import Admission
 from beam_jobs.metrics import count, timed
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import GONE, INCOMPLETE, FetchResult, KnownDoc
-from model.clock import utcnow
-from model.ids import canonical_url, doc_id, web_url
+from model.contracts.clock import utcnow
+from model.contracts.ids import canonical_url, doc_id, web_url
 
 LOG = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from beam_jobs.metrics import count, timed
 from beam_jobs.types import LedgerRow
-from model.embedder import EmbedderSpec
+from model.contracts.embedder import EmbedderSpec
 
 LOG = logging.getLogger(__name__)
 

@@ -126,11 +126,11 @@ def prepare(root: Path, site) -> tuple[Path, Path]:
     import yaml
 
     from beam_jobs.ingest import run_ingest
-    from model.config import RetroConfig
-    from model.embedder import Embedder
-    from model.retro import Retro
+    from model.contracts.embedder import Embedder
+    from model.contracts.tokenizer import RetroTokenizer
+    from model.network.config import RetroConfig
+    from model.network.retro import Retro
     from model.store import open_store
-    from model.tokenizer import RetroTokenizer
 
     sources = root / "sources.yaml"
     sources.write_text(yaml.safe_dump({

@@ -124,7 +124,7 @@ def view_ids(view, queries: np.ndarray) -> np.ndarray:
 def run(n: int, workdir: Path) -> dict:
     import faiss
 
-    from model.embedder import EmbedderSpec
+    from model.contracts.embedder import EmbedderSpec
     from model.store import IndexPolicy, Manifest, open_store
 
     rng = np.random.default_rng(SEED)

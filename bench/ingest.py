@@ -7,7 +7,7 @@
     ``encode`` loop over the same chunk texts (its model load also left out; the ratio with loads
     is reported too). The two run alternately over slices of the chunks (the machine is shared),
     each in a fresh process.
-    Both precisions are timed side by side (``model.precision``: fp32, and bf16 autocast for the
+    Both precisions are timed side by side (``model.contracts.precision``: fp32, and bf16 autocast for the
     job's Embedder and for sentence-transformers alike): ``embed_by_precision`` compares the two
     loops at the same precision, ``embed_best`` each at its best; the top-level ``embed_*`` keys
     are at ``default_precision``, what ``auto`` (the ingest's default) picks on this machine.
@@ -95,7 +95,7 @@ def embed_in_beam(texts: list[str], precision: str) -> tuple[float, float]:
 
     import bench.ingest as this  # by its importable name: Beam pickles functions of __main__ by value
     from beam_jobs.embed import ChunkEmbeddingHandler
-    from model.chunking import Chunk
+    from model.contracts.chunking import Chunk
 
     this._CHUNKS[:] = [Chunk(i, "bench", i, [], [], text, "bench") for i, text in enumerate(texts)]
     import torch  # noqa: F401  imported before timing, as the plain loop's import does
@@ -121,8 +121,8 @@ def embed_plain(texts: list[str], precision: str) -> tuple[float, float]:
     """(wall seconds, model-load seconds) for sentence-transformers to load the model and encode the texts."""
     from sentence_transformers import SentenceTransformer
 
-    from model.embedder import default_embedder_path
-    from model.precision import autocast
+    from model.contracts.embedder import default_embedder_path
+    from model.contracts.precision import autocast
 
     started = time.perf_counter()
     model = SentenceTransformer(str(default_embedder_path()), device="cpu")
@@ -154,7 +154,7 @@ def main() -> None:
     import torch
 
     from beam_jobs.sample.server import SampleSiteServer
-    from model.precision import cpu_bf16_flags, resolve
+    from model.contracts.precision import cpu_bf16_flags, resolve
     from model.store import open_store
 
     world = make_world(knobs["SIZE"])

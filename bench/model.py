@@ -11,17 +11,17 @@ chunk size (64), neighbour length (128), k and sequence length, and the same ran
   rounds, the two sides (and the two precisions) interleaved so a busy machine slows all alike.
 - generation: 256 new tokens (128 with --quick) after a 64-token prompt, one intra-op thread on
   CPU, neighbours retrieved at every completed chunk from the same in-memory random "retriever".
-  Ours: ``model.generation.generate`` (KV cache, neighbours encoded once per chunk). Theirs: the
+  Ours: ``model.network.generation.generate`` (KV cache, neighbours encoded once per chunk). Theirs: the
   loop of ``TrainingWrapper.generate`` (a whole forward pass over the sequence per token).
 
 On CPU both precisions are timed, interleaved in every round: fp32 and bf16 autocast
-(``model.precision``). Each side is compared with the other at the same precision, and each at
+(``model.contracts.precision``). Each side is compared with the other at the same precision, and each at
 its best; ``default_precision`` is what ``auto`` (the CLI's and the server's default) picks here.
 
 ``--gpu`` runs the paper-like 185M configuration on CUDA with bf16 autocast, and times our side
 as users run it on a GPU: training both eager and through ``torch.compile`` (``retrofresh train
 --compile``; the faster is the headline, both are reported), and decoding with the one-token
-steps replayed as CUDA graphs (``model.decoding``, what ``generate`` does on CUDA; eager beside,
+steps replayed as CUDA graphs (``model.network.decoding``, what ``generate`` does on CUDA; eager beside,
 and the largest logit difference between the two on the same tokens). ``--compile`` adds the
 compiled training step on CPU too. retro-pytorch runs as it ships.
 
@@ -59,7 +59,7 @@ PROMPT_TOKENS = 64
 # costs more than it gains (measured here: one 256x768 matvec 6 ms with 2 threads, 0.09 ms with 1).
 # Both sides generate with this many intra-op threads; None keeps torch's default.
 GENERATE_THREADS = 1
-PRECISIONS = ("fp32", "bf16")  # timed side by side on CPU (model.precision: bf16 is autocast)
+PRECISIONS = ("fp32", "bf16")  # timed side by side on CPU (model.contracts.precision: bf16 is autocast)
 GPU_PRECISIONS = ("bf16",)
 LR = 3e-4
 SEED = 0
@@ -83,7 +83,7 @@ class RandomRetriever:
         return torch.randint(1, self.vocab, (n_queries, k, NEIGHBOUR_TOKENS), generator=self.gen)
 
     def retrieve(self, texts, k, *, exclude_doc_ids=None):
-        from model.retrieval import Neighbour
+        from model.contracts.retrieval import Neighbour
 
         out = []
         for row in self.tokens(len(texts), k).tolist():
@@ -92,8 +92,8 @@ class RandomRetriever:
 
 
 def build_ours(cfg: dict, device: torch.device):
-    from model.config import RetroConfig
-    from model.retro import Retro
+    from model.network.config import RetroConfig
+    from model.network.retro import Retro
 
     config = RetroConfig(
         vocab_size=cfg["vocab_size"], d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
@@ -123,7 +123,7 @@ def train_steppers(ours, theirs, cfg: dict, device: torch.device, *, compile_our
     (eager, and compiled when asked, sharing the weights and optimizer) and retro-pytorch's."""
     from retro_pytorch.optimizer import get_optimizer
 
-    from model.precision import autocast
+    from model.contracts.precision import autocast
     from model.training.loop import TrainConfig, make_optimizer
 
     g = torch.Generator().manual_seed(SEED)
@@ -181,7 +181,7 @@ def generate_theirs(theirs, prompt: torch.Tensor, retriever: RandomRetriever, k:
     """retro-pytorch's sampling loop (TrainingWrapper.generate), minus faiss: a full forward per token."""
     from retro_pytorch.training import gumbel_sample, top_k
 
-    from model.precision import autocast
+    from model.contracts.precision import autocast
 
     theirs.eval()
     out = prompt.to(device)
@@ -200,7 +200,7 @@ def generate_theirs(theirs, prompt: torch.Tensor, retriever: RandomRetriever, k:
 
 def generate_ours(ours, tokenizer, prompt_text: str, retriever: RandomRetriever, k: int, device: torch.device, new_tokens: int, precision: str, *,
                   static_steps: bool | None = None) -> int:
-    from model.generation import generate
+    from model.network.generation import generate
 
     result = generate(ours, tokenizer, prompt_text, retriever=retriever, k=k, max_new_tokens=new_tokens, temperature=1.0, top_k=50, seed=SEED,
                       stop_at_eos=False, static_steps=static_steps, precision=precision)
@@ -211,7 +211,7 @@ def generate_ours(ours, tokenizer, prompt_text: str, retriever: RandomRetriever,
 def static_vs_eager(ours, cfg: dict, device: torch.device) -> dict:
     """Feed the same tokens to cached eager steps and to static (on CUDA: graphed) steps, in fp32,
     across chunk boundaries with fresh neighbours; the largest logit difference between them."""
-    from model.decoding import StaticDecoder
+    from model.network.decoding import StaticDecoder
 
     ours.eval()
     g = torch.Generator().manual_seed(SEED + 2)
@@ -237,8 +237,8 @@ def static_vs_eager(ours, cfg: dict, device: torch.device) -> dict:
 
 
 def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
-    from model.precision import cpu_bf16_flags, resolve
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.precision import cpu_bf16_flags, resolve
+    from model.contracts.tokenizer import RetroTokenizer
 
     device = torch.device("cuda" if gpu else "cpu")
     if gpu and not torch.cuda.is_available():

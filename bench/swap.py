@@ -86,13 +86,13 @@ def prepare(root: Path, labels: list[str], knobs: dict, store_uri: str | None = 
     """
     import torch
 
-    from model.chunking import Chunk, chunk_document
-    from model.config import RetroConfig
-    from model.embedder import Embedder
-    from model.ids import chunk_id, content_hash, doc_id
-    from model.retro import Retro
+    from model.contracts.chunking import Chunk, chunk_document
+    from model.contracts.embedder import Embedder
+    from model.contracts.ids import chunk_id, content_hash, doc_id
+    from model.contracts.tokenizer import RetroTokenizer
+    from model.network.config import RetroConfig
+    from model.network.retro import Retro
     from model.store import open_store
-    from model.tokenizer import RetroTokenizer
 
     embedder = Embedder()
     tokenizer = RetroTokenizer.load()

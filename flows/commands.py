@@ -91,7 +91,7 @@ def _echo_failure(error: BaseException, store: str | None, state) -> None:
     """Print the failure as the one JSON object of ``--json`` (the error follows on stderr)."""
     from flows.common.summary import RefreshFailure
 
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     flow_run_id = getattr(getattr(state, "state_details", None), "flow_run_id", None)
     store = store or (str(get_settings().store) if get_settings().store else None)

@@ -73,7 +73,7 @@ def _prepare_workdir(workdir: Path) -> None:
 
 def _check_checkpoint(checkpoint: Path) -> dict:
     """The checkpoint's config.json, refusing a damaged checkpoint before any step runs (milliseconds)."""
-    from model.checkpoint import check_checkpoint
+    from model.network.checkpoint import check_checkpoint
 
     try:
         return check_checkpoint(checkpoint)

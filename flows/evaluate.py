@@ -92,7 +92,7 @@ def evaluate_freshness(
 
 def plot_path(output_dir: str | None) -> Path:
     """Where this run's plot goes: one file per flow run, next to the others."""
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     base = Path(output_dir) if output_dir else get_settings().cache_dir / "evaluations"
     return base / f"freshness-{runtime.flow_run.id or 'local'}.png"
@@ -139,7 +139,7 @@ def edition_from_sources(sources: str, world) -> int | None:
 @task(name="score-versions", **IO_RETRIES)
 def score_versions(store_uri: str, probes: list[FactProbe], *, k: int, last_versions: int, embedder_path: str | None) -> list[VersionScore]:
     """Fresh / stale / missing per probe, for each of the newest versions (oldest first)."""
-    from model.embedder import Embedder
+    from model.contracts.embedder import Embedder
     from model.store import open_store
 
     store = open_store(store_uri)
@@ -165,8 +165,8 @@ def score_preferences(store_uri: str, probes: list[FactProbe], server: str | Non
 
         with RetroClient(server, timeout=120) as client:
             return [model_prefers_new(server_nats(client), p) for p in probes]
-    from model.checkpoint import load_checkpoint
-    from model.embedder import Embedder
+    from model.contracts.embedder import Embedder
+    from model.network.checkpoint import load_checkpoint
     from model.store import open_store
 
     model, tokenizer = load_checkpoint(checkpoint)

@@ -80,7 +80,7 @@ def evaluate_temporal(
 def build_request(docs, stale_version, checkpoint, store, fresh_version, control_store, control_version, retrained_checkpoint, k, bootstrap,
                   embedder_path, in_context_ralm=False, base_model=None, gguf_file=None, max_tokens=None):
     """The evaluation's inputs, with the store and checkpoint read from the environment when left out."""
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
     from model.evaluation.conditions import EvaluationSetupError, TemporalRequest
 
     settings = get_settings()
@@ -100,7 +100,7 @@ def build_request(docs, stale_version, checkpoint, store, fresh_version, control
 
 def output_directory(output_dir: str | None) -> Path:
     """Where this run's files go: one folder per flow run, beside the freshness plots."""
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     if output_dir:
         return Path(output_dir)

@@ -38,7 +38,7 @@ from beam_jobs.limits import Admission, held_by_source
 from beam_jobs.sources import FeedSource, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import FETCHED, NOT_MODIFIED
 from flows.common.pending import PendingChanges
-from model.ids import doc_id
+from model.contracts.ids import doc_id
 
 LOG = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ def _need_api() -> None:
 
 def _load(sources):
     from beam_jobs.sources import SourcesError, load_sources
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     path = sources or get_settings().sources
     if not path:
@@ -41,7 +41,7 @@ def _load(sources):
 
 
 def _store(store):
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     store = store or get_settings().store
     if not store:
@@ -93,7 +93,7 @@ def _watch(config, store: str, *, sources, interval_s, max_backoff_s, listen, on
 
     refresher = None
     if refresh_here:
-        from model.config import get_settings
+        from model.contracts.settings import get_settings
 
         refresher = LocalRefresher(str(sources or get_settings().sources), store).start()
     watcher = Watcher(config, store, interval_s=interval_s, max_backoff_s=max_backoff_s,
@@ -120,7 +120,7 @@ def _start_webhook(config, store: str, listen: str, refresher=None):
     import uvicorn
 
     from flows.common.webhook import create_webhook_app
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     host, port = _listen(listen)
     settings = get_settings()

@@ -92,7 +92,7 @@ def preload(modules: tuple[str, ...] = PRELOAD, *, embedder: bool = True):
         importlib.import_module(name)
     if embedder:
         from beam_jobs.embed import shared_embedder
-        from model.config import get_settings
+        from model.contracts.settings import get_settings
 
         return shared_embedder(precision=get_settings().precision)  # the tag the ingest and validation acquire
     return None

@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from model.ids import version_seq
-from model.schemas import (
+from model.contracts.ids import version_seq
+from model.server.schemas import (
     GenerateRequest,
     GenerateResponse,
     Health,
@@ -556,7 +556,7 @@ class RetroClient(_Base):
 
         Args:
             prompt: the text to continue.
-            **options: fields of :class:`model.schemas.GenerateRequest` (max_new_tokens,
+            **options: fields of :class:`model.server.schemas.GenerateRequest` (max_new_tokens,
                 temperature, top_k, top_p, seed, retrieval, k).
 
         Returns:

@@ -16,7 +16,7 @@ def imported_after(statement: str) -> set[str]:
 @pytest.mark.parametrize(
     "statement, forbidden",
     [
-        ("import model.retro", {"faiss", "apache_beam", "prefect", "flows", "beam_jobs"}),
+        ("import model.network.retro", {"faiss", "apache_beam", "prefect", "flows", "beam_jobs"}),
         ("import model.store", {"apache_beam", "prefect", "flows", "beam_jobs"}),
         ("import model.client", {"torch", "faiss", "apache_beam", "prefect"}),
         ("import flows.cli", {"torch", "faiss", "apache_beam", "prefect"}),

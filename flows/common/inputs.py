@@ -20,7 +20,7 @@ class FlowInputs:
 
 
 def resolve_inputs(store: str | None, sources: str | None = None, servers: list[str] | None = None, *, need_sources: bool = False) -> FlowInputs:
-    """Fill what the caller left out from :class:`model.config.Settings` (the environment).
+    """Fill what the caller left out from :class:`model.contracts.settings.Settings` (the environment).
 
     Args:
         store: the store URI, or None for ``RETROFRESH_STORE``.
@@ -35,7 +35,7 @@ def resolve_inputs(store: str | None, sources: str | None = None, servers: list[
     Raises:
         MissingInput: no store (or, when needed, no sources) anywhere.
     """
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     settings = get_settings()
     store = store or settings.store

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
-from model.clock import utcnow
+from model.contracts.clock import utcnow
 from model.store import layout
 from model.store.backends import Backend, CasFailed
 

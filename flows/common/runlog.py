@@ -21,7 +21,7 @@ BACKUPS = 3
 
 def default_log_file(command: str) -> Path:
     """``<cache dir>/logs/<command>.log`` (``RETROFRESH_CACHE_DIR``, default ``~/.cache/retrofresh``)."""
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     return Path(get_settings().cache_dir) / "logs" / f"{command}.log"
 

@@ -122,7 +122,7 @@ def server_nats(client) -> Callable[[str], float]:
 
 
 class ViewRetriever:
-    """A :class:`model.retrieval.Retriever` over one index version and the embedder of its keys."""
+    """A :class:`model.contracts.retrieval.Retriever` over one index version and the embedder of its keys."""
 
     def __init__(self, view, embedder):
         self.view, self.embedder = view, embedder
@@ -135,7 +135,7 @@ class ViewRetriever:
 
 def checkpoint_nats(model, tokenizer, retriever) -> Callable[[str], float]:
     """Total loss of a text under a local checkpoint, retrieving from ``retriever``."""
-    from model.scoring import score
+    from model.network.scoring import score
 
     def nats(text: str) -> float:
         result = score(model, tokenizer, text, retriever=retriever)

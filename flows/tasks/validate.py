@@ -22,7 +22,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from model.compat import Compatibility
+from model.contracts.compat import Compatibility
 
 LOG = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def probe_embedder(path: str | None, max_length: int):
     long-lived process load the encoder twice per refresh.
     """
     from beam_jobs.embed import shared_embedder
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     return shared_embedder(path, max_length=max_length, precision=get_settings().precision)
 

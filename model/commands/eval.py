@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from model.config import Settings
+from model.contracts.settings import Settings
 
 LOG = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 
 from model.commands.formatting import one_line
-from model.compat import Compatibility
-from model.config import Settings
+from model.contracts.compat import Compatibility
+from model.contracts.settings import Settings
 
 STORE_HELP = "index store: a directory, file:///path or gs://bucket/prefix [env: RETROFRESH_STORE]."
 CACHE_HELP = "local cache for GCS shards [env: RETROFRESH_CACHE_DIR; default ~/.cache/retrofresh]."
@@ -157,7 +157,7 @@ def search(store, as_json: bool, text: str, k: int, version: str | None, embedde
     """Embed TEXT with the version's embedder and print the nearest chunks with url and score."""
     from transformers.utils import logging as hf_logging
 
-    from model.embedder import Embedder
+    from model.contracts.embedder import Embedder
 
     hf_logging.disable_progress_bar()  # keep stderr quiet for scripts reading --json
     manifest = store.manifest(version)

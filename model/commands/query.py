@@ -7,7 +7,7 @@ import json
 import click
 
 from model.commands.formatting import one_line
-from model.config import Settings
+from model.contracts.settings import Settings
 
 
 @click.command()

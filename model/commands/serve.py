@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from model.config import Settings
+from model.contracts.settings import Settings
 
 
 @click.command()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from model.compat import Compatibility
-from model.config import Settings
+from model.contracts.compat import Compatibility
+from model.contracts.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -33,14 +33,14 @@ def _logging(verbose: bool) -> None:
 
 
 def _retriever(view, embedder):
-    from model.retrieval import StoreRetriever
+    from model.store.retriever import StoreRetriever
 
     return StoreRetriever(view, embedder)
 
 
 def _to_tokens(view, tokenizer, tokenizer_path: Path | None):
     """Re-encode neighbours when the store was chunked with another tokenizer than the model's."""
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
     from model.training.neighbours import retokenizer
 
     if view.manifest.tokenizer.sha256 == tokenizer.sha256:
@@ -67,8 +67,8 @@ def _open_view(settings: Settings, version: str | None, embedder):
 
 
 def _precision(settings: Settings):
-    """The run's precision, decided once (``auto`` measures this machine: model.precision)."""
-    from model.precision import resolve
+    """The run's precision, decided once (``auto`` measures this machine: model.contracts.precision)."""
+    from model.contracts.precision import resolve
 
     try:
         return resolve(settings.precision, settings.device)
@@ -77,7 +77,7 @@ def _precision(settings: Settings):
 
 
 def _embedder(settings: Settings, path: Path | None):
-    from model.embedder import Embedder
+    from model.contracts.embedder import Embedder
 
     return Embedder(path or settings.embedder_path, device=settings.device, precision=settings.precision)
 
@@ -129,9 +129,9 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
     """
     import torch
 
-    from model.config import RetroConfig
-    from model.retro import Retro
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
+    from model.network.config import RetroConfig
+    from model.network.retro import Retro
     from model.training.loop import TrainConfig, train as run_training
     from model.training.prepare import prepare_from_view
 
@@ -153,7 +153,7 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
         click.echo(f"indexed {len(inputs)} file(s) into {settings.store} as version {version}", err=True)
 
     if base_model is not None:
-        from model.retrofit import RetroFit, load_base
+        from model.network.retrofit import RetroFit, load_base
 
         base, tokenizer = load_base(base_model, gguf_file=gguf_file)
         layers = _layers(cca_layers) or tuple(range(6, base.config.num_hidden_layers + 1, 3))
@@ -199,7 +199,7 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
 
 
 def _load(settings: Settings):
-    from model.checkpoint import load_checkpoint
+    from model.network.checkpoint import load_checkpoint
 
     if settings.checkpoint is None:
         raise click.UsageError("no checkpoint: pass --checkpoint or set RETROFRESH_CHECKPOINT")
@@ -239,8 +239,8 @@ def _with_common(fn):
 def score(checkpoint, store, version, k, embedder_path, cache_dir, device, precision, store_tokenizer, text, file, exclude_doc, exclude_ngram,
           no_retrieval) -> None:
     """Loss and bits-per-byte of a text, with retrieval on and off (printed as JSON)."""
-    from model.ids import doc_id
-    from model.scoring import score as run_score
+    from model.contracts.ids import doc_id
+    from model.network.scoring import score as run_score
 
     if (text is None) == (file is None):
         raise click.UsageError("give exactly one of --text and --file")
@@ -276,7 +276,7 @@ def score(checkpoint, store, version, k, embedder_path, cache_dir, device, preci
 def generate(checkpoint, store, version, k, embedder_path, cache_dir, device, precision, store_tokenizer, prompt, max_new_tokens, temperature, top_k,
              top_p, seed, as_json) -> None:
     """Continue a prompt, retrieving neighbours from the store at every completed chunk."""
-    from model.generation import generate as run_generate
+    from model.network.generation import generate as run_generate
 
     settings = _settings(checkpoint=checkpoint, store=store, cache_dir=cache_dir, device=device, precision=precision)
     model, tokenizer = _load(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from model.ids import chunk_id
+from model.contracts.ids import chunk_id
 
 CHUNK_TOKENS = 64  # m in the paper
 CONTINUATION_TOKENS = 64  # a neighbour is its chunk plus the next 64 tokens: r = 128
@@ -81,7 +81,7 @@ def chunk_document(
 
     Args:
         token_ids: the whole document, tokenised with the model's tokenizer.
-        doc_id: the document's id (:func:`model.ids.doc_id`).
+        doc_id: the document's id (:func:`model.contracts.ids.doc_id`).
         url: where the document came from, kept for citations.
         content_hash: sha256 of the document's normalised text; part of every chunk id.
         tokenizer: the tokenizer that made ``token_ids`` (its ``token_bytes`` give the chunk texts).

@@ -26,7 +26,7 @@ class Incompatible(ValueError):
 class EmbedderSpec:
     """What made an index's keys; stored in every manifest and checkpoint config, compared on open.
 
-    The precision the encoder ran in (fp32 or bf16 autocast, ``model.precision``) is not part of
+    The precision the encoder ran in (fp32 or bf16 autocast, ``model.contracts.precision``) is not part of
     it: keys and queries of both may share a store. Measured on all-MiniLM-L6-v2, bf16 vectors have
     cosine >= 0.99997 to the fp32 ones, and exact top-2 over a store holding both agreed with
     all-fp32 on 99.5% of queries, well inside what the IVF search gives up (docs/ARCHITECTURE.md,

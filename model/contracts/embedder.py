@@ -1,7 +1,7 @@
 """The frozen encoder that makes keys (chunk embeddings) and queries: one code path for both.
 
 The ingest job, the trainer and the server all embed through :class:`Embedder`, and every
-manifest records its :class:`~model.compat.EmbedderSpec`, so an index is never searched with vectors
+manifest records its :class:`~model.contracts.compat.EmbedderSpec`, so an index is never searched with vectors
 from a different model, pooling or length limit.
 """
 
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.compat import EmbedderSpec  # noqa: F401  (its home; importable from here as before)
+from model.contracts.compat import EmbedderSpec  # noqa: F401  (its home; importable from here as before)
 
 LOG = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Embedder:
         max_length: tokens per text kept by the encoder's tokenizer (64 RETRO tokens fit).
         device: torch device.
         precision: "fp32" (the reference), "bf16" (autocast) or "auto" (bf16 where this device runs
-            it faster; :mod:`model.precision`). Vectors of either may share a store
+            it faster; :mod:`model.contracts.precision`). Vectors of either may share a store
             (docs/ARCHITECTURE.md, "Precision").
     """
 
@@ -73,7 +73,7 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from model.precision import resolve
+        from model.contracts.precision import resolve
 
         model_dir = Path(path) if path is not None else default_embedder_path()
         if not (model_dir / "config.json").exists():
@@ -120,7 +120,7 @@ class Embedder:
         """
         import torch
 
-        from model.precision import autocast
+        from model.contracts.precision import autocast
 
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         spans = _power_of_two_spans(len(texts), batch_size) if fixed_shapes else [(s, min(s + batch_size, len(texts))) for s in range(0, len(texts), batch_size)]

@@ -9,9 +9,9 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from model.compat import TokenizerInfo
+from model.contracts.compat import TokenizerInfo
 
-DEFAULT_TOKENIZER_PATH = Path(__file__).parent / "assets" / "tokenizer.json"
+DEFAULT_TOKENIZER_PATH = Path(__file__).parents[1] / "assets" / "tokenizer.json"  # model/assets
 TOKENIZER_FILE = "tokenizer.json"
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

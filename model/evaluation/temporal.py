@@ -38,10 +38,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from model.contracts.ids import canonical_url
+from model.contracts.retrieval import Neighbour, Retriever
 from model.evaluation.documents import DatedDocument
-from model.ids import canonical_url
-from model.retrieval import Neighbour, Retriever
-from model.scoring import OVERFETCH, chunk_neighbours, drop_leaking, longest_common_run, token_losses
+from model.network.scoring import OVERFETCH, chunk_neighbours, drop_leaking, longest_common_run, token_losses
 
 LOG = logging.getLogger(__name__)
 
@@ -60,13 +60,13 @@ class Condition:
     """One way of scoring: a model, and the index it reads (None: retrieval off)."""
 
     name: str
-    model: object  # model.retro.Retro or model.retrofit.RetroFit
-    tokenizer: object  # model.tokenizer.RetroTokenizer (or the RETRO-fitted model's)
+    model: object  # model.network.retro.Retro or model.network.retrofit.RetroFit
+    tokenizer: object  # model.contracts.tokenizer.RetroTokenizer (or the RETRO-fitted model's)
     retriever: Retriever | None = None
     version: str | None = None
     store: str | None = None
     to_tokens: Callable[[Neighbour], list[int]] | None = None
-    precision: object = "fp32"  # a RETRO model's: "fp32", "bf16", "auto" or a model.precision.Decision
+    precision: object = "fp32"  # a RETRO model's: "fp32", "bf16", "auto" or a model.contracts.precision.Decision
 
     def token_losses(self, ids: list[int], found: list[list[Neighbour]] | None, *, k: int):
         """Nats of every predicted token: a RETRO model reads neighbours through chunked cross-attention,

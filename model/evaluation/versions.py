@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from model.chunking import chunk_document
-from model.ids import content_hash, doc_id
+from model.contracts.chunking import chunk_document
+from model.contracts.ids import content_hash, doc_id
 
 LOG = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from model.compat import Compatibility, TokenizerInfo
-from model.retro import MODEL_TYPE, WEIGHTS_FILE, Retro, load_config_json
-from model.tokenizer import TOKENIZER_FILE, RetroTokenizer
+from model.contracts.compat import Compatibility, TokenizerInfo
+from model.contracts.tokenizer import TOKENIZER_FILE, RetroTokenizer
+from model.network.retro import MODEL_TYPE, WEIGHTS_FILE, Retro, load_config_json
 
 LOG = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def load_tokenizer_for(directory: str | Path, expected: TokenizerInfo | dict | N
     """The tokenizer saved in a checkpoint (or the shipped default), checked against the config's stamp.
 
     Raises:
-        model.compat.Incompatible: (a ValueError) the tokenizer found is not the one recorded.
+        model.contracts.compat.Incompatible: (a ValueError) the tokenizer found is not the one recorded.
     """
     directory = Path(directory)
     saved = (directory / TOKENIZER_FILE).exists()
@@ -62,7 +62,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"):
         if model_type == MODEL_TYPE:
             model = Retro.from_pretrained(directory, device=device)
         else:
-            from model.retrofit import RetroFit
+            from model.network.retrofit import RetroFit
 
             _check_model_type(directory, model_type)
             model = RetroFit.from_pretrained(directory, device=device)
@@ -86,7 +86,7 @@ def check_checkpoint(directory: str | Path) -> dict:
     """
     from safetensors import SafetensorError, safe_open
 
-    from model.retro import read_config
+    from model.network.retro import read_config
 
     model_type = checkpoint_model_type(directory)
     _check_model_type(directory, model_type)
@@ -100,7 +100,7 @@ def check_checkpoint(directory: str | Path) -> dict:
 
 
 def _check_model_type(directory: str | Path, model_type: str) -> None:
-    from model.retrofit import MODEL_TYPE as RETROFIT_TYPE
+    from model.network.retrofit import MODEL_TYPE as RETROFIT_TYPE
 
     if model_type not in (MODEL_TYPE, RETROFIT_TYPE):
         raise ValueError(f"{directory} holds model_type {model_type!r}; expected {MODEL_TYPE!r} or {RETROFIT_TYPE!r}")

@@ -4,13 +4,13 @@ RETRO conditions on neighbours one chunk (m = 64 tokens) at a time: when token u
 been read, chunk u is complete, its neighbours are encoded once (the encoder reads the decoder's
 activations of that chunk at the first CCA layer) and every CCA layer projects them into keys and
 values that the next m tokens attend to. That bookkeeping lives here, once, in
-:class:`ChunkPass`; the RETRO decoder blocks (``model.retro``), RETRO-fit's CCA blocks
-(``model.retrofit``) and the static one-token steps (``model.decoding``) all run their CCA
+:class:`ChunkPass`; the RETRO decoder blocks (``model.network.retro``), RETRO-fit's CCA blocks
+(``model.network.retrofit``) and the static one-token steps (``model.network.decoding``) all run their CCA
 through :meth:`ChunkPass.cross_attend`.
 
 Layers are named by their 1-based number, as in ``RetroConfig.cca_layers``. The network's own
 modules (``Rotary``, ``ChunkedCrossAttention``) come in as arguments: this module sits below
-``model.retro`` and imports nothing of it.
+``model.network.retro`` and imports nothing of it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from model.config import RetroConfig
+from model.network.config import RetroConfig
 
 
 def expand_mask(neighbours: torch.Tensor, neighbour_mask: torch.Tensor | None) -> torch.Tensor:
@@ -46,7 +46,7 @@ class EncodedNeighbours:
     """Encoded neighbours of L chunks per sequence, and which of them may be attended.
 
     Build with :meth:`of`, which derives ``attn_mask``; only the static steps of
-    ``model.decoding`` give their own (fixed buffers, no host sync).
+    ``model.network.decoding`` give their own (fixed buffers, no host sync).
     """
 
     states: torch.Tensor  # (N, k·r, De) encoder output, N = B·L
@@ -100,7 +100,7 @@ class ChunkPass:
 
     Args:
         config: the network's shape (m, the CCA layers).
-        rotary: the ``model.retro.Rotary`` table of CCA queries and neighbour keys.
+        rotary: the ``model.network.retro.Rotary`` table of CCA queries and neighbour keys.
         encode: embeds and encodes neighbours given the chunks' activations.
         neighbours: (B, L, k, r) token ids; in a step, (B, 1, k, r) only when it completes a chunk. None: no retrieval.
         neighbour_mask: (B, L, k) or (B, L, k, r) bool, True where a neighbour (token) exists.
@@ -108,7 +108,7 @@ class ChunkPass:
         tokens: T, the tokens of a full pass (a step has one).
         step: one cached token at ``pos``.
         pos: the step's position; default ``memory.pos``. A (1,) device tensor for the static
-            steps of ``model.decoding``, which never complete a chunk and call no :meth:`finish`.
+            steps of ``model.network.decoding``, which never complete a chunk and call no :meth:`finish`.
     """
 
     def __init__(
@@ -185,7 +185,7 @@ class ChunkPass:
             layer: the layer's 1-based number.
             x: its input.
             norm: the layer's pre-CCA norm.
-            cca: its ``model.retro.ChunkedCrossAttention``.
+            cca: its ``model.network.retro.ChunkedCrossAttention``.
             dropout: applied to the CCA output (training); None: none.
         """
         if layer == self.first_layer:

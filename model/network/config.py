@@ -1,16 +1,14 @@
-"""Configuration: ``RetroConfig`` (the network's shape) and ``Settings`` (server and CLI, from the env)."""
+"""The network's shape: ``RetroConfig`` (saved as a checkpoint's ``config.json``) and its named presets.
+
+The server's and the CLI's settings from the environment are :mod:`model.contracts.settings`.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from model.compat import EmbedderSpec, TokenizerInfo
+from model.contracts.compat import EmbedderSpec, TokenizerInfo
 
 
 # The paper-like 185M configuration of the RETRO paper's smallest decoder (d 896, 12 layers, CCA
@@ -32,7 +30,7 @@ class RetroConfig:
 
     Saved as ``config.json`` beside ``model.safetensors``; ``embedder`` and ``tokenizer`` record
     what the model was trained with so a server can refuse an index made by something else
-    (``model.compat.Compatibility.of_config``). Given as dicts (config.json), they become typed values.
+    (``model.contracts.compat.Compatibility.of_config``). Given as dicts (config.json), they become typed values.
     """
 
     vocab_size: int = 8192
@@ -47,7 +45,7 @@ class RetroConfig:
     chunk_tokens: int = 64  # m
     continuation_tokens: int = 64  # a neighbour is r = chunk_tokens + continuation_tokens tokens
     k: int = 2  # neighbours per chunk
-    # CCA keys also read the neighbour token before them, and CCA starts as an induction head (model.retro):
+    # CCA keys also read the neighbour token before them, and CCA starts as an induction head (model.network.retro):
     # what lets a small model trained from scratch copy from its neighbours. Needs d_model = enc_d_model = H·d.
     cca_previous_token_keys: bool = False
     max_seq_len: int = 2048
@@ -130,53 +128,3 @@ class RetroConfig:
         if name not in _PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
         return cls(**{**_PRESETS[name], **overrides})
-
-
-class Settings(BaseSettings):
-    """Runtime settings shared by the server and the CLI; every field reads ``RETROFRESH_<NAME>``.
-
-    Command-line flags override these; nothing else in the code base reads the environment.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="RETROFRESH_", extra="ignore")
-
-    store: str | None = Field(None, description="index store: a directory or gs://bucket/prefix")
-    checkpoint: Path | None = Field(None, description="RETRO checkpoint directory")
-    cache_dir: Path = Field(Path.home() / ".cache" / "retrofresh", description="local shard cache")
-    cache_max_bytes: int | None = Field(
-        None, gt=0, description="most bytes of GCS shards kept in cache_dir (least recently used out first); None: no limit"
-    )
-    host: str = "127.0.0.1"
-    port: int = 8000
-    admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload")
-    reload_interval_s: float = Field(5.0, description="how often the server checks CURRENT")
-    reverify_interval_s: float = Field(
-        3600.0, ge=0,
-        description="how often the server hashes the served version's shard files again (0: never; ~1.7 s per GB)",
-    )
-    device: str = Field("cpu", description="torch device for the model and the embedder")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="fp32, bf16 (autocast), or auto: bf16 where this device runs it faster (model.precision)"
-    )
-    # Read by the Prefect flows when a deployment leaves them out (flows/).
-    sources: str | None = Field(None, description="sources file (YAML) that a refresh ingests")
-    servers: list[str] = Field(default_factory=list, description="server URLs a refresh notifies (JSON list)")
-
-    # Request limits: anything larger is a 4xx naming the limit.
-    max_body_bytes: int = 1_000_000
-    max_prompt_tokens: int = 2048
-    max_new_tokens: int = 512
-    max_k: int = 16
-    max_batch: int = 64
-    max_inflight: int = Field(64, description="requests doing model work at once; more get 503")
-    max_query_chars: int = Field(8192, description="characters per retrieve query (a RETRO query is one 64-token chunk)")
-
-    # Serving.
-    embedder_path: Path | None = Field(None, description="query encoder directory; None: the bundled all-MiniLM-L6-v2")
-    batch_window_ms: float = Field(2.0, description="how long a retrieve request waits to share an embed batch")
-    model_workers: int = Field(2, description="threads running generation and scoring at once")
-
-
-def get_settings() -> Settings:
-    """Read settings from the environment (call once at start-up and pass the object along)."""
-    return Settings()

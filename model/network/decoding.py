@@ -23,8 +23,8 @@ import contextlib
 
 import torch
 
-from model.chunks import ChunkMemory, EncodedNeighbours
-from model.retro import Retro, RetroCache
+from model.network.chunk_passes import ChunkMemory, EncodedNeighbours
+from model.network.retro import Retro, RetroCache
 
 
 class StaticDecoder:

@@ -8,11 +8,11 @@ from typing import Callable
 
 import torch
 
-from model.retrieval import Neighbour, Retriever
-from model.decoding import StaticDecoder
-from model.precision import Decision, autocast
-from model.retro import Retro, pack_neighbours
-from model.tokenizer import RetroTokenizer
+from model.contracts.precision import Decision, autocast
+from model.contracts.retrieval import Neighbour, Retriever
+from model.contracts.tokenizer import RetroTokenizer
+from model.network.decoding import StaticDecoder
+from model.network.retro import Retro, pack_neighbours
 
 LOG = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ def generate(
         stop_at_eos: stop when the end-of-text token is sampled.
         to_tokens: a neighbour's token ids for this model; default its ``retrieved_tokens`` (set it
             when the store was chunked with another tokenizer, e.g. a RETRO-fitted model).
-        static_steps: run tokens that complete no chunk through :class:`model.decoding.StaticDecoder`
+        static_steps: run tokens that complete no chunk through :class:`model.network.decoding.StaticDecoder`
             (replayed as CUDA graphs on a GPU); default: on for a RETRO model on CUDA. Same tokens.
-        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.precision`).
+        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.contracts.precision`).
 
     Returns:
         The new text and tokens, and the neighbours used.

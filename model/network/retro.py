@@ -2,7 +2,7 @@
 
 Read bottom-up: rotary positions, attention (self, cross, chunked cross), MLP, the decoder and
 encoder blocks, the neighbour encoder, then :class:`Retro`. When a chunk's neighbours are encoded
-and what each CCA layer reads is ``model.chunks.ChunkPass``, shared with RETRO-fit. Axis names used in shape comments and
+and what each CCA layer reads is ``model.network.chunk_passes.ChunkPass``, shared with RETRO-fit. Axis names used in shape comments and
 einops patterns:
 
     B batch · T tokens · L chunks (T // m) · m chunk tokens (64) · k neighbours per chunk
@@ -27,13 +27,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from model.chunks import ChunkMemory, ChunkPass, EncodedNeighbours, expand_mask
-from model.compat import Compatibility
-from model.config import RetroConfig
+from model.contracts.compat import Compatibility
+from model.network.chunk_passes import ChunkMemory, ChunkPass, EncodedNeighbours, expand_mask
+from model.network.config import RetroConfig
 
 if TYPE_CHECKING:
-    from model.retrieval import Neighbour
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.retrieval import Neighbour
+    from model.contracts.tokenizer import RetroTokenizer
 
 LOG = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ class NeighbourEncoder(nn.Module):
         Args:
             embed: the decoder's token embedding (RETRO-fit: the base model's, frozen).
             neighbours: (B, L, k, r) token ids.
-            neighbour_mask: see :func:`model.chunks.expand_mask`.
+            neighbour_mask: see :func:`model.network.chunk_passes.expand_mask`.
             chunk_h: activations of the L chunks at the first CCA layer.
         """
         L = neighbours.shape[1]
@@ -447,7 +447,7 @@ class LayerCache:
     def append(self, k: torch.Tensor, v: torch.Tensor, pos: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write keys/values at pos; return those of every position so far.
 
-        pos may be a (1,) device tensor (static shapes, see model.decoding): then the one token is
+        pos may be a (1,) device tensor (static shapes, see model.network.decoding): then the one token is
         written in place and the whole buffer comes back, for the caller to mask unfilled slots.
         """
         if isinstance(pos, torch.Tensor):
@@ -464,7 +464,7 @@ class LayerCache:
 
 @dataclass
 class RetroCache(ChunkMemory):
-    """Decoding state: each layer's self-attention KV, plus the chunk state of :class:`model.chunks.ChunkMemory`."""
+    """Decoding state: each layer's self-attention KV, plus the chunk state of :class:`model.network.chunk_passes.ChunkMemory`."""
 
     layers: list[LayerCache] = field(default_factory=list)
 
@@ -515,7 +515,7 @@ class Retro(nn.Module):
         return self.encoder.encode(self.wte, neighbours, neighbour_mask, chunk_h)
 
     def chunk_pass(self, neighbours, neighbour_mask, cache: ChunkMemory | None, *, tokens: int, step: bool, pos=None) -> ChunkPass:
-        """The chunk bookkeeping of one pass through this network (see :class:`model.chunks.ChunkPass`)."""
+        """The chunk bookkeeping of one pass through this network (see :class:`model.network.chunk_passes.ChunkPass`)."""
         return ChunkPass(self.config, self.rotary, self.encode_neighbours, neighbours, neighbour_mask, cache, tokens=tokens, step=step, pos=pos)
 
     def _check_inputs(self, input_ids: torch.Tensor, neighbours: torch.Tensor | None, step: bool) -> None:
@@ -585,7 +585,7 @@ class Retro(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, 1, V) of one new token per sequence at pos; advances nothing (``chunks.finish`` does).
 
-        ``forward`` with a cache calls this; so do the static steps of ``model.decoding``, with pos
+        ``forward`` with a cache calls this; so do the static steps of ``model.network.decoding``, with pos
         a device tensor and key_mask the cache slots written.
         """
         cos, sin = self.rotary.at(pos)

@@ -30,11 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from model.chunks import ChunkMemory, ChunkPass, EncodedNeighbours
-from model.compat import EmbedderSpec
-from model.config import RetroConfig
-from model.retro import IGNORE_INDEX, WEIGHTS_FILE, ChunkedCrossAttention, NeighbourEncoder, Rotary, config_from, read_config, write_config
-from model.tokenizer import RetroTokenizer
+from model.contracts.compat import EmbedderSpec
+from model.contracts.tokenizer import RetroTokenizer
+from model.network.chunk_passes import ChunkMemory, ChunkPass, EncodedNeighbours
+from model.network.config import RetroConfig
+from model.network.retro import IGNORE_INDEX, WEIGHTS_FILE, ChunkedCrossAttention, NeighbourEncoder, Rotary, config_from, read_config, write_config
 
 LOG = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class CCABlock(nn.Module):
 
 @dataclass
 class RetroFitCache(ChunkMemory):
-    """Decoding state: the base model's KV cache, plus the chunk state of :class:`model.chunks.ChunkMemory`."""
+    """Decoding state: the base model's KV cache, plus the chunk state of :class:`model.network.chunk_passes.ChunkMemory`."""
 
     hf: object = None  # transformers DynamicCache
 
@@ -258,7 +258,7 @@ class RetroFit(nn.Module):
         targets: torch.Tensor | None = None,
         cache: RetroFitCache | None = None,
     ):
-        """Same contract as :meth:`model.retro.Retro.forward`."""
+        """Same contract as :meth:`model.network.retro.Retro.forward`."""
         m = self.config.chunk_tokens
         B, T = input_ids.shape
         step = cache is not None and cache.pos > 0

@@ -9,11 +9,11 @@ from typing import Callable
 
 import torch
 
-from model.generation import retrieve_chunks
-from model.precision import Decision, autocast
-from model.retrieval import Neighbour, Retriever
-from model.retro import IGNORE_INDEX, Retro, pack_neighbours
-from model.tokenizer import RetroTokenizer
+from model.contracts.precision import Decision, autocast
+from model.contracts.retrieval import Neighbour, Retriever
+from model.contracts.tokenizer import RetroTokenizer
+from model.network.generation import retrieve_chunks
+from model.network.retro import IGNORE_INDEX, Retro, pack_neighbours
 
 LOG = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def token_losses(
         found: per complete chunk, its neighbours (the first k are used); None: retrieval off.
         k: neighbours per chunk.
         to_tokens: a neighbour's token ids for this model (default its ``retrieved_tokens``).
-        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.precision`).
+        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.contracts.precision`).
 
     Returns:
         float tensor (len(ids) - 1,) on the CPU: entry j is the loss of predicting ``ids[j + 1]``.
@@ -228,8 +228,8 @@ def score(
         k: neighbours per chunk (default: the model's k).
         exclude_doc_id: never use neighbours from this document (the text's own source).
         exclude_ngram: drop neighbours sharing an n-gram of this length with the chunk they help predict.
-        to_tokens: a neighbour's token ids for this model (see :func:`model.generation.generate`).
-        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.precision`).
+        to_tokens: a neighbour's token ids for this model (see :func:`model.network.generation.generate`).
+        precision: "fp32" (the reference), "bf16" or "auto" (:mod:`model.contracts.precision`).
 
     Returns:
         Loss, bits per byte and counts.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from model.config import Settings
+from model.contracts.settings import Settings
 from model.server import errors
 from model.server.limits import BodySizeLimitMiddleware
 from model.server.metrics import MetricsMiddleware

@@ -10,7 +10,7 @@ from typing import Callable
 
 import anyio
 
-from model.retrieval import Neighbour
+from model.contracts.retrieval import Neighbour
 from model.server.swap import LoadedVersion
 
 LOG = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from model.config import Settings
+from model.contracts.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class LimitExceeded(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """The ceilings a request must stay under (from :class:`model.config.Settings`)."""
+    """The ceilings a request must stay under (from :class:`model.contracts.settings.Settings`)."""
 
     max_body_bytes: int
     max_prompt_tokens: int

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from model.schemas import CorruptFile, IndexVerification
+from model.server.schemas import CorruptFile, IndexVerification
 from model.store.checksums import sha256_file
 
 LOG = logging.getLogger(__name__)

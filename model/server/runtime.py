@@ -10,14 +10,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from model.compat import Compatibility
-from model.config import Settings
+from model.contracts.compat import Compatibility
+from model.contracts.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
 
 class LockedEmbedder:
-    """An :class:`model.embedder.Embedder` that encodes one batch at a time.
+    """An :class:`model.contracts.embedder.Embedder` that encodes one batch at a time.
 
     The Hugging Face fast tokenizer inside the embedder changes its truncation/padding state on
     every call and raises "Already borrowed" when two threads do so at once; and two forward
@@ -43,13 +43,13 @@ class LockedEmbedder:
 class Runtime:
     """The parts loaded once per process and shared by every request."""
 
-    model: Any  # model.retro.Retro, in eval mode
-    tokenizer: Any  # model.tokenizer.RetroTokenizer
+    model: Any  # model.network.retro.Retro, in eval mode
+    tokenizer: Any  # model.contracts.tokenizer.RetroTokenizer
     embedder: LockedEmbedder
     store: Any  # from model.store.open_store
     compatibility: Compatibility
     longest_token_bytes: int  # no token of the tokenizer spans more bytes (bounds tokens from below)
-    precision: Any = "fp32"  # model.precision.Decision the model's scoring and generation run in
+    precision: Any = "fp32"  # model.contracts.precision.Decision the model's scoring and generation run in
 
 
 class StartupError(Exception):
@@ -73,9 +73,9 @@ def load_runtime(settings: Settings) -> Runtime:
         raise StartupError("no checkpoint: pass --checkpoint DIR or set RETROFRESH_CHECKPOINT")
     if settings.store is None:
         raise StartupError("no index store: pass --store URI or set RETROFRESH_STORE")
-    from model.checkpoint import load_checkpoint
-    from model.embedder import Embedder
-    from model.precision import resolve
+    from model.contracts.embedder import Embedder
+    from model.contracts.precision import resolve
+    from model.network.checkpoint import load_checkpoint
     from model.store import open_store
 
     try:

@@ -10,7 +10,7 @@ from typing import AsyncIterator
 import anyio
 from fastapi import FastAPI
 
-from model.config import Settings
+from model.contracts.settings import Settings
 from model.server.batching import RetrieveBatcher
 from model.server.limits import Admission, Limits
 from model.server.metrics import ServerMetrics
@@ -56,7 +56,7 @@ class ServerState:
     async def start(self) -> None:
         """Load the model, embedder and store (off the event loop), then start watching CURRENT."""
         self.runtime = await anyio.to_thread.run_sync(load_runtime, self.settings)
-        from model.retrieval import StoreRetriever
+        from model.store.retriever import StoreRetriever
 
         self.holder = IndexHolder(
             self.runtime.store,

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import anyio
 
-from model.compat import Compatibility
+from model.contracts.compat import Compatibility
 
 LOG = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class LoadedVersion:
 
     Args:
         view: the store's ``IndexView`` (``search``, ``close``, ``manifest``).
-        retriever: a ``model.retrieval.Retriever`` over the view, for generation and scoring.
+        retriever: a ``model.contracts.retrieval.Retriever`` over the view, for generation and scoring.
     """
 
     def __init__(self, view, retriever):

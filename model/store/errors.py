@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.compat import Incompatible
+from model.contracts.compat import Incompatible
 
 
 class StoreError(Exception):

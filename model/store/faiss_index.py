@@ -88,7 +88,7 @@ def check_vectors(embeddings: np.ndarray, *, dim: int, rows: int | None = None, 
         if abs(norms[worst] - 1) > 1e-3:
             raise StoreError(
                 f"embedding row {worst} has L2 norm {norms[worst]:.4f}, but the embedder spec says normalize=True; "
-                "embed with model.embedder.Embedder (or L2-normalise) so keys and queries match"
+                "embed with model.contracts.embedder.Embedder (or L2-normalise) so keys and queries match"
             )
     return out
 

@@ -21,7 +21,7 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
-from model.ids import version_seq  # noqa: F401 - the version grammar lives in model.ids (the client orders versions too)
+from model.contracts.ids import version_seq  # noqa: F401 - the version grammar lives in model.contracts.ids (the client orders versions too)
 from model.store.errors import StoreError
 
 CURRENT = "CURRENT"

@@ -10,7 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from model.embedder import EmbedderSpec
+from model.contracts.embedder import EmbedderSpec
 from model.store import faiss_index, layout
 from model.store.backends import Backend
 from model.store.errors import AlreadyExists

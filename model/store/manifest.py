@@ -13,8 +13,8 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.chunking import CHUNK_TOKENS, CONTINUATION_TOKENS
-from model.compat import Compatibility, EmbedderSpec, TokenizerInfo
+from model.contracts.chunking import CHUNK_TOKENS, CONTINUATION_TOKENS
+from model.contracts.compat import Compatibility, EmbedderSpec, TokenizerInfo
 from model.store.errors import IncompatibleIndex, StoreError
 
 FORMAT_VERSION = 1

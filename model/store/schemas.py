@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model.chunking import Chunk
+from model.contracts.chunking import Chunk
 from model.store.errors import StoreError
 
 CHUNKS_SCHEMA = pa.schema(
@@ -46,7 +46,7 @@ def chunks_to_table(chunks: Sequence[Chunk] | pa.Table) -> pa.Table:
     """Chunks as a table with :data:`CHUNKS_SCHEMA`, validated.
 
     Args:
-        chunks: :class:`model.chunking.Chunk` objects, or a table with (at least) the schema's
+        chunks: :class:`model.contracts.chunking.Chunk` objects, or a table with (at least) the schema's
             columns.
 
     Returns:
@@ -67,14 +67,14 @@ def chunks_to_table(chunks: Sequence[Chunk] | pa.Table) -> pa.Table:
         chunks = list(chunks)
         bad = next((c for c in chunks if not isinstance(c, Chunk)), None)
         if bad is not None:
-            raise StoreError(f"write_shard takes model.chunking.Chunk objects or a pyarrow Table, got {type(bad).__name__}")
+            raise StoreError(f"write_shard takes model.contracts.chunking.Chunk objects or a pyarrow Table, got {type(bad).__name__}")
         table = pa.table({name: [getattr(c, name) for c in chunks] for name in CHUNKS_SCHEMA.names}, schema=CHUNKS_SCHEMA)
     for name in CHUNKS_SCHEMA.names:
         if table.column(name).null_count:
             raise StoreError(f"chunks column {name!r} has {table.column(name).null_count} null value(s); every field is required")
     ids = table.column("chunk_id").to_numpy()
     if len(ids) and ids.min() < 0:
-        raise StoreError(f"chunk id {int(ids.min())} is negative; chunk ids are 63-bit (model.ids.chunk_id)")
+        raise StoreError(f"chunk id {int(ids.min())} is negative; chunk ids are 63-bit (model.contracts.ids.chunk_id)")
     uniq, counts = np.unique(ids, return_counts=True)
     if len(uniq) != len(ids):
         dup = uniq[counts > 1][:5].tolist()

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from model.embedder import EmbedderSpec
+from model.contracts.embedder import EmbedderSpec
 from model.store import faiss_index, layout, rows
 from model.store.backends import Backend
 from model.store.checksums import sha256_bytes, sha256_file

@@ -15,9 +15,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from model.chunking import Chunk
-from model.compat import Compatibility
-from model.embedder import EmbedderSpec
+from model.contracts.chunking import Chunk
+from model.contracts.compat import Compatibility
+from model.contracts.embedder import EmbedderSpec
 from model.store import faiss_index, layout, ledger, shards
 from model.store.backends import Backend, CasFailed, open_backend
 from model.store.cache import ShardCache
@@ -26,9 +26,9 @@ from model.store.errors import AlreadyExists, DamagedCurrent, IncompatibleIndex,
 from model.store.faiss_index import IndexPolicy
 from model.store.lineage import Lineages
 from model.store.manifest import Manifest, ShardInfo
+from model.store.pool import ShardPool
 from model.store.schemas import chunks_to_table, empty_ledger
 from model.store.uri import parse_store_uri
-from model.store.pool import ShardPool
 from model.store.view import IndexView, load_shard_data, version_shard
 
 LOG = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ _ANY = object()  # rollback's default: compare-and-swap against whatever CURRENT
 
 def default_cache_dir() -> Path:
     """The cache the server and CLI use unless told otherwise (``Settings.cache_dir``'s default)."""
-    from model.config import Settings
+    from model.contracts.settings import Settings
 
     return Path(Settings.model_fields["cache_dir"].default)
 
@@ -186,7 +186,7 @@ class Store:
         lineage has none yet; a new lineage id is made if ``lineage`` is None).
 
         Args:
-            chunks: the chunks (``model.chunking.Chunk``) or a table with ``CHUNKS_SCHEMA``'s columns.
+            chunks: the chunks (``model.contracts.chunking.Chunk``) or a table with ``CHUNKS_SCHEMA``'s columns.
             embeddings: float32 (len(chunks), dim), row i the key of chunk i.
             lineage: the lineage whose quantizer IVF shards share (see :meth:`train_lineage`).
             embedder: what made the embeddings; recorded in shard.json.

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model.retrieval import Neighbour
+from model.contracts.retrieval import Neighbour
 from model.store import faiss_index, layout, rows
 from model.store.errors import StoreError
 from model.store.manifest import Manifest, ShardInfo

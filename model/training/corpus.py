@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from model.tokenizer import RetroTokenizer
+from model.contracts.tokenizer import RetroTokenizer
 
 LOG = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def index_documents(store, documents: Sequence[tuple[str, str]], tokenizer: Retr
         store: a :class:`model.store.Store` with nothing published yet.
         documents: ``(url, text)`` pairs.
         tokenizer: cuts the chunks (the model's tokenizer).
-        embedder: makes the keys (:class:`model.embedder.Embedder`).
+        embedder: makes the keys (:class:`model.contracts.embedder.Embedder`).
         progress: show the embedding progress bar.
 
     Returns:

@@ -16,8 +16,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from model.retro import IGNORE_INDEX
-from model.tokenizer import RetroTokenizer
+from model.contracts.tokenizer import RetroTokenizer
+from model.network.retro import IGNORE_INDEX
 
 LOG = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from model.precision import autocast, check as check_precision, resolve as resolve_precision
+from model.contracts.precision import autocast, check as check_precision, resolve as resolve_precision
 from model.training.data import SequenceSet
 from model.training.mix import NeighbourMix
 
@@ -37,7 +37,7 @@ class TrainConfig:
     device: str = "cpu"
     compile: bool = False  # torch.compile the training forward (fuses norms, rotary, GELU; pays off on GPU)
     # "fp32" (the reference), "bf16" (autocast) or "auto" (bf16 where this device runs it faster:
-    # model.precision). The CLI passes auto.
+    # model.contracts.precision). The CLI passes auto.
     precision: str = "fp32"
     seed: int = 0
     progress: bool = True
@@ -165,7 +165,7 @@ def _eval_point(model, eval_set: SequenceSet, cfg: TrainConfig, step: int) -> Ev
 
 def save_checkpoint(model, optimizer, cfg: TrainConfig, step: int, tokenizer=None, extra: dict | None = None) -> Path:
     """Weights + tokenizer via ``save_pretrained``, optimizer state beside them (no pickle)."""
-    from model.checkpoint import save_training_state
+    from model.network.checkpoint import save_training_state
 
     out = Path(cfg.out_dir)
     model.save_pretrained(out, tokenizer=tokenizer)
@@ -207,7 +207,7 @@ def train(
     optimizer = make_optimizer(model, cfg)
     start = 0
     if resume:
-        from model.checkpoint import load_training_state
+        from model.network.checkpoint import load_training_state
 
         if cfg.out_dir is None:
             raise ValueError("resume needs out_dir (the checkpoint to continue)")

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from model.compat import Compatibility
-from model.retrieval import Neighbour
+from model.contracts.compat import Compatibility
+from model.contracts.retrieval import Neighbour
 from model.training.data import ChunkPlan
 
 LOG = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def neighbours_from_store(
 
     Args:
         view: an opened store version (``search``, ``manifest``).
-        embedder: a :class:`model.embedder.Embedder` matching the version's.
+        embedder: a :class:`model.contracts.embedder.Embedder` matching the version's.
         plan: the training windows.
         k: neighbours per chunk.
         r: tokens per neighbour.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from model.compat import Compatibility
-from model.tokenizer import RetroTokenizer
+from model.contracts.compat import Compatibility
+from model.contracts.tokenizer import RetroTokenizer
 from model.training.data import Document, SequenceSet, documents_from_view, plan_sequences, split_documents
 from model.training.neighbours import neighbours_from_store, retokenizer
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from beam_jobs.chunk import ChunkDoFn
 from beam_jobs.extract import extract_plain
 from beam_jobs.types import FETCHED, NEW, Observation, ToChunk
-from model.chunking import Chunk
-from model.ids import content_hash
-from model.tokenizer import RetroTokenizer
+from model.contracts.chunking import Chunk
+from model.contracts.ids import content_hash
+from model.contracts.tokenizer import RetroTokenizer
 
 JAPANESE = "東京都の天気は晴れ、最高気温は二十五度でした。新しい駅前の図書館は来月から午前九時に開館します。" * 6
 

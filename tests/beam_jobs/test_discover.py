@@ -84,7 +84,7 @@ def test_a_malformed_url_costs_only_itself(caplog):
 
 
 def test_web_url_and_ids_never_raise():
-    from model.ids import canonical_url, doc_id, web_url
+    from model.contracts.ids import canonical_url, doc_id, web_url
 
     assert web_url("b.html#top", "http://s/dir/a.html") == "http://s/dir/b.html"
     assert web_url(" HTTP://S:8080/x ") == "HTTP://S:8080/x"

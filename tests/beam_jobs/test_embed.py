@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from beam_jobs.embed import ChunkEmbeddingHandler, embedder_spec
-from model.chunking import Chunk
-from model.embedder import Embedder
+from model.contracts.chunking import Chunk
+from model.contracts.embedder import Embedder
 from tests.fixtures.numerics import assert_close
 
 pytestmark = pytest.mark.numerics
 
 
 def test_spec_without_loading_equals_the_loaded_encoders(tmp_path):
-    from model.embedder import default_embedder_path
+    from model.contracts.embedder import default_embedder_path
 
     handler = ChunkEmbeddingHandler(None, torch_threads=2)
     model = handler.load_model()

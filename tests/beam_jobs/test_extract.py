@@ -9,7 +9,7 @@ import pytest
 
 from beam_jobs.extract import ExtractionError, decode, document_text, extract_html, extract_plain, looks_binary, normalise, observe
 from beam_jobs.types import FAILED, FETCHED, FetchResult
-from model.ids import content_hash, doc_id
+from model.contracts.ids import content_hash, doc_id
 
 PARAGRAPH = "A sentence of ordinary prose that is long enough to count as the main text of a page. " * 4
 
@@ -141,7 +141,7 @@ def test_a_record_over_the_size_limit_is_a_counted_failure_that_keeps_its_identi
 
 def test_the_chunk_limit_counts_the_model_tokenizer_tokens():
     from beam_jobs.extract import SizeLimit
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
 
     tokenizer = RetroTokenizer.load()
     text = "東京 😀 " * 200  # few bytes per token: over 2 chunks long well before 10 kB

@@ -9,7 +9,7 @@ import pytest
 
 from beam_jobs.ingest import main, run_ingest
 from beam_jobs.sources import FilesSource
-from model.ids import doc_id
+from model.contracts.ids import doc_id
 from model.store import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,7 +14,7 @@ from beam_jobs.ingest import EmbedderMismatch, IngestResult, TokenizerMismatch, 
 from beam_jobs.sample.server import SampleSiteServer
 from beam_jobs.sample.world import BROKEN_PATH, PRIVATE_PATH, SampleWorld
 from beam_jobs.sources import SourcesConfig
-from model.ids import doc_id
+from model.contracts.ids import doc_id
 from model.store import open_store
 from tests.fixtures.site import FAST_FETCH
 
@@ -153,7 +153,7 @@ def test_conditional_requests_get_304_and_embed_nothing(runs):
 
 
 def test_a_different_tokenizer_is_refused_before_anything_is_fetched(runs, tmp_path):
-    from model.tokenizer import train_tokenizer
+    from model.contracts.tokenizer import train_tokenizer
 
     other = train_tokenizer(["a tiny corpus of words for a tiny tokenizer"] * 20, vocab_size=300, name="other-bpe")
     path = other.save(tmp_path / "tok")
@@ -164,7 +164,7 @@ def test_a_different_tokenizer_is_refused_before_anything_is_fetched(runs, tmp_p
 
 
 def test_a_different_encoder_is_refused(runs, tmp_path):
-    from model.embedder import default_embedder_path
+    from model.contracts.embedder import default_embedder_path
 
     renamed = tmp_path / "some-other-encoder"
     renamed.symlink_to(default_embedder_path(), target_is_directory=True)

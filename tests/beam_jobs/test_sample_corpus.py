@@ -5,8 +5,8 @@ import pytest
 from beam_jobs.extract import document_text, extract_html
 from beam_jobs.sample.corpus import temporal_corpus, world_documents
 from beam_jobs.sample.world import HEADLINES, SampleWorld
+from model.contracts.tokenizer import RetroTokenizer
 from model.evaluation.versions import STALE_COPY_QUERY, training_documents
-from model.tokenizer import RetroTokenizer
 
 BASE = "http://sample.test"
 CHUNK = 64  # RETRO retrieves for the previous chunk: a document's first 64 tokens see no neighbours

@@ -18,9 +18,9 @@ from beam_jobs.sources import DocumentLimits, SourcesConfig
 from beam_jobs.targets import FetchTargets, resolve_targets
 from beam_jobs.types import CHANGED, DELETED, FAILED, FETCHED, GONE, NEW, FetchResult, LedgerRow, Observation, ToChunk
 from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
-from model.chunking import Chunk
-from model.ids import content_hash, doc_id
-from model.tokenizer import RetroTokenizer
+from model.contracts.chunking import Chunk
+from model.contracts.ids import content_hash, doc_id
+from model.contracts.tokenizer import RetroTokenizer
 from tests.fixtures.numerics import approx
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)

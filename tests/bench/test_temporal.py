@@ -55,9 +55,9 @@ def setup(tmp_path_factory):
     from tokenizers import Tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from model.embedder import Embedder
-    from model.retrofit import RetroFit
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.embedder import Embedder
+    from model.network.retrofit import RetroFit
+    from model.contracts.tokenizer import RetroTokenizer
 
     root = tmp_path_factory.mktemp("temporal")
     session = "Sessions\n========\n\n" + SESSION * 6

@@ -1,10 +1,10 @@
 """The shipped demo checkpoint: small, loadable, and made for the store's tokenizer and embedder."""
 
 from flows.demo import SHIPPED_CHECKPOINT
-from model.checkpoint import load_checkpoint
-from model.embedder import Embedder, EmbedderSpec
-from model.retro import Retro
-from model.tokenizer import RetroTokenizer
+from model.contracts.embedder import Embedder, EmbedderSpec
+from model.contracts.tokenizer import RetroTokenizer
+from model.network.checkpoint import load_checkpoint
+from model.network.retro import Retro
 
 
 def test_the_shipped_checkpoint_loads_and_matches_what_the_demo_store_is_made_with():

@@ -23,9 +23,9 @@ EVAL = [
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory, query_embedder):
+    from model.contracts.tokenizer import RetroTokenizer
     from model.evaluation.versions import publish_documents
     from model.store import open_store
-    from model.tokenizer import RetroTokenizer
 
     tokenizer = RetroTokenizer.load()
     root = tmp_path_factory.mktemp("temporal-flow")

@@ -4,7 +4,7 @@ import pytest
 
 from beam_jobs.sample.world import SampleWorld
 from flows.common.factcheck import FactAnswer, FactCheck, fact_context, plot_facts, report_markdown
-from model.tokenizer import RetroTokenizer
+from model.contracts.tokenizer import RetroTokenizer
 
 
 def _answer(i, *, prefers_new: bool, writes: str) -> FactAnswer:

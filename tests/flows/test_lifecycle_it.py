@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.ids import content_hash, doc_id
+from model.contracts.ids import content_hash, doc_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -275,7 +275,7 @@ class SiteModel:
 
     def documents(self) -> dict[str, tuple[str, str]]:
         from beam_jobs.extract import document_text, extract_html
-        from model.ids import canonical_url
+        from model.contracts.ids import canonical_url
 
         docs = {}
         edition = self.server.edition

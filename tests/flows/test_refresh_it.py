@@ -78,7 +78,7 @@ def test_a_rerun_with_nothing_new_publishes_nothing(refreshed, tmp_path):
 def broken_embedder(tmp_path: Path) -> Path:
     """The bundled encoder with a corrupt tokenizer.json: same spec (so the launch accepts it),
     but every Beam worker fails to load it: a failure inside the ingest job."""
-    from model.embedder import default_embedder_path
+    from model.contracts.embedder import default_embedder_path
 
     broken = tmp_path / "all-MiniLM-L6-v2"
     broken.mkdir()

@@ -44,7 +44,7 @@ def test_validation_probes_with_the_encoder_the_ingest_loaded(monkeypatch):
     the one the ingest's handler loaded at the default precision, or each refresh loads it twice."""
     from beam_jobs.embed import ChunkEmbeddingHandler
     from flows.tasks.validate import probe_embedder
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     monkeypatch.setenv("RETROFRESH_PRECISION", "auto")  # the default outside the tests, which pin fp32
     handler = ChunkEmbeddingHandler(None, max_length=128, precision=get_settings().precision)  # as a refresh's job builds it

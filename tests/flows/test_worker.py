@@ -36,7 +36,7 @@ def test_only_installed_code_with_nothing_of_its_own_runs_inside_the_worker(monk
 def test_the_worker_preloads_the_encoder_the_ingest_acquires(monkeypatch):
     """Preloading at another tag than the job's (precision) would be replaced at the first run."""
     from beam_jobs.embed import ChunkEmbeddingHandler
-    from model.config import get_settings
+    from model.contracts.settings import get_settings
 
     monkeypatch.setenv("RETROFRESH_PRECISION", "auto")  # the default outside the tests, which pin fp32
     loaded = preload((), embedder=True)

@@ -1,7 +1,7 @@
 """What the code really has, read from the code itself: the deployment files are checked against it.
 
 Server routes come from the FastAPI app's OpenAPI schema, environment variables from
-``model.config.Settings``, commands and flags from the ``retrofresh`` click group, console scripts
+``model.contracts.settings.Settings``, commands and flags from the ``retrofresh`` click group, console scripts
 from the installed distributions, Dockerfile instructions from the Dockerfiles.
 """
 
@@ -25,7 +25,7 @@ ENV_PREFIX = "RETROFRESH_"
 @lru_cache(maxsize=1)
 def server_routes() -> dict[str, set[str]]:
     """``{path: {methods}}`` of the RETRO server app (building it loads no model)."""
-    from model.config import Settings
+    from model.contracts.settings import Settings
     from model.server.app import create_app
 
     paths = create_app(Settings()).openapi()["paths"]
@@ -33,14 +33,14 @@ def server_routes() -> dict[str, set[str]]:
 
 
 def settings_env_names() -> set[str]:
-    """Every ``RETROFRESH_*`` variable :class:`model.config.Settings` reads."""
-    from model.config import Settings
+    """Every ``RETROFRESH_*`` variable :class:`model.contracts.settings.Settings` reads."""
+    from model.contracts.settings import Settings
 
     return {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 
 
 def settings_default(name: str):
-    from model.config import Settings
+    from model.contracts.settings import Settings
 
     return Settings.model_fields[name].default
 

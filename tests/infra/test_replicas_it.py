@@ -51,7 +51,7 @@ def replicas(gcs_emulator, tiny_checkpoint, query_embedder, tmp_path_factory):
     """Two `retrofresh serve` processes over one empty gs:// store; stopped after the module."""
     from google.cloud import storage
 
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
 
     root = tmp_path_factory.mktemp("replicas")
     with pytest.MonkeyPatch.context() as env:

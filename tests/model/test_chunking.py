@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from model.chunking import chunk_document, chunk_texts
-from model.ids import content_hash
-from model.tokenizer import RetroTokenizer
+from model.contracts.chunking import chunk_document, chunk_texts
+from model.contracts.ids import content_hash
+from model.contracts.tokenizer import RetroTokenizer
 
 JAPANESE = "東京都の天気は晴れ、最高気温は二十五度でした。新しい駅前の図書館は来月から午前九時に開館します。" * 6
 EMOJI = "Launch day 🚀🎉 went well 👍🏽; the family 👨‍👩‍👧‍👦 flag 🇯🇵 and more 😀😃😄😁 " * 6

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from model.compat import Compatibility, EmbedderSpec, Incompatible, TokenizerInfo
-from model.config import RetroConfig
+from model.contracts.compat import Compatibility, EmbedderSpec, Incompatible, TokenizerInfo
+from model.network.config import RetroConfig
 from model.store.errors import IncompatibleIndex
 
 SPEC = EmbedderSpec(name="enc-a", dim=384, sha256="a" * 64)

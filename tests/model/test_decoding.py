@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from model.decoding import StaticDecoder
-from model.generation import generate
-from model.retro import pack_neighbours
+from model.network.decoding import StaticDecoder
+from model.network.generation import generate
+from model.network.retro import pack_neighbours
 from tests.fixtures.retro import PYDOC_PROMPT
 from tests.fixtures.numerics import assert_close
 

@@ -14,7 +14,7 @@ from pydoc_data.topics import topics
 
 from model.evaluation.documents import DatedDocument, DocumentsError, read_dated_documents
 from model.evaluation.temporal import Condition, TemporalEvaluation, evaluate, own_document_filter, score_document
-from model.scoring import longest_common_run, score
+from model.network.scoring import longest_common_run, score
 from tests.fixtures.retro import OverlapRetriever
 from tests.fixtures.numerics import approx
 
@@ -79,8 +79,8 @@ def test_missing_and_unreadable_documents_files(tmp_path):
 
 
 def test_own_document_filter_matches_by_id_and_by_url():
-    from model.ids import doc_id
-    from model.retrieval import Neighbour
+    from model.contracts.ids import doc_id
+    from model.contracts.retrieval import Neighbour
 
     def nb(url, did=None):
         return Neighbour(chunk_id=1, doc_id=did or doc_id(url), url=url, text="", tokens=[], continuation=[], score=0.0)
@@ -275,9 +275,9 @@ def test_cli_names_the_damaged_checkpoint_file_without_a_traceback(tiny_checkpoi
 def test_cli_refuses_inputs_that_do_not_fit(temporal_store, tiny_checkpoint, tmp_path, query_embedder):
     import torch
 
-    from model.config import RetroConfig
-    from model.retro import Retro
-    from model.tokenizer import train_tokenizer
+    from model.contracts.tokenizer import train_tokenizer
+    from model.network.config import RetroConfig
+    from model.network.retro import Retro
 
     stores, docs, root = temporal_store
     uri, stale, _ = stores["clean"]
@@ -302,7 +302,7 @@ def test_cli_refuses_inputs_that_do_not_fit(temporal_store, tiny_checkpoint, tmp
     Retro(RetroConfig(vocab_size=other.vocab_size, embedder=query_embedder.spec.to_dict(), **config)).save_pretrained(wrong_tokenizer, tokenizer=other)
     output = refused(["--checkpoint", str(wrong_tokenizer), "--stale-version", stale, *base], "was chunked with tokenizer")
     assert "other-bpe" in output and "--store-tokenizer" in output
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
 
     shipped = RetroTokenizer.load()
     wrong_embedder = tmp_path / "wrong-embedder"

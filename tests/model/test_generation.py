@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model.generation import generate, sample_next
-from model.retro import pack_neighbours
+from model.network.generation import generate, sample_next
+from model.network.retro import pack_neighbours
 from tests.fixtures.numerics import assert_greedy
 from tests.fixtures.retro import PYDOC_PROMPT
 

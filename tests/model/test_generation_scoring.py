@@ -6,8 +6,8 @@ import pytest
 import torch
 from pydoc_data.topics import topics
 
-from model.retro import pack_neighbours
-from model.scoring import filter_leaks, score
+from model.network.retro import pack_neighbours
+from model.network.scoring import filter_leaks, score
 from tests.fixtures.retro import OverlapRetriever
 from tests.fixtures.numerics import approx
 
@@ -56,7 +56,7 @@ def test_score_with_retrieval_uses_the_retrieved_neighbours(tiny_retro, retro_to
 
 
 def test_excluding_the_source_document(tiny_retro, retro_tokenizer, retriever):
-    from model.ids import doc_id
+    from model.contracts.ids import doc_id
 
     own = doc_id(URL)
     assert any(nb.doc_id == own for nbs in retriever.retrieve([TEXT[:200]], 2) for nb in nbs)
@@ -77,7 +77,7 @@ def test_ngram_exclusion_drops_leaking_neighbours(tiny_retro, retro_tokenizer, r
 
 
 def test_filter_leaks_unit(retro_tokenizer):
-    from model.retrieval import Neighbour
+    from model.contracts.retrieval import Neighbour
 
     def nb(tokens):
         return Neighbour(chunk_id=1, doc_id="d", url="u", text="", tokens=tokens[:3], continuation=tokens[3:], score=1.0)

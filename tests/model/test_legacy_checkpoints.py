@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import load_checkpoint
+from model.network.checkpoint import load_checkpoint
 from tests.fixtures.checkpoints.write_legacy import (
     DEMO_CHECKPOINT, DEMO_FACT_MARGINS, DEMO_OUTPUTS, DEMO_POSITIONS, POSITIONS, RETRO_DIR, RETROFIT_DIR, fact_margins, outputs,
 )
@@ -67,7 +67,7 @@ def test_demo_checkpoint_gives_the_same_fact_check_margins(edition):
 
 @pytest.mark.parametrize("directory", [RETRO_DIR, DEMO_CHECKPOINT], ids=["retro", "demo"])
 def test_an_old_checkpoint_saved_again_is_the_same_bytes(directory: Path, tmp_path):
-    from model.compat import EmbedderSpec, TokenizerInfo
+    from model.contracts.compat import EmbedderSpec, TokenizerInfo
 
     model, tokenizer = load_checkpoint(directory)
     assert isinstance(model.config.embedder, EmbedderSpec) and isinstance(model.config.tokenizer, TokenizerInfo)

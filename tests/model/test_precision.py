@@ -1,4 +1,4 @@
-"""The precision decision (model.precision) and the bf16 path, held to fp32 within bf16's tolerance.
+"""The precision decision (model.contracts.precision) and the bf16 path, held to fp32 within bf16's tolerance.
 
 The rest of the suite runs in fp32, the reference (tests/conftest.py sets RETROFRESH_PRECISION);
 these tests force bf16 where they need it, so they run the same on a CPU with or without bf16
@@ -10,10 +10,10 @@ import logging
 import pytest
 import torch
 
-from model import precision
-from model.config import Settings
-from model.generation import generate
-from model.scoring import score, token_losses
+from model.contracts import precision
+from model.contracts.settings import Settings
+from model.network.generation import generate
+from model.network.scoring import score, token_losses
 from tests.fixtures.numerics import approx, assert_close
 from tests.fixtures.retro import PYDOC_PROMPT
 
@@ -30,7 +30,7 @@ def test_forced_choices_and_a_clear_error_for_an_unknown_one():
 def test_auto_picks_bf16_only_when_the_probe_measures_it_faster(monkeypatch, caplog):
     for speedup, expected in ((3.0, "bf16"), (precision.MARGIN, "bf16"), (1.05, "fp32"), (0.25, "fp32")):
         monkeypatch.setattr(precision, "probe_speedup", lambda kind, s=speedup: s)
-        with caplog.at_level(logging.INFO, logger="model.precision"):
+        with caplog.at_level(logging.INFO, logger="model.contracts.precision"):
             decision = precision._auto.__wrapped__("cpu")
         assert (decision.precision, decision.bf16_speedup) == (expected, speedup)
         assert f"{speedup:.2f}x" in caplog.text  # the log states the measured ratio
@@ -87,8 +87,8 @@ def test_bf16_generation_runs_with_the_kv_cache_and_retrieval(tiny_retro, retro_
 
 
 def test_a_bf16_training_step_stays_close_to_fp32(retro_tokenizer):
-    from model.config import RetroConfig
-    from model.retro import Retro
+    from model.network.config import RetroConfig
+    from model.network.retro import Retro
     from model.training.data import SequenceSet
     from model.training.loop import TrainConfig, make_optimizer, train_step
 

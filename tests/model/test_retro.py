@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from model.config import RetroConfig
-from model.retro import IGNORE_INDEX, Retro, Rotary, _apply_rotary_real, apply_rotary, pack_neighbours
-from model.retrieval import Neighbour
-from model.tokenizer import RetroTokenizer
+from model.contracts.retrieval import Neighbour
+from model.contracts.tokenizer import RetroTokenizer
+from model.network.config import RetroConfig
+from model.network.retro import IGNORE_INDEX, Retro, Rotary, _apply_rotary_real, apply_rotary, pack_neighbours
 from tests.fixtures.numerics import assert_close, assert_differs
 
 pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("single_thread")]
@@ -198,7 +198,7 @@ def test_save_load_round_trip(model, tmp_path):
         assert torch.equal(loaded(ids, nb), model(ids, nb))
     assert loaded.lm_head.weight.data_ptr() == loaded.wte.weight.data_ptr()  # tying survives
 
-    from model.checkpoint import load_checkpoint
+    from model.network.checkpoint import load_checkpoint
 
     loaded2, tok2 = load_checkpoint(tmp_path / "ckpt")
     assert tok2.sha256 == tokenizer.sha256 and isinstance(loaded2, Retro)
@@ -222,7 +222,7 @@ def test_loading_bad_checkpoints_fails_clearly(model, tmp_path):
 
 def test_network_module_imports_no_retrieval_or_pipeline_code():
     code = (
-        "import sys, model.retro, model.generation, model.scoring, model.checkpoint, model.training;"
+        "import sys, model.network.retro, model.network.generation, model.network.scoring, model.network.checkpoint, model.training;"
         "bad = [m for m in ('faiss', 'apache_beam', 'prefect', 'flows', 'beam_jobs') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from model.retrofit import RetroFit
+from model.network.retrofit import RetroFit
 from model.training.data import SequenceSet
 from model.training.loop import TrainConfig, train
 from tests.fixtures.numerics import assert_close, assert_differs
@@ -101,7 +101,7 @@ def test_only_new_parameters_train_and_round_trip(tmp_path):
     train(model, data, None, TrainConfig(steps=3, batch_size=4, warmup_steps=1, lr=1e-2, progress=False, out_dir=str(tmp_path / "ckpt")))
     assert all(torch.equal(v, base_before[k]) for k, v in model.base.state_dict().items())
     assert not torch.equal(model.cca["2"].cca.attn.proj.weight, proj_before)
-    from model.checkpoint import load_checkpoint
+    from model.network.checkpoint import load_checkpoint
 
     ids, nb = batch(T=150)
     loaded, _ = load_checkpoint(tmp_path / "ckpt")

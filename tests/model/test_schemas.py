@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from model.schemas import GenerateRequest, RetrieveRequest, ScoreRequest
+from model.server.schemas import GenerateRequest, RetrieveRequest, ScoreRequest
 
 
 @pytest.mark.parametrize("value", ["true", "false", '"3"', "2.0", "2.5"])

@@ -8,10 +8,10 @@ import pytest
 import torch
 from pydoc_data.topics import topics
 
-from model.chunking import chunk_document
-from model.config import RetroConfig
-from model.retrieval import Neighbour
-from model.retro import IGNORE_INDEX, Retro
+from model.contracts.chunking import chunk_document
+from model.contracts.retrieval import Neighbour
+from model.network.config import RetroConfig
+from model.network.retro import IGNORE_INDEX, Retro
 from model.training.data import Document, SequenceSet, documents_from_texts, plan_sequences, split_documents
 from model.training.loop import TrainConfig, lr_at, train
 from model.training.neighbours import NeighbourCache, cache_key, precompute_neighbours

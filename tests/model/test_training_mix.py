@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.tokenizer import RetroTokenizer
+from model.contracts.tokenizer import RetroTokenizer
 from model.training.data import Document, SequenceSet, plan_sequences
 from model.training.mix import NeighbourMix
 
@@ -79,8 +79,8 @@ def test_bad_rates_are_refused(field, value):
 @pytest.mark.parametrize("previous_token_keys", [True, False], ids=["previous-token-keys", "paper-cca"])
 def test_own_passages_teach_copying_when_cca_starts_as_an_induction_head(previous_token_keys):
     """Random tokens: the only way below the unigram floor is to copy the next chunk from its passage."""
-    from model.config import RetroConfig
-    from model.retro import Retro
+    from model.network.config import RetroConfig
+    from model.network.retro import Retro
     from model.training.loop import TrainConfig, train
 
     torch.manual_seed(0)

@@ -84,7 +84,7 @@ def torch_equal(a, b):
 
 
 def test_store_must_fit_the_model(indexed_store, retro_tokenizer, query_embedder):
-    from model.tokenizer import train_tokenizer
+    from model.contracts.tokenizer import train_tokenizer
 
     other = train_tokenizer([topics["for"]], vocab_size=300, name="other")
     with indexed_store.open(embedder=query_embedder.spec) as view:
@@ -157,7 +157,7 @@ def test_cli_train_score_generate(tmp_path, corpus_file):
 
 def test_a_model_with_another_tokenizer_gets_documents_and_neighbours_re_encoded(indexed_store, retro_tokenizer, query_embedder, corpus_file):
     """RETRO-fitting: the store keeps its tokenizer; the model's sees re-encoded text."""
-    from model.tokenizer import train_tokenizer
+    from model.contracts.tokenizer import train_tokenizer
 
     texts = [text for _, text in read_documents([corpus_file])]
     other = train_tokenizer(texts, vocab_size=600, name="other")

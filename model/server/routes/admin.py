@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from model.schemas import ErrorBody, IndexVerification, ReloadResponse
 from model.server.deps import AdminOnly, ServerDep
 from model.server.routes.index import swap_error
+from model.server.schemas import ErrorBody, IndexVerification, ReloadResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

@@ -7,8 +7,8 @@ from typing import Callable, TypeVar
 import anyio
 from fastapi import HTTPException, status
 
-from model.retrieval import Neighbour
-from model.schemas import NeighbourOut
+from model.contracts.retrieval import Neighbour
+from model.server.schemas import NeighbourOut
 
 T = TypeVar("T")
 

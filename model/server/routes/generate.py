@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from model.schemas import ErrorBody, GenerateRequest, GenerateResponse
 from model.server.deps import Admitted, JsonBody, Pinned, RuntimeDep, ServerDep
 from model.server.limits import LimitExceeded
 from model.server.routes.common import RETRIEVAL_OFF_NOTE, neighbour_out, run_model_work
+from model.server.schemas import ErrorBody, GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generate"], dependencies=[JsonBody])  # 415 unless the body is sent as JSON
 
@@ -32,7 +32,7 @@ async def generate(body: GenerateRequest, server: ServerDep, runtime: RuntimeDep
     limits.check_prompt_bytes(body.prompt, runtime.longest_token_bytes)
 
     def work():
-        from model.generation import generate as generate_text
+        from model.network.generation import generate as generate_text
 
         prompt_tokens = len(runtime.tokenizer.encode(body.prompt))
         limits.check_prompt_tokens(prompt_tokens)

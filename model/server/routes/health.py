@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from model.schemas import Health, Readiness
 from model.server.deps import ServerDep
+from model.server.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 

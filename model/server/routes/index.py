@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from model.schemas import IndexInfo, SwapError
 from model.server.deps import ServerDep
+from model.server.schemas import IndexInfo, SwapError
 from model.server.swap import IndexHolder, SwapFailure
 
 router = APIRouter(tags=["index"])

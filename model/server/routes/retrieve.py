@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from model.schemas import ErrorBody, RetrieveRequest, RetrieveResponse
 from model.server.deps import Admitted, JsonBody, Pinned, RuntimeDep, ServerDep
 from model.server.routes.common import RETRIEVAL_OFF_NOTE, neighbour_out
+from model.server.schemas import ErrorBody, RetrieveRequest, RetrieveResponse
 
 router = APIRouter(tags=["retrieve"], dependencies=[JsonBody])  # 415 unless the body is sent as JSON
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from model.schemas import ErrorBody, ScoreRequest, ScoreResponse
 from model.server.deps import Admitted, JsonBody, Pinned, RuntimeDep, ServerDep
 from model.server.routes.common import RETRIEVAL_OFF_NOTE, run_model_work
+from model.server.schemas import ErrorBody, ScoreRequest, ScoreResponse
 
 router = APIRouter(tags=["score"], dependencies=[JsonBody])  # 415 unless the body is sent as JSON
 
@@ -27,7 +27,7 @@ async def score(body: ScoreRequest, server: ServerDep, runtime: RuntimeDep, _: A
     limits.check_prompt_bytes(body.text, runtime.longest_token_bytes, what="the text's length in tokens")
 
     def work():
-        from model.scoring import score as score_text
+        from model.network.scoring import score as score_text
 
         tokens = len(runtime.tokenizer.encode(body.text))
         limits.check_prompt_tokens(tokens, what="the text's length in tokens")

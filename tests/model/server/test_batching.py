@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from model.embedder import SHAPE_STEP
+from model.contracts.embedder import SHAPE_STEP
 from model.server.batching import RetrieveBatcher, _Pending
 from tests.fixtures.numerics import assert_close
 

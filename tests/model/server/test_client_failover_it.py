@@ -23,7 +23,7 @@ from model.client import (
     RetroStaleVersion,
     RetroTimeout,
 )
-from model.schemas import IndexInfo, Readiness
+from model.server.schemas import IndexInfo, Readiness
 from tests.fixtures.server import free_port
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from model.retrieval import StoreRetriever
 from model.server.runtime import LockedEmbedder
 from model.server.swap import Compatibility, IndexHolder
+from model.store.retriever import StoreRetriever
 from tests.fixtures.server import label_of
 
 

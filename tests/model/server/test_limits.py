@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.config import Settings
+from model.contracts.settings import Settings
 from model.server.limits import Admission, LimitExceeded, Limits
 
 
@@ -51,8 +51,8 @@ def test_query_length_limit_names_the_query():
 
 
 def test_longest_token_bounds_every_token():
+    from model.contracts.tokenizer import RetroTokenizer
     from model.server.runtime import longest_token_bytes
-    from model.tokenizer import RetroTokenizer
 
     tokenizer = RetroTokenizer.load()
     longest = longest_token_bytes(tokenizer)

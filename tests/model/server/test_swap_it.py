@@ -160,7 +160,7 @@ def test_a_restarted_server_comes_up_on_current(labelled_store: LabelledStore, s
 
 
 def test_swaps_from_a_gcs_store(gcs_bucket, query_embedder, tmp_path, server_settings, run_server):
-    from model.tokenizer import RetroTokenizer
+    from model.contracts.tokenizer import RetroTokenizer
 
     store = LabelledStore(f"gs://{gcs_bucket}/store", query_embedder, RetroTokenizer.load(), tmp_path / "writer-cache")
     a = store.publish("A")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.chunking import Chunk
-from model.embedder import EmbedderSpec
-from model.ids import chunk_id, content_hash, doc_id
+from model.contracts.chunking import Chunk
+from model.contracts.embedder import EmbedderSpec
+from model.contracts.ids import chunk_id, content_hash, doc_id
 from model.store import IndexPolicy, Manifest, Store, open_store
 
 DIM = 32

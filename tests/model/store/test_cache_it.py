@@ -81,10 +81,10 @@ def test_a_cache_smaller_than_one_version_is_a_clear_error(three_versions, tmp_p
 
 
 def test_the_server_refuses_a_version_over_the_cache_limit_and_keeps_serving(gcs_bucket, tmp_path, query_embedder):
-    from model.retrieval import StoreRetriever
+    from model.contracts.tokenizer import RetroTokenizer
     from model.server.runtime import LockedEmbedder
     from model.server.swap import Compatibility, IndexHolder
-    from model.tokenizer import RetroTokenizer
+    from model.store.retriever import StoreRetriever
     from tests.fixtures.server import LabelledStore
 
     tokenizer = RetroTokenizer.load()

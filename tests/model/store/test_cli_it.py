@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli
-from model.chunking import chunk_document
-from model.ids import content_hash, doc_id
-from model.retrieval import StoreRetriever
+from model.contracts.chunking import chunk_document
+from model.contracts.ids import content_hash, doc_id
+from model.contracts.tokenizer import RetroTokenizer
 from model.store import IncompatibleIndex, Manifest
-from model.tokenizer import RetroTokenizer
+from model.store.retriever import StoreRetriever
 
 from .conftest import publish
 
@@ -33,7 +33,7 @@ def run(*args: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def embedder():
-    from model.embedder import Embedder
+    from model.contracts.embedder import Embedder
 
     return Embedder()
 

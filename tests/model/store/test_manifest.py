@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from model.embedder import EmbedderSpec
+from model.contracts.embedder import EmbedderSpec
 from model.store import IncompatibleIndex, Manifest, ShardInfo, StoreError
 
 from .conftest import SPEC, TOKENIZER
