@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -21,8 +21,25 @@ import pyarrow as pa
 from model.store import faiss_index, layout, rows, shards
 from model.store.manifest import Manifest, ShardInfo, Stats
 
-if TYPE_CHECKING:
-    from model.store.store import Store
+
+class Writer(Protocol):
+    """What compaction uses of a :class:`model.store.Store`: its public surface only.
+
+    The store calls :func:`compact` (``Store.compact``), so this module names no ``Store``: it
+    sits below it, with no import circle between them.
+    """
+
+    backend: Any
+    cache: Any
+    policy: faiss_index.IndexPolicy
+
+    def new_version_id(self) -> str: ...
+
+    def train_lineage(self, sample: np.ndarray, *, embedder: Any) -> str: ...
+
+    def trained_index(self, lineage: str) -> faiss.Index | None: ...
+
+    def put_shard(self, table: pa.Table, index: faiss.Index, *, embedder: Any, lineage: str | None) -> ShardInfo: ...
 
 LOG = logging.getLogger(__name__)
 
@@ -44,7 +61,7 @@ class _Group:
         return sum(t.num_rows for t in self.tables)
 
 
-def compact(store: "Store", manifest: Manifest) -> Manifest:
+def compact(store: Writer, manifest: Manifest) -> Manifest:
     """Merge a version's shards and drop tombstoned chunks.
 
     Args:
@@ -107,7 +124,7 @@ def compact(store: "Store", manifest: Manifest) -> Manifest:
         else:
             vectors = np.concatenate(group.vectors)[order]
             index = faiss_index.build_flat(vectors, table.column("chunk_id").to_numpy())
-        out.append(store._put_shard(table, index, embedder=manifest.embedder, lineage=group.lineage))
+        out.append(store.put_shard(table, index, embedder=manifest.embedder, lineage=group.lineage))
 
     chunks = sum(s.count for s in out)
     result = Manifest(
@@ -134,7 +151,7 @@ def compact(store: "Store", manifest: Manifest) -> Manifest:
     return result
 
 
-def _fold_flat_into_ivf(store: "Store", manifest: Manifest, flat: _Group, ivf_groups: dict[str | None, _Group]) -> None:
+def _fold_flat_into_ivf(store: Writer, manifest: Manifest, flat: _Group, ivf_groups: dict[str | None, _Group]) -> None:
     """Flat shards grown past the flat threshold become IVF: added to the largest lineage, or a new one."""
     vectors = np.concatenate(flat.vectors)
     ids = np.concatenate([t.column("chunk_id").to_numpy() for t in flat.tables])
@@ -144,7 +161,7 @@ def _fold_flat_into_ivf(store: "Store", manifest: Manifest, flat: _Group, ivf_gr
     else:
         lineage = store.train_lineage(vectors, embedder=manifest.embedder)
         target = ivf_groups.setdefault(lineage, _Group(lineage=lineage))
-        target.index = faiss_index.build_ivf(store._trained_index(lineage), vectors, ids)
+        target.index = faiss_index.build_ivf(store.trained_index(lineage), vectors, ids)
     target.infos.extend(flat.infos)
     target.tables.extend(flat.tables)
     target.dropped += flat.dropped

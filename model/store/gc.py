@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from model.store import layout
 from model.store.errors import StoreError
-
-if TYPE_CHECKING:
-    from model.store.store import Store
+from model.store.manifest import Manifest
 
 LOG = logging.getLogger(__name__)
 
 
-def collect(store: "Store", *, keep: int, min_age_s: float = 3600.0, dry_run: bool = False) -> list[str]:
+class Versions(Protocol):
+    """What garbage collection uses of a :class:`model.store.Store`: its public surface only (the
+    store calls :func:`collect`, so this module names no ``Store`` and sits below it)."""
+
+    uri: str
+    backend: Any
+
+    def current(self) -> str | None: ...
+
+    def versions(self) -> list[Manifest]: ...
+
+    def manifest(self, version: str | None = None) -> Manifest: ...
+
+
+def collect(store: Versions, *, keep: int, min_age_s: float = 3600.0, dry_run: bool = False) -> list[str]:
     """Delete old versions, unreferenced shards, ledgers and quantizers, staging and ``.tmp-*`` leftovers.
 
     Args:

@@ -207,14 +207,28 @@ class Store:
         if table.num_rows < self.policy.flat_max:
             index = faiss_index.build_flat(vectors, ids)
         else:
-            trained = self._trained_index(lineage) if lineage is not None else None
+            trained = self.trained_index(lineage) if lineage is not None else None
             if trained is None:
                 lineage = self.train_lineage(vectors, embedder=embedder, lineage=lineage)
-                trained = self._trained_index(lineage)
+                trained = self.trained_index(lineage)
             index = faiss_index.build_ivf(trained, vectors, ids)
-        return self._put_shard(table, index, embedder=embedder, lineage=lineage)
+        return self.put_shard(table, index, embedder=embedder, lineage=lineage)
 
-    def _put_shard(self, table: pa.Table, index, *, embedder: EmbedderSpec, lineage: str | None) -> ShardInfo:
+    def put_shard(self, table: pa.Table, index, *, embedder: EmbedderSpec, lineage: str | None) -> ShardInfo:
+        """Write one shard from a built index and its rows, already checked and sorted by chunk id.
+
+        What :meth:`write_shard` does after building the index; compaction, which builds its
+        indexes by merging, writes through it too.
+
+        Args:
+            table: the chunk rows, ``CHUNKS_SCHEMA``'s columns, sorted by ``chunk_id``.
+            index: their FAISS index (flat, or IVF of ``lineage``), ids = chunk ids.
+            embedder: what made the keys; recorded in shard.json.
+            lineage: the IVF lineage (None for a flat shard).
+
+        Returns:
+            The manifest entry for the new shard.
+        """
         with self.backend.staging_dir() as directory:
             meta, meta_bytes = shards.stage(
                 directory, shard_id=layout.new_shard_id(), table=table, index=index, embedder=embedder, lineage=lineage
@@ -242,7 +256,9 @@ class Store:
         """
         return self.lineages.train(sample, embedder=embedder, lineage=lineage, expected_count=expected_count)
 
-    def _trained_index(self, lineage: str) -> faiss.Index | None:
+    def trained_index(self, lineage: str) -> faiss.Index | None:
+        """A lineage's trained, empty IVF index (None: no such lineage); shared, so build on a copy
+        (``faiss_index.build_ivf`` does)."""
         return self.lineages.get(lineage)
 
     def write_ledger(self, version: str, table: pa.Table) -> str:
