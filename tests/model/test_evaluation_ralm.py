@@ -165,7 +165,7 @@ def saved_base(tmp_path_factory, retro_tokenizer):
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory, retro_tokenizer, query_embedder):
-    from model.evaluation.versions import publish_documents
+    from model.store.documents import publish_documents
     from model.store import open_store
 
     root = tmp_path_factory.mktemp("ralm-store")

@@ -196,7 +196,7 @@ def temporal_store(tmp_path_factory, retro_tokenizer, query_embedder):
 
     A second store holds the same versions without the leak: with leakage control on, both must score alike.
     """
-    from model.evaluation.versions import publish_documents
+    from model.store.documents import publish_documents
     from model.store import open_store
 
     root = tmp_path_factory.mktemp("temporal")
