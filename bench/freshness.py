@@ -4,9 +4,11 @@
 
 The whole event path runs for real on this machine: the sample site (one fact changes per
 edition), ``Watcher`` polling its sitemap and emitting ``retrofresh.source.changed`` to a Prefect
-API (the test harness: an ephemeral server with its trigger services), ``retrofresh flows serve``
-serving the ``refresh-changed`` deployment in its own process (each triggered run is a fresh
-subprocess, as Prefect's runner starts them), and ``retrofresh serve`` (a tiny random RETRO
+API (the test harness: an ephemeral server with its trigger services), the ``refresh-changed``
+deployment executing its triggered runs (RUNNER: ``warm``, deployed to a process work pool and run
+by ``retrofresh flows worker`` inside its long-lived process; ``worker``, the same pool and
+``prefect worker start``, a fresh process per run; ``serve``, ``retrofresh flows serve``, a fresh
+subprocess per run), and ``retrofresh serve`` (a tiny random RETRO
 checkpoint: retrieval does not depend on the weights) told to reload by the flow. A change's lag
 is the time from switching the site's edition to the first ``/v1/retrieve`` answer, through
 ``model.client.RetroClient``, whose neighbours state the new value.
@@ -46,16 +48,17 @@ SIZE = 1  # sample world scale (size 1: ~35 pages)
 PATH = "both"  # "in-process" (watch --refresh-here), "deployment" (event -> served deployment), or both
 CHANGES = 24  # changes measured one at a time on the in-process path (the issue asks for at least 20)
 DEPLOYMENT_CHANGES = 20  # the same on the deployment path
+RUNNER = "warm"  # who runs the deployment's triggered runs: "warm" (retrofresh flows worker), "worker" (prefect worker start), "serve"
 GAP_S = (1.0, 6.0)  # random wait after a change is seen before the next one
 WATCH_INTERVAL_S = 1.0  # how often the watch polls the sitemap
-SERVE_POLL_S = 1.0  # how often `retrofresh flows serve` looks for runs to start
+SERVE_POLL_S = 1.0  # how often the worker (or `retrofresh flows serve`) looks for runs to start
 SEEN_TIMEOUT_S = 120.0  # a change not retrieved by then counts as this lag (and as missed)
 CLIENT_POLL_S = 0.1  # how often the client asks /v1/retrieve while waiting
 SUSTAINED_PACES_S = (12.0, 8.0, 5.0, 3.0)  # seconds between changes in the sustained phase
 SUSTAINED_CHANGES = 8  # changes per pace
 CRON_INTERVAL_S = 15 * 60  # the refresh deployment's default schedule
 K = 4
-QUICK = dict(CHANGES=20, DEPLOYMENT_CHANGES=6, GAP_S=(1.0, 3.0), SUSTAINED_PACES_S=(8.0, 4.0), SUSTAINED_CHANGES=6)
+QUICK = dict(CHANGES=20, DEPLOYMENT_CHANGES=12, GAP_S=(1.0, 3.0), SUSTAINED_PACES_S=(8.0, 4.0), SUSTAINED_CHANGES=6)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = Path(__file__).parent / "results" / "freshness.json"
@@ -330,6 +333,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"smaller run: {QUICK}")
     parser.add_argument("--json", action="store_true", help="print only the result JSON on stdout")
     parser.add_argument("--path", choices=["in-process", "deployment", "both"], default=None, help=f"which path to measure (default {PATH})")
+    parser.add_argument("--runner", choices=["warm", "worker", "serve"], default=None, help=f"who runs the deployment's runs (default {RUNNER})")
     parser.add_argument("--changes", type=int, default=None, help="override CHANGES (a smoke run; the issue asks for >= 20)")
     args = parser.parse_args()
     if args.quick:
@@ -338,20 +342,20 @@ def main() -> None:
         globals()["CHANGES"] = globals()["DEPLOYMENT_CHANGES"] = args.changes
     if args.path:
         globals()["PATH"] = args.path
+    if args.runner:
+        globals()["RUNNER"] = args.runner
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ["RETROFRESH_ADMIN_TOKEN"] = TOKEN
     random.seed(SEED)
 
-    import yaml
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     from beam_jobs.sample.server import SampleSiteServer
     from beam_jobs.sample.world import SampleWorld
     from beam_jobs.sources import load_sources
-    from flows.deployments import DEFAULT_DEPLOYMENTS
     from flows.common.events import emit_changes
     from flows.watch import LocalRefresher, Watcher
     from model.client import RetroClient
@@ -419,15 +423,8 @@ def main() -> None:
                 refresher.wait_idle(timeout=120)
                 refresher.stop()
             if PATH in ("deployment", "both"):
-                # `retrofresh watch` + `retrofresh flows serve`: events trigger the refresh-changed deployment.
-                spec = next(s for s in DEFAULT_DEPLOYMENTS if s.name == "refresh-changed")
-                deployment = {"deployments": [{"name": spec.name, "entrypoint": spec.entrypoint, "parameters": spec.parameters,
-                                               "schedules": [], "triggers": list(spec.triggers)}]}
-                (root / "prefect.yaml").write_text(yaml.safe_dump(deployment))
-                processes.append(start([sys.executable, "-m", "flows.cli", "flows", "serve", "--config", str(root / "prefect.yaml"),
-                                        "--store", str(store), "--sources", str(sources), "--poll-interval", str(SERVE_POLL_S)],
-                                       env, root / "flows-serve.log"))
-                wait_for_deployment("refresh-changed/refresh-changed", processes[-1], root / "flows-serve.log")
+                # `retrofresh watch` + a worker (or `retrofresh flows serve`): events trigger the refresh-changed deployment.
+                processes.append(start_deployment(root, store, sources, env))
 
                 def emit(found):
                     emit_changes(list(found.urls), source=found.source, origin="watch", store=str(store))
@@ -447,7 +444,7 @@ def main() -> None:
         result = {
             "benchmark": "freshness",
             "knobs": {"SEED": SEED, "SIZE": SIZE, "CHANGES": CHANGES, "DEPLOYMENT_CHANGES": DEPLOYMENT_CHANGES, "GAP_S": list(GAP_S),
-                      "WATCH_INTERVAL_S": WATCH_INTERVAL_S, "SERVE_POLL_S": SERVE_POLL_S, "SUSTAINED_PACES_S": list(SUSTAINED_PACES_S),
+                      "RUNNER": RUNNER, "WATCH_INTERVAL_S": WATCH_INTERVAL_S, "SERVE_POLL_S": SERVE_POLL_S, "SUSTAINED_PACES_S": list(SUSTAINED_PACES_S),
                       "SUSTAINED_CHANGES": SUSTAINED_CHANGES, "PATH": PATH, "quick": args.quick},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_avg_1m_median": round(statistics.median(loads), 2) if loads else None,
@@ -476,6 +473,47 @@ def main() -> None:
         log(f"lag p50 {result['p50_s']} s, p95 {result['p95_s']} s, max {result['max_s']} s; cron-only p50 {result['cron_p50_s']} s; "
             f"sustained {result['sustained_changes_per_min']} changes/min")
     print(json.dumps(result, indent=1))
+
+
+def start_deployment(root: Path, store: Path, sources: Path, env: dict) -> subprocess.Popen:
+    """The refresh-changed deployment and who runs it (RUNNER); returns once it can take runs."""
+    import yaml
+
+    from flows.deployments import DEFAULT_DEPLOYMENTS
+
+    spec = next(s for s in DEFAULT_DEPLOYMENTS if s.name == "refresh-changed")
+    entry = {"name": spec.name, "entrypoint": spec.entrypoint, "parameters": spec.parameters, "schedules": [], "triggers": list(spec.triggers)}
+    if RUNNER == "serve":
+        (root / "prefect.yaml").write_text(yaml.safe_dump({"deployments": [entry]}))
+        process = start([sys.executable, "-m", "flows.cli", "flows", "serve", "--config", str(root / "prefect.yaml"),
+                         "--store", str(store), "--sources", str(sources), "--poll-interval", str(SERVE_POLL_S)],
+                        env, root / "flows-serve.log")
+        wait_for_deployment("refresh-changed/refresh-changed", process, root / "flows-serve.log")
+        return process
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    pool = "bench-freshness"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
+    (root / "prefect.yaml").write_text(yaml.safe_dump({
+        "name": "bench-freshness", "build": None, "push": None, "pull": [],
+        "deployments": [entry | {"work_pool": {"name": pool, "work_queue_name": "default"}}]}))
+    deployed = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"),
+                               "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if deployed.returncode:
+        raise RuntimeError(f"prefect deploy failed:\n{deployed.stdout[-3000:]}\n{deployed.stderr[-3000:]}")
+    worker_env = env | {"RETROFRESH_STORE": str(store), "RETROFRESH_SOURCES": str(sources), "PREFECT_WORKER_QUERY_SECONDS": str(SERVE_POLL_S)}
+    command = ([sys.executable, "-m", "flows.cli", "flows", "worker", "--pool", pool, "--poll-interval", str(SERVE_POLL_S)] if RUNNER == "warm"
+               else [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", pool])
+    process = start(command, worker_env, root / "worker.log")
+    deadline = time.monotonic() + 300
+    with get_client(sync_client=True) as client:
+        while not client.read_workers_for_work_pool(pool):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not come up:\n{(root / 'worker.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    return process
 
 
 def wait_for_deployment(name: str, process: subprocess.Popen, logfile: Path, timeout: float = 300) -> None:
