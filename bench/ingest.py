@@ -14,8 +14,12 @@
 (b) ``incremental_vs_full``: wall time of an ingest of edition 1 on top of edition 0's published
     version (about 1% of documents new, changed or removed) over a full ingest of edition 1 into
     an empty store. Both crawl the same site served from this process.
+(c) ``dask``: the full ingest of edition 1 again, on a Dask cluster of DASK_WORKERS single-threaded
+    worker processes on loopback (``runner="dask"``, beam_jobs/dask_runner.py), against the
+    in-process runner's full ingest of (a): the same documents, chunks and chunk ids, and the
+    wall time of each (both pay their encoder loads: each worker process loads its own).
 
-    python -m bench.ingest [--quick] [--json]
+    python -m bench.ingest [--quick] [--json] [--no-dask | --dask-only]
 
 Writes bench/results/ingest.json and prints it.
 """
@@ -41,6 +45,7 @@ PRECISIONS = ("fp32", "bf16")  # the embedding comparison runs at each
 EMBED_CHUNKS = None  # chunks the embedding comparison runs on, at each precision (None: all)
 # ~2,000 chunks; the embedding comparison on 640 of them, as it runs twice (fp32, bf16) and bf16
 # runs ~2.5x slower than fp32 on a CPU without bf16 instructions.
+DASK_WORKERS = 2  # worker processes of the Dask row, one thread each
 QUICK = dict(SIZE=26, EMBED_SLICES=2, EMBED_CHUNKS=640)
 
 RESULT = Path(__file__).parent / "results" / "ingest.json"
@@ -84,6 +89,36 @@ _CHUNKS: list = []
 
 def _bench_chunks(_):
     yield from _CHUNKS
+
+
+def chunk_ids(store_uri: str, version: str) -> set[int]:
+    from model.store import open_store
+
+    with open_store(store_uri).open(version) as view:
+        return {row["chunk_id"] for batch in view.iter_chunks() for row in batch.to_pylist()}
+
+
+def dask_row(config, tmp: str, local: "object", local_s: float) -> dict:
+    """The full ingest on a loopback Dask cluster of DASK_WORKERS processes, against the in-process one."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=DASK_WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+        from beam_jobs.ingest import run_ingest
+
+        started = time.perf_counter()
+        result = run_ingest(config, f"{tmp}/dask", runner="dask", pipeline_args=[f"--dask_client_address={cluster.scheduler_address}"],
+                            embed_batch_size=EMBED_BATCH, precision="auto")
+        dask_s = time.perf_counter() - started
+    same = chunk_ids(f"{tmp}/dask", result.version) == chunk_ids(f"{tmp}/full", local.version)
+    return {
+        "workers": DASK_WORKERS,
+        "documents": {"dask": result.metrics["new"], "in_process": local.metrics["new"]},
+        "chunks": {"dask": result.chunks_added, "in_process": local.chunks_added},
+        "same_chunk_ids": same,
+        "full_ingest_s": {"dask": round(dask_s, 2), "in_process": round(local_s, 2)},
+        "dask_vs_in_process": round(dask_s / local_s, 3),
+        "note": "each side's first ingest in its processes (imports, encoder loads included); a shared 2-core machine",
+    }
 
 
 def embed_in_beam(texts: list[str], precision: str) -> tuple[float, float]:
@@ -145,10 +180,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~2,000 chunks instead of ~20,000")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--no-dask", action="store_true", help="skip the Dask row (needs the dask extra)")
+    parser.add_argument("--dask-only", action="store_true",
+                        help="only (c): the in-process and the Dask full ingest; its row replaces the 'dask' entry of the results file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    knobs = dict(SIZE=SIZE, EMBED_SLICES=EMBED_SLICES, EMBED_CHUNKS=EMBED_CHUNKS) | (QUICK if args.quick else {})
+    knobs = dict(SIZE=SIZE, EMBED_SLICES=EMBED_SLICES, EMBED_CHUNKS=EMBED_CHUNKS, DASK=not args.no_dask) | (QUICK if args.quick else {})
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     import torch
@@ -163,6 +201,14 @@ def main() -> None:
         config = sources_for(site.base_url)
         full, full_s = timed_ingest(config, f"{tmp}/full")
         say(f"full ingest of edition 1: {full_s:.1f} s, {full.chunks_added} chunks, {full.metrics['new']} documents")
+        if args.dask_only:
+            row = dask_row(config, tmp, full, full_s) | {"size": knobs["SIZE"], "quick": args.quick,
+                                                        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}}
+            result = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+            RESULT.parent.mkdir(parents=True, exist_ok=True)
+            RESULT.write_text(json.dumps(result | {"dask": row}, indent=1) + "\n")
+            print(json.dumps(row, indent=1))
+            return
 
         site.set_edition(0)
         base, base_s = timed_ingest(config, f"{tmp}/incremental")
@@ -175,6 +221,10 @@ def main() -> None:
 
         with open_store(f"{tmp}/full").open(full.version) as view:
             texts = [row["text"] for batch in view.iter_chunks() for row in batch.to_pylist()]
+        dask = dask_row(config, tmp, full, full_s) if knobs["DASK"] else None
+        if dask:
+            say(f"dask: full ingest of edition 1 on {DASK_WORKERS} workers {dask['full_ingest_s']['dask']} s vs in-process {full_s:.1f} s, "
+                f"same chunk ids: {dask['same_chunk_ids']}")
     chunks = len(texts)
     texts = texts[: knobs["EMBED_CHUNKS"]]
     # The machine is shared: alternate the two loops and the two precisions over slices (Beam
@@ -223,6 +273,7 @@ def main() -> None:
         "changed_fraction": round(touched / max(1, m["documents"]), 4),
         "incremental": {k: m[k] for k in ("new", "changed", "deleted", "unchanged", "not_modified", "fetched", "chunks", "tombstones")},
         "edition_0_ingest_s": round(base_s, 2),
+        "dask": dask,
         "targets": {"embed_ratio_vs_plain": ">= 0.9", "incremental_vs_full": "<= 0.05 at the full size"},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_bf16_flags": list(cpu_bf16_flags()),
                     "load_avg_1m": os.getloadavg()[0]},
