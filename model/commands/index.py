@@ -152,8 +152,11 @@ def versions(store, as_json: bool) -> None:
 @click.option("--version", "version", metavar="VERSION", help="search this version instead of CURRENT.")
 @click.option("--embedder", "embedder_path", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="local encoder directory, if the version was not made with the bundled all-MiniLM-L6-v2.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="the query embedder's: fp32, bf16 (autocast) or auto, bf16 where this machine runs it faster "
+                   "[RETROFRESH_PRECISION, default auto]; the server embeds queries the same way.")
 @_store_options
-def search(store, as_json: bool, text: str, k: int, version: str | None, embedder_path: Path | None) -> None:
+def search(store, as_json: bool, text: str, k: int, version: str | None, embedder_path: Path | None, precision: str | None) -> None:
     """Embed TEXT with the version's embedder and print the nearest chunks with url and score."""
     from transformers.utils import logging as hf_logging
 
@@ -162,7 +165,9 @@ def search(store, as_json: bool, text: str, k: int, version: str | None, embedde
     hf_logging.disable_progress_bar()  # keep stderr quiet for scripts reading --json
     manifest = store.manifest(version)
     spec = manifest.embedder
-    embedder = Embedder(embedder_path, name=spec.name if embedder_path else None, max_length=spec.max_length)
+    # Keys embedded in either precision may share a store (model.compat.EmbedderSpec), so this is a speed choice only.
+    embedder = Embedder(embedder_path, name=spec.name if embedder_path else None, max_length=spec.max_length,
+                        precision=precision or Settings().precision)
     Compatibility.of(embedder=embedder.spec, source="the embedder here", kind="run").check(
         Compatibility.of_manifest(manifest), terms=("embedder",), fix="pass --embedder DIR with the encoder that made the index",
         error=click.ClickException,

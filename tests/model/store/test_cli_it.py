@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from flows.cli import cli
@@ -13,6 +14,8 @@ from model.contracts.ids import content_hash, doc_id
 from model.contracts.tokenizer import RetroTokenizer
 from model.store import IncompatibleIndex, Manifest
 from model.store.retriever import StoreRetriever
+
+from tests.fixtures.numerics import assert_close
 
 from .conftest import publish
 
@@ -63,6 +66,20 @@ def test_search_embeds_the_query_and_finds_the_fact(facts_store, tmp_path):
     assert hits[0]["score"] > hits[1]["score"] and "Eiffel" in hits[0]["text"]
     code, out = run("search", "--store", facts_store.uri, "--cache-dir", str(tmp_path / "c"), "volcano eruption in Italy")
     assert code == 0 and "https://facts.test/volcano" in out
+
+
+def test_search_embeds_the_query_in_the_precision_asked(facts_store, tmp_path):
+    hits = {}
+    for precision in ("fp32", "bf16"):
+        code, out = run("search", "--store", facts_store.uri, "--cache-dir", str(tmp_path / "c"), "Which city is the Eiffel Tower in?",
+                        "-k", "5", "--json", "--precision", precision)
+        assert code == 0, out
+        hits[precision] = json.loads(out)
+    assert [h["url"] for h in hits["bf16"]][:2] == [h["url"] for h in hits["fp32"]][:2]
+    fp32, bf16 = ([h["score"] for h in hits[p]] for p in ("fp32", "bf16"))
+    # bf16 autocast computes another vector (cosine >= 0.9999 to fp32's): the same ranking, scores equal only within bf16's rounding.
+    assert bf16 != fp32
+    assert_close(torch.tensor(bf16), torch.tensor(fp32), dtype=torch.bfloat16, magnitude=1.0)
 
 
 def test_store_retriever(facts_store, embedder):
