@@ -118,6 +118,12 @@ DOCS_EXCLUDE = ("changelog/changelog_0*", "changelog/changelog_1*", "changelog/m
 DOCS_PAGES_QUICK = ("changelog/changelog_2*", "dialects/*")  # --quick: only the 2.x release notes and the dialect pages are indexed
 DOCS_BASE_URL = "https://docs.sqlalchemy.org/en"
 DOCS_CACHE = Path.home() / ".cache" / "retrofresh" / "bench-temporal"  # downloaded sdists and their docs, never committed
+# What a pretrained base may already know: SmolLM2's data reaches into 2024 (released November 2024).
+DOCS_PRETRAINING_NOTE = (
+    "SmolLM2's training data reaches into 2024. The indexed SQLAlchemy 2.0 pages may be in it. A What's New section on tickets "
+    "numbered about 12000 and up (opened from late 2024, around or after SmolLM2's release in November 2024) is unlikely to be; "
+    "the introduction and sections on older tickets may have been on SQLAlchemy's main branch (doc/build/changelog/migration_21.rst) "
+    "before its data was collected. Ticket dates are estimates from their numbers (scored_section_tickets).")
 
 # In-Context RALM (--in-context-ralm)
 RALM_MAX_TOKENS = 512  # each scored document's first tokens (SmolLM2's)
@@ -304,6 +310,7 @@ def docs_corpus(quick: bool, say, trees: tuple[Path, Path] | None = None, scored
     return {"stale": corpus["stale"], "fresh": corpus["fresh"], "evaluated": corpus["evaluated"], "padding": {}, "fresh_adds": False,
             "cutoff": published,
             "setup": {**names, "scored_page": scored, "scored_published": published,
+                      "pretraining_overlap": DOCS_PRETRAINING_NOTE if trees is None else None,
                       "scored_section_tickets": {d["url"].rsplit("?section=", 1)[1]: tickets.get(d["url"].rsplit("?section=", 1)[1], [])
                                                  for d in corpus["evaluated"]},
                       "excluded": list(DOCS_EXCLUDE), "pages": corpus["pages"], "sections_scored": len(corpus["evaluated"]),
