@@ -581,6 +581,9 @@ def frozen_goal(entry: dict) -> dict | None:
             return None
         return round(row["lm_tokens_read_per_token"] + (row.get("encoder_tokens_read_per_token") or 0), 3)
 
+    def flops(row: dict | None) -> float | None:
+        return (row or {}).get("gflops_per_token")
+
     fresh, ralm_fresh = rows.get("fresh"), ralm_rows.get("prepend-fresh")
     gain = (fresh or {}).get("minus", {}).get("none", {}).get("bpb")
     ralm_gain = (ralm_fresh or {}).get("minus", {}).get("prepend-none", {}).get("bpb")
@@ -588,10 +591,16 @@ def frozen_goal(entry: dict) -> dict | None:
            "retrofit_fresh_minus_none": gain, "ralm_fresh_minus_none": ralm_gain,
            "gain_at_least_ralms": None if gain is None or ralm_gain is None else gain <= ralm_gain,
            "retrofit_tokens_read_per_scored_token": cost(fresh), "ralm_tokens_read_per_scored_token": cost(ralm_fresh),
+           "retrofit_gflops_per_scored_token": flops(fresh), "ralm_gflops_per_scored_token": flops(ralm_fresh),
            "retrofit_tokens_per_s": (fresh or {}).get("tokens_per_s"), "ralm_tokens_per_s": (ralm_fresh or {}).get("tokens_per_s"),
            "ralm_rows_from": ralm_from}
-    out["cheaper"] = None if out["retrofit_tokens_read_per_scored_token"] is None or out["ralm_tokens_read_per_scored_token"] is None else (
-        out["retrofit_tokens_read_per_scored_token"] < out["ralm_tokens_read_per_scored_token"])
+    # The cost: forward FLOPs per scored token where both rows have them (each network's tokens weighed by its size),
+    # else tokens read.
+    pair = ("retrofit_gflops_per_scored_token", "ralm_gflops_per_scored_token")
+    if None in (out[pair[0]], out[pair[1]]):
+        pair = ("retrofit_tokens_read_per_scored_token", "ralm_tokens_read_per_scored_token")
+    out["cost_measure"] = pair[0].removeprefix("retrofit_")
+    out["cheaper"] = None if None in (out[pair[0]], out[pair[1]]) else out[pair[0]] < out[pair[1]]
     checks = [out[k] for k in ("fresh_below_stale_paired", "fresh_below_none_paired", "gain_at_least_ralms", "cheaper")]
     out["holds"] = None if None in checks else all(checks)
     return out

@@ -165,7 +165,7 @@ def search(store, as_json: bool, text: str, k: int, version: str | None, embedde
     hf_logging.disable_progress_bar()  # keep stderr quiet for scripts reading --json
     manifest = store.manifest(version)
     spec = manifest.embedder
-    # Keys embedded in either precision may share a store (model.compat.EmbedderSpec), so this is a speed choice only.
+    # Keys embedded in either precision may share a store (model.contracts.compat.EmbedderSpec), so this is a speed choice only.
     embedder = Embedder(embedder_path, name=spec.name if embedder_path else None, max_length=spec.max_length,
                         precision=precision or Settings().precision)
     Compatibility.of(embedder=embedder.spec, source="the embedder here", kind="run").check(

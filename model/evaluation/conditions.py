@@ -134,6 +134,35 @@ def load_ralm(request: "TemporalRequest", chunk_tokens: int):
         raise EvaluationSetupError(f"--prefix-tokens: {exc}") from None
 
 
+def forward_parameters(model) -> dict[str, int] | None:
+    """The parameters a forward pass multiplies, of a model wrapping a pretrained LM (``base``): its body
+    (every weight but the embedding tables, per token it reads), and a RETRO-fit's CCA blocks (per text token)
+    and neighbour encoder (per neighbour token). None for a RETRO model trained from scratch."""
+    base = getattr(model, "base", None)
+    if base is None:
+        return None
+    tables = {id(p) for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m is not None for p in m.parameters()}
+    out = {"lm_body": sum(p.numel() for p in base.parameters() if id(p) not in tables)}
+    for part in ("cca", "encoder"):
+        if hasattr(model, part):
+            out[part] = sum(p.numel() for p in getattr(model, part).parameters())
+    return out
+
+
+def add_forward_cost(row: dict, model) -> None:
+    """A row's cost per scored token in forward multiply-adds x 2 (FLOPs), from its tokens read and the model's parameters.
+
+    The output head (the same for a base and its RETRO-fit) and attention's own arithmetic are left out.
+    """
+    params = forward_parameters(model)
+    if params is None or row.get("lm_tokens_read_per_token") is None:
+        return
+    row["forward_params"] = params
+    per_lm_token = params["lm_body"] + params.get("cca", 0)
+    flops = 2 * (per_lm_token * row["lm_tokens_read_per_token"] + params.get("encoder", 0) * (row.get("encoder_tokens_read_per_token") or 0))
+    row["gflops_per_token"] = float(f"{flops / 1e9:.4g}")
+
+
 def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
     """Read the documents, open the checkpoints and versions, check them, and run :func:`model.evaluation.temporal.evaluate`.
 
@@ -231,6 +260,8 @@ def run_temporal(request: TemporalRequest, *, progress: bool = False) -> dict:
             raise EvaluationSetupError(f"--docs {request.docs}: {exc}") from None
     result["checkpoint"] = str(request.checkpoint) if request.checkpoint is not None else None
     result["precision"] = {"precision": decision.precision, "reason": decision.reason}
+    for condition in conditions:
+        add_forward_cost(result["conditions"][condition.name], condition.model)
     if ralm is not None:
         result["in_context_ralm"] = {"base": ralm.name, "prefix_tokens": ralm.config.prefix_tokens, "chunk_tokens": ralm.config.chunk_tokens,
                                      "precision": ralm.precision.precision, "precision_reason": ralm.precision.reason,

@@ -125,5 +125,12 @@ def test_retrofit_rows_beside_in_context_ralms_on_the_same_index_and_documents(s
     assert goal["ralm_fresh_minus_none"] == ralm_rows["prepend-fresh"]["minus"]["prepend-none"]["bpb"]
     assert goal["retrofit_tokens_read_per_scored_token"] == pytest.approx(rows["fresh"]["lm_tokens_read_per_token"]
                                                                           + rows["fresh"]["encoder_tokens_read_per_token"], abs=2e-3)
-    assert goal["holds"] in (True, False) and goal["cheaper"] == (goal["retrofit_tokens_read_per_scored_token"]
-                                                                 < goal["ralm_tokens_read_per_scored_token"])
+    # In forward FLOPs: each network's tokens weighed by its parameters (the base's body; the adapter's CCA and encoder).
+    body = rows["fresh"]["forward_params"]["lm_body"]
+    assert ralm_rows["prepend-fresh"]["forward_params"] == {"lm_body": body}
+    assert set(rows["fresh"]["forward_params"]) == {"lm_body", "cca", "encoder"}
+    assert ralm_rows["prepend-fresh"]["gflops_per_token"] == pytest.approx(2 * body * ralm_rows["prepend-fresh"]["lm_tokens_read_per_token"] / 1e9,
+                                                                           rel=2e-3)
+    assert goal["cost_measure"] == "gflops_per_scored_token" and goal["retrofit_gflops_per_scored_token"] == rows["fresh"]["gflops_per_token"]
+    assert goal["holds"] in (True, False) and goal["cheaper"] == (goal["retrofit_gflops_per_scored_token"]
+                                                                 < goal["ralm_gflops_per_scored_token"])
