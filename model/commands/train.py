@@ -101,6 +101,7 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--eval-every", default=100, show_default=True, type=int)
 @click.option("--eval-fraction", default=0.05, show_default=True, type=float, help="share of documents held out.")
 @click.option("--checkpoint-every", default=0, show_default=True, type=int, help="0: only at the end.")
+@click.option("--max-minutes", default=0.0, show_default=True, type=float, help="stop after the step that passes this many minutes of training (0: run all --steps).")
 @click.option("--resume", is_flag=True, help="continue the run saved in --out.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help="tokenizer.json the store was chunked with (default: the shipped one).")
 @click.option("--base-model", type=click.Path(exists=True, file_okay=False, path_type=Path), help="RETRO-fit this Hugging Face causal LM (frozen) instead of training from scratch.")
@@ -126,7 +127,7 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step (faster on GPU; compiling takes a minute or two).")
 @click.option("--quiet", is_flag=True, help="no progress bars.")
 def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, batch_size, lr, warmup_steps, eval_every, eval_fraction,
-          checkpoint_every, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, precision, seed, own_passage_rate,
+          checkpoint_every, max_minutes, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, precision, seed, own_passage_rate,
           neighbour_dropout, cca_previous_token_keys, cca_gate, weights_dtype, compile_model, quiet) -> None:
     """Train a RETRO model on a store version (or on files, indexed into a new store first).
 
@@ -196,7 +197,7 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
         steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=warmup_steps, eval_every=eval_every,
         checkpoint_every=checkpoint_every, out_dir=str(out), device=settings.device, precision=settings.precision, seed=seed,
         compile=compile_model, progress=not quiet,
-        own_passage_rate=own_passage_rate, neighbour_dropout=neighbour_dropout,
+        own_passage_rate=own_passage_rate, neighbour_dropout=neighbour_dropout, max_minutes=max_minutes,
     )
     click.echo(f"model: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
                f"data: {data.info['train_sequences']} train / {data.info['eval_sequences']} eval windows of {seq_len}", err=True)

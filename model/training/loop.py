@@ -44,6 +44,9 @@ class TrainConfig:
     # The neighbour mix (model.training.mix): what teaches a small model to read its neighbours.
     own_passage_rate: float = 0.0
     neighbour_dropout: float = 0.0
+    # Stop after the step that passes this many minutes of training (0: run every step). The
+    # schedule stays the one of `steps`, so a run cut short ends at a higher learning rate.
+    max_minutes: float = 0.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -241,6 +244,9 @@ def train(
         if cfg.out_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             save_checkpoint(model, optimizer, cfg, done, tokenizer, extra)
         result.steps = done
+        if cfg.max_minutes and elapsed >= 60 * cfg.max_minutes and done < cfg.steps:
+            LOG.info("stopping at step %d of %d: %.1f minutes of training reached max_minutes=%g", done, cfg.steps, elapsed / 60, cfg.max_minutes)
+            break
     elapsed = time.perf_counter() - t0
     result.train_loss = sum(recent) / len(recent) if recent else float("nan")
     result.tokens_per_s = tokens / elapsed if elapsed > 0 else 0.0

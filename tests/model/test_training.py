@@ -176,6 +176,16 @@ def test_training_reports_eval_with_and_without_retrieval_and_rejects_bad_data()
 
 
 @pytest.mark.slow
+def test_max_minutes_stops_the_run_and_still_saves(tmp_path):
+    data = random_set()
+    cfg = TrainConfig(steps=50, batch_size=4, warmup_steps=2, progress=False, max_minutes=1e-9, out_dir=str(tmp_path / "ckpt"))
+    result = train(small_model(), data, data.subset(slice(0, 4)), cfg)
+    assert result.steps == 1 and [e.step for e in result.evals] == [1]  # the first step passes the budget
+    from model.network.checkpoint import TRAINING_STATE_JSON
+
+    assert json.loads((tmp_path / "ckpt" / TRAINING_STATE_JSON).read_text())["step"] == 1
+
+
 def test_copy_task_retrieval_lowers_loss():
     """Random tokens are unpredictable without retrieval (the floor is ln V); each chunk's first
     neighbour holds the chunk that follows, so a model that learns to copy through CCA beats it."""
