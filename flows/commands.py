@@ -31,13 +31,15 @@ LOG = logging.getLogger(__name__)
 @click.option("--max-delete-share", type=click.FloatRange(0.0, 1.0), default=None,
               help="the largest share of one source's documents this refresh may delete; a source over it keeps "
                    "its documents and is reported as failed, the rest publishes [sources file: max_delete_share, 0.5]")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="chunk with this tokenizer.json or checkpoint's tokenizer (a RETRO-fitted model's, to serve it) [default: the bundled one]")
 @click.option("--json", "as_json", is_flag=True,
               help="print the summary as one JSON object on the last line; on failure the object is "
                    '{"published": false, "error": {"type", "message", "step"}, ...} and the exit status is 1')
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="append the run's whole log here, tracebacks included [default: <cache dir>/logs/refresh.log]")
 @click.option("--verbose", is_flag=True, help="show tracebacks on the terminal too (they always go to the log file)")
-def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, max_delete_share, as_json, log_file, verbose):
+def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, max_delete_share, tokenizer_path, as_json, log_file, verbose):
     """Ingest the sources, validate the new index version and publish it (one Prefect flow run)."""
     from flows.refresh import refresh_corpus
     from flows.common.runlog import default_log_file, failure_message, flow_result, run_log
@@ -48,6 +50,8 @@ def refresh(sources, store, runner, pipeline_args, servers, compact_threshold, m
         kwargs["compact_threshold"] = compact_threshold
     if max_delete_share is not None:
         kwargs["max_delete_share"] = max_delete_share
+    if tokenizer_path is not None:
+        kwargs["tokenizer_path"] = str(tokenizer_path)
     log_file = log_file or default_log_file("refresh")
     state = None
     try:

@@ -165,6 +165,15 @@ def _table(title: str, check: FactCheck) -> Table:
     return table
 
 
+def _chunking_tokenizer(checkpoint: Path, config: dict) -> Path | None:
+    """The checkpoint itself when its tokenizer is not the bundled one (a RETRO-fitted model), so the
+    store is chunked in the model's own tokens and the server accepts it; None for the bundled one."""
+    from model.contracts.tokenizer import RetroTokenizer
+
+    recorded = (config.get("tokenizer") or {}).get("sha256")
+    return None if recorded is None or recorded == RetroTokenizer.load(None).sha256 else checkpoint
+
+
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"), show_default=True,
               help="where the store, the server's log and the caches go (emptied first)")
@@ -185,9 +194,12 @@ def demo(workdir: Path, out_dir: Path, size: int, checkpoint: Path | None, train
     Takes a few minutes on 2 CPU cores; nothing is downloaded.
     """
     started = time.monotonic()
+    tokenizer = None
     if not train_model:  # found out now, not after the first refresh
         checkpoint = checkpoint or SHIPPED_CHECKPOINT
         config = _check_checkpoint(checkpoint)
+        tokenizer = _chunking_tokenizer(checkpoint, config)
+    tokenizer_flag = f" --tokenizer {tokenizer}" if tokenizer else ""
     _prepare_workdir(workdir)
     # Imported after the checks: Prefect and Beam take seconds to import, a refusal should not wait for them.
     from beam_jobs.sample.server import SampleSiteServer
@@ -211,8 +223,8 @@ def demo(workdir: Path, out_dir: Path, size: int, checkpoint: Path | None, train
                           f"edition 1 will change {len(changes)} facts")
 
         with _step(2, "Refresh an empty store from it (Prefect flow → Beam ingest → publish)",
-                   f"retrofresh refresh --sources {sources} --store {store}"):
-            first = refresh_corpus(sources=str(sources), store=store)
+                   f"retrofresh refresh --sources {sources} --store {store}{tokenizer_flag}"):
+            first = refresh_corpus(sources=str(sources), store=store, tokenizer_path=str(tokenizer) if tokenizer else None)
             console.print_json(json.dumps({k: first[k] for k in ("version", "documents", "chunks_added", "seconds")}))
 
         if train_model:
@@ -239,10 +251,10 @@ def demo(workdir: Path, out_dir: Path, size: int, checkpoint: Path | None, train
             before = ask_facts(client, world, changes)
 
         with _step(6, "The world changes: serve edition 1 and refresh; the flow tells the server to reload",
-                   f"retrofresh refresh --sources {sources} --store {store} --server {url}"):
+                   f"retrofresh refresh --sources {sources} --store {store} --server {url}{tokenizer_flag}"):
             changed_at = time.monotonic()
             site.set_edition(1)
-            second = refresh_corpus(sources=str(sources), store=store, servers=[url])
+            second = refresh_corpus(sources=str(sources), store=store, servers=[url], tokenizer_path=str(tokenizer) if tokenizer else None)
             console.print_json(json.dumps({k: second[k] for k in ("version", "parent", "documents", "chunks_added", "chunks_removed", "seconds")}))
             lag_s = _first_answer_from(client, second["version"], since=changed_at)
             console.print(f"freshness lag: {lag_s:.1f} s from the site's change to the first answer served from {second['version']}")

