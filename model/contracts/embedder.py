@@ -50,8 +50,7 @@ def weights_sha256(model_dir: Path) -> str:
         raise FileNotFoundError(f"no *.safetensors weights in {model_dir}")
     for file in files:
         with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+            hashlib.file_digest(f, lambda: digest)  # one digest over every file, in order
     return digest.hexdigest()
 
 

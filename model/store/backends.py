@@ -162,16 +162,8 @@ class LocalBackend(Backend):
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=layout.TEMP_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self._link_new(Path(tmp), dest, key)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with _durable_temp(dest.parent, data) as tmp:
+            self._link_new(tmp, dest, key)
 
     def put_file(self, key: str, path: Path) -> None:
         dest = self._path(key)
@@ -228,16 +220,8 @@ class LocalBackend(Backend):
                 if not matches(actual):
                     raise CasFailed(actual)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=layout.TEMP_PREFIX)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
+                with _durable_temp(dest.parent, data) as tmp:
                     os.replace(tmp, dest)
-                finally:  # a full disk fails the write or the fsync: leave no half-written file
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
                 _fsync_dir(dest.parent)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
@@ -250,11 +234,27 @@ def _same_bytes(a: Path, b: Path) -> bool:
 
 
 def _file_md5(path: Path) -> bytes:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
+        return hashlib.file_digest(f, "md5").digest()
+
+
+@contextlib.contextmanager
+def _durable_temp(directory: Path, data: bytes) -> Iterator[Path]:
+    """A temp file in ``directory`` holding ``data``, on disk (fsynced), to link or rename into place.
+
+    Removed on exit if it is still there: a full disk fails the write or the fsync, and no
+    half-written file is left behind.
+    """
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=layout.TEMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _fsync_dir(path: Path) -> None:
