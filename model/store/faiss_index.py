@@ -56,7 +56,15 @@ def is_flat(factory: str) -> bool:
     return not factory.startswith("IVF")
 
 
-def check_vectors(embeddings: np.ndarray, *, dim: int, rows: int | None = None, normalized: bool = True) -> np.ndarray:
+def check_vectors(
+    embeddings: np.ndarray,
+    *,
+    dim: int,
+    rows: int | None = None,
+    normalized: bool = True,
+    what: str = "embeddings",
+    error: type[Exception] = StoreError,
+) -> np.ndarray:
     """Validate keys or queries: 2-d, the right width, finite, unit length when the embedder normalises.
 
     Args:
@@ -64,30 +72,32 @@ def check_vectors(embeddings: np.ndarray, *, dim: int, rows: int | None = None, 
         dim: the embedder's dimension.
         rows: the number of rows expected (the number of chunks), if known.
         normalized: require L2 norms of 1 (the embedder spec's ``normalize``).
+        what: what the rows are, for the messages ("embeddings", "queries").
+        error: the exception to raise (a search's bad queries are a ``ValueError``).
 
     Returns:
         A C-contiguous float32 copy or view.
 
     Raises:
-        StoreError: shape, dtype, non-finite values or norms are wrong.
+        StoreError (or ``error``): shape, dtype, non-finite values or norms are wrong.
     """
     if not isinstance(embeddings, np.ndarray):
-        raise StoreError(f"embeddings must be a numpy array, got {type(embeddings).__name__}")
+        raise error(f"{what} must be a numpy array, got {type(embeddings).__name__}")
     if embeddings.ndim != 2 or embeddings.shape[1] != dim:
-        raise StoreError(f"embeddings have shape {embeddings.shape}; expected (n, {dim}) for this embedder")
+        raise error(f"{what} have shape {embeddings.shape}; expected (n, {dim}) from the embedder that made the index")
     if rows is not None and embeddings.shape[0] != rows:
-        raise StoreError(f"{embeddings.shape[0]} embeddings for {rows} chunks; pass one row per chunk, in chunk order")
+        raise error(f"{embeddings.shape[0]} {what} for {rows} chunks; pass one row per chunk, in chunk order")
     if not np.issubdtype(embeddings.dtype, np.floating):
-        raise StoreError(f"embeddings have dtype {embeddings.dtype}; expected float32")
+        raise error(f"{what} have dtype {embeddings.dtype}; expected float32")
     out = np.ascontiguousarray(embeddings, dtype=np.float32)
     if not np.isfinite(out).all():
-        raise StoreError("embeddings contain NaN or infinite values")
+        raise error(f"{what} contain NaN or infinite values")
     if normalized and len(out):
         norms = np.linalg.norm(out, axis=1)
         worst = int(np.argmax(np.abs(norms - 1)))
         if abs(norms[worst] - 1) > 1e-3:
-            raise StoreError(
-                f"embedding row {worst} has L2 norm {norms[worst]:.4f}, but the embedder spec says normalize=True; "
+            raise error(
+                f"row {worst} of the {what} has L2 norm {norms[worst]:.4f}, but the embedder spec says normalize=True; "
                 "embed with model.contracts.embedder.Embedder (or L2-normalise) so keys and queries match"
             )
     return out

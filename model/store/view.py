@@ -388,15 +388,7 @@ class IndexView:
         return np.asarray(ids, np.int64)[order], np.stack(keys).astype(np.float32)[order]
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
-        queries = np.asarray(queries)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries have shape {queries.shape}; expected (n, {self.dim}) from the version's embedder")
-        if not np.issubdtype(queries.dtype, np.floating):
-            raise ValueError(f"queries have dtype {queries.dtype}; expected float32")
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if not np.isfinite(queries).all():
-            raise ValueError("queries contain NaN or infinite values")
-        return queries
+        return faiss_index.check_vectors(np.asarray(queries), dim=self.dim, normalized=False, what="queries", error=ValueError)
 
     def _top_k(self, queries: np.ndarray, k: int, excluded: list[str | None], nprobe: int | None = None) -> list[list[tuple[float, int, int]]]:
         """Per query, up to k (score, shard, row), best first, excluded docs and duplicates skipped."""
