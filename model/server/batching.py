@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -11,6 +10,7 @@ from typing import Callable
 import anyio
 
 from model.contracts.retrieval import Neighbour
+from model.server.background import cancel
 from model.server.swap import LoadedVersion
 
 LOG = logging.getLogger(__name__)
@@ -53,11 +53,8 @@ class RetrieveBatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="retrieve-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         while self._queue is not None and not self._queue.empty():
             pending = self._queue.get_nowait()
             if not pending.future.done():

@@ -13,7 +13,6 @@ operator's (restore the file, roll back, or republish). ``POST /admin/reverify``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import anyio
 
+from model.server.background import cancel
 from model.server.schemas import CorruptFile, IndexVerification
 from model.store.checksums import sha256_file
 
@@ -163,8 +163,5 @@ class Reverifier:
                 LOG.exception("re-verification of the served index failed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import anyio
 
 from model.contracts.compat import Compatibility
+from model.server.background import cancel
 
 LOG = logging.getLogger(__name__)
 
@@ -345,8 +346,5 @@ class Watcher:
             await asyncio.sleep(self.interval_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
