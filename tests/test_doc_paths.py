@@ -46,5 +46,5 @@ def test_every_path_the_doc_names_exists(doc):
 
 def test_a_moved_module_is_caught(tmp_path):
     doc = tmp_path / "doc.md"
-    doc.write_text("`model/store/layout.py` and `model/retro.py`, `layout.py` and `nowhere.py`, [d](../NOPE.md)\n")
-    assert missing(doc) == ["link ../NOPE.md", "model/retro.py", "nowhere.py (no file of that name)"]
+    doc.write_text("`model/store/layout.py` and `model/gone.py`, `layout.py` and `nowhere.py`, [d](../NOPE.md)\n")
+    assert missing(doc) == ["link ../NOPE.md", "model/gone.py", "nowhere.py (no file of that name)"]
