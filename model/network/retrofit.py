@@ -189,7 +189,7 @@ class RetroFit(nn.Module):
         base_source: how to reload the base (:func:`base_source`); None saves the base's
             weights inside each checkpoint.
         cca_gate: with ``config.cca_previous_token_keys``, CCA starts as an induction head
-            (:meth:`model.retro.ChunkedCrossAttention.init_as_induction_head`) whose output
+            (:meth:`model.network.retro.ChunkedCrossAttention.init_as_induction_head`) whose output
             projection is scaled by this (0: CCA adds nothing at step 0, but its output projection
             gets the copy circuit's gradient from the first step). Only the start of training: a
             loaded checkpoint overwrites it.
