@@ -81,6 +81,7 @@ WARM_POLL_S = 600
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the session's Prefect API and store, then up to 0.7 * WARM_POLL_S of waiting, on a shared machine
 @pytest.mark.parametrize("kind", sorted(WORKERS))
 def test_a_change_event_runs_the_deployed_targeted_refresh_on_a_process_worker(prefect_api, refreshed, tmp_path, kind):
     """prefect.yaml deployed to a process pool; the worker executes the run a change event
