@@ -18,7 +18,12 @@ the versions are published one by one while it runs:
   version loaded, and ``rss_anon_per_m_chunks_mb``: that minus the process before any version was
   loaded (model, embedder, Python), per million live chunks;
 - ``retrieve_p50_ms`` / ``retrieve_p99_ms``: ``POST /v1/retrieve`` at k=2, one request at a time
-  (embedding the query text included), and ``search_p50_ms``: the index search alone, in-process;
+  (embedding the query text included), at the query precision ``auto`` picks on this machine
+  (``auto_precision``), and ``search_p50_ms``: the index search alone, in-process;
+- ``retrieve_ms_by_precision``: p50 and p99 of two servers side by side, one embedding queries in
+  fp32 and one under bf16 autocast (``retrofresh serve --precision``), requests alternating between
+  them so a change of load hits both alike; ``embed_query_p50_ms_by_precision``: the query's
+  embedding alone, in-process, at each precision (the larger part of a retrieve);
 - ``swap_s``: the server's load time of the last 1% delta version, and ``swap_extra_mb``: the
   peak rise of the server's ``RssAnon`` while it swapped (sampled every 10 ms);
 - ``recall_at_2``: of the served version's search against exact search over the live float keys
@@ -276,11 +281,27 @@ def wait_version(client, version: str, timeout: float = 600.0):
     raise TimeoutError(f"the server did not load {version} within {timeout}s")
 
 
+def embed_query_ms(repeats: int = 100) -> dict[str, float]:
+    """p50 ms of embedding one query text in-process, fp32 and bf16 autocast alternating (what a retrieve spends before searching)."""
+    from model.contracts.embedder import Embedder
+
+    embedders = {name: Embedder(precision=name) for name in ("fp32", "bf16")}
+    times: dict[str, list[float]] = {name: [] for name in embedders}
+    for i in range(WARMUP + repeats):
+        for name in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
+            started = time.perf_counter()
+            embedders[name].encode([QUERY_TEXTS[i % len(QUERY_TEXTS)] + f" ({i})"])
+            if i >= WARMUP:
+                times[name].append(time.perf_counter() - started)
+    return {name: round(float(np.percentile(t, 50)) * 1000, 2) for name, t in times.items()}
+
+
 def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
     import faiss
 
     from model.client import RetroClient
     from model.contracts.embedder import Embedder
+    from model.contracts.precision import resolve
     from model.contracts.tokenizer import RetroTokenizer
 
     embedder = Embedder()
@@ -290,33 +311,49 @@ def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
     store, manifests, tuning = built["store"], built["manifests"], built["tuning"]
     tiny_checkpoint(root / "checkpoint", tokenizer, spec)
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(root / "checkpoint"), "--store", str(root / "store"),
-         "--port", str(port), "--cache-dir", str(root / "server-cache"), "--reload-interval", "0.1", "--log-level", "warning"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    def start(precision: str) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        return subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(root / "checkpoint"), "--store", str(root / "store"),
+             "--port", str(port), "--cache-dir", str(root / f"server-cache-{precision}"), "--reload-interval", "0.1",
+             "--precision", precision, "--log-level", "warning"],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        ), port
+
+    # The first server (fp32 queries) is measured throughout; the second (bf16 queries) only answers
+    # the latency requests beside it and is stopped before the swap, so it cannot slow that down.
+    server, port = start("fp32")
+    other, other_port = start("bf16")
     try:
-        with RetroClient(f"http://127.0.0.1:{port}", retries=0, timeout=120) as client:
-            client.wait_ready(timeout=300)
+        with RetroClient(f"http://127.0.0.1:{port}", retries=0, timeout=120) as client, \
+                RetroClient(f"http://127.0.0.1:{other_port}", retries=0, timeout=120) as other_client:
+            clients = {"fp32": client, "bf16": other_client}
+            for c in clients.values():
+                c.wait_ready(timeout=300)
             time.sleep(1.0)
             baseline = rss_anon_mb(server.pid)
             served = None
             for m in manifests[:-1]:
                 store.publish(m.version, expected_current=served)
                 info = wait_version(client, m.version)
+                wait_version(other_client, m.version)
                 served = m.version
                 if m is manifests[0]:
                     open_s = info.load_seconds
                     LOG.info("%d: the server opened the base in %.2fs", n, open_s)
             for i in range(WARMUP):
-                client.retrieve(QUERY_TEXTS[i % len(QUERY_TEXTS)], k=K)
-            latencies = []
+                for c in clients.values():
+                    c.retrieve(QUERY_TEXTS[i % len(QUERY_TEXTS)], k=K)
+            latencies = {name: [] for name in clients}
             for i in range(REQUESTS):
-                start = time.perf_counter()
-                answer = client.retrieve(QUERY_TEXTS[i % len(QUERY_TEXTS)] + f" ({i})", k=K)
-                latencies.append(time.perf_counter() - start)
-                assert len(answer.results[0]) == K
+                # Alternate which precision goes first, so neither always follows the other.
+                for name in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
+                    started = time.perf_counter()
+                    answer = clients[name].retrieve(QUERY_TEXTS[i % len(QUERY_TEXTS)] + f" ({i})", k=K)
+                    latencies[name].append(time.perf_counter() - started)
+                    assert len(answer.results[0]) == K
+            other.send_signal(signal.SIGINT)
+            other.wait(timeout=30)
             before = rss_anon_mb(server.pid)
             with PeakSampler(server.pid) as peak:
                 store.publish(manifests[-1].version, expected_current=served)
@@ -326,11 +363,15 @@ def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
             after = rss_anon_mb(server.pid)
             LOG.info("%d: swapped in the 1%% delta in %.3fs; RssAnon %.0f -> %.0f MB (peak %.0f)", n, swap_s, before, after, peak.peak)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for process in (server, other):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    embed_ms = embed_query_ms()
+    auto = resolve("auto", "cpu")
 
     # recall and search time of the served version, in this process
     with store.open(manifests[-1].version) as view:
@@ -349,8 +390,13 @@ def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
         "chunks": live,
         "open_s": round(open_s, 3),
         "rss_anon_mb": round(after, 1),
-        "retrieve_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 2),
-        "retrieve_p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 2),
+        "retrieve_p50_ms": round(float(np.percentile(latencies[auto.precision], 50)) * 1000, 2),
+        "retrieve_p99_ms": round(float(np.percentile(latencies[auto.precision], 99)) * 1000, 2),
+        "auto_precision": auto.precision,
+        "bf16_probe_speedup": auto.bf16_speedup,
+        "retrieve_ms_by_precision": {name: {"p50": round(float(np.percentile(ms, 50)) * 1000, 2), "p99": round(float(np.percentile(ms, 99)) * 1000, 2)}
+                                     for name, ms in latencies.items()},
+        "embed_query_p50_ms_by_precision": embed_ms,
         "swap_s": round(swap_s, 3),
         "swap_extra_mb": round(max(peak.peak, after) - before, 1),
         "recall_at_2": round(recall(found, built["truth"]), 4),
@@ -377,6 +423,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", help="chunk counts to measure (overrides the mode's)")
     parser.add_argument("--nlist", type=int, help="IVF lists of the lineage (default: the store's policy, ~4·sqrt(n))")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--result", type=Path, default=RESULTS, help="where the JSON goes (default %(default)s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     LOG.setLevel(logging.INFO)  # progress to stderr; stdout carries only the JSON
@@ -394,8 +441,8 @@ def main() -> None:
            "knobs": {"NLIST": args.nlist, "BASE_SHARDS": BASE_SHARDS, "DELTAS": DELTAS, "DELTA": DELTA, "TOMBSTONED": TOMBSTONED, "QUERIES": QUERIES,
                      "REQUESTS": REQUESTS, "K": K, "DIM": DIM, "RECALL_TARGET": RECALL_TARGET},
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=None if args.json else 2))
 
 
