@@ -113,6 +113,15 @@ class FilesSourceModel:
     def write_jsonl(self) -> None:
         self.jsonl.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in self.records.items()))
 
+    def put(self, what: str, key: str, text: str) -> None:
+        """Give a file ("file") or a .jsonl record ("record") this text, on disk too."""
+        if what == "file":
+            self.files[key] = text
+            self.write_file(key)
+        else:
+            self.records[key] = text
+            self.write_jsonl()
+
     def remember(self, key: str, text: str) -> None:
         self.history.setdefault(key, []).append(text)
 
@@ -149,12 +158,7 @@ class FilesSourceModel:
         what, key = rng.choice(keys)
         text = make_text(rng)
         self.remember(key, text)
-        if what == "file":
-            self.files[key] = text
-            self.write_file(key)
-        else:
-            self.records[key] = text
-            self.write_jsonl()
+        self.put(what, key, text)
         return f"{self.name}: edit {what} {key}", None
 
     def _edit_back(self, rng):
@@ -167,12 +171,7 @@ class FilesSourceModel:
         current = self.files[key] if what == "file" else self.records[key]
         text = rng.choice([t for t in self.history[key] if t != current])
         self.remember(key, text)
-        if what == "file":
-            self.files[key] = text
-            self.write_file(key)
-        else:
-            self.records[key] = text
-            self.write_jsonl()
+        self.put(what, key, text)
         return f"{self.name}: edit {what} {key} back to an earlier text", None
 
     def _delete(self, rng):
@@ -196,12 +195,7 @@ class FilesSourceModel:
         if not keys:
             return None
         what, key = rng.choice(sorted(keys))
-        if what == "file":
-            self.files[key] = self.gone_files.pop(key)
-            self.write_file(key)
-        else:
-            self.records[key] = self.gone_records.pop(key)
-            self.write_jsonl()
+        self.put(what, key, (self.gone_files if what == "file" else self.gone_records).pop(key))
         return f"{self.name}: restore {what} {key} with the same content", None
 
     def _rename(self, rng):
