@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Iterator
 from urllib.parse import urlsplit
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.discover import MAX_SITEMAP_BYTES, extract_links, file_kind, parse_feed, parse_sitemap, sitemap_roots, walk_sitemaps
 from beam_jobs.fetch import Fetcher, format_http_date, parse_http_date
@@ -42,6 +42,33 @@ def count_fetch(result: FetchResult) -> None:
             count("lastmod_skipped")
 
 
+@contextmanager
+def source_fetcher(source: SiteSource | FeedSource, settings: FetchSettings, fetcher: Fetcher | None = None) -> Iterator[Fetcher]:
+    """The Fetcher for one web source's run, its requests and retries counted when the run ends.
+
+    Args:
+        source: the site or feed (its address policy and crawl delay).
+        settings: the run's fetch policy.
+        fetcher: an open Fetcher to use (tests); one is made here, and closed at the end, otherwise.
+    """
+    own = fetcher is None
+    fetcher = fetcher or Fetcher(settings, policy=source.address_policy, crawl_delay_s=source.crawl_delay_s)
+    try:
+        yield fetcher
+    finally:
+        count("requests", fetcher.requests)
+        count("retries", fetcher.retries)
+        if own:
+            fetcher.close()
+
+
+def fetch_known(fetcher: Fetcher, url: str, source: str, known: dict[str, KnownDoc]) -> FetchResult:
+    """GET ``url`` conditionally: with the ETag and Last-Modified the parent ledger stored for it, if any."""
+    previous = known.get(doc_id(url))
+    return fetcher.fetch(url, source=source, etag=previous.etag if previous else None,
+                         last_modified=previous.last_modified if previous else None)
+
+
 def crawl_site(source: SiteSource, settings: FetchSettings, known: dict[str, KnownDoc], fetcher: Fetcher | None = None) -> Iterator[FetchResult]:
     """Crawl one site politely.
 
@@ -54,15 +81,8 @@ def crawl_site(source: SiteSource, settings: FetchSettings, known: dict[str, Kno
     Yields:
         One FetchResult per page considered (at most ``max_pages``).
     """
-    own = fetcher is None
-    fetcher = fetcher or Fetcher(settings, policy=source.address_policy, crawl_delay_s=source.crawl_delay_s)
-    try:
+    with source_fetcher(source, settings, fetcher) as fetcher:
         yield from _crawl_site(source, fetcher, known)
-    finally:
-        count("requests", fetcher.requests)
-        count("retries", fetcher.retries)
-        if own:
-            fetcher.close()
 
 
 def _crawl_site(source: SiteSource, fetcher: Fetcher, known: dict[str, KnownDoc]) -> Iterator[FetchResult]:
@@ -102,12 +122,7 @@ def _crawl_site(source: SiteSource, fetcher: Fetcher, known: dict[str, KnownDoc]
                 etag=previous.etag, last_modified=previous.last_modified,
             )  # fmt: skip
             continue
-        result = fetcher.fetch(
-            seed.url,
-            source=source.name,
-            etag=previous.etag if previous else None,
-            last_modified=previous.last_modified if previous else None,
-        )
+        result = fetch_known(fetcher, seed.url, source.name, known)
         if result.outcome == FETCHED:
             result = replace(result, published_at=seed.lastmod)
             if source.follow_links and seed.depth < source.max_depth and result.kind == "html":
@@ -153,9 +168,7 @@ def crawl_feed(source: FeedSource, settings: FetchSettings, known: dict[str, Kno
         One FetchResult per entry; none when the feed itself cannot be read (its documents
         are then kept as they were).
     """
-    own = fetcher is None
-    fetcher = fetcher or Fetcher(settings, policy=source.address_policy, crawl_delay_s=source.crawl_delay_s)
-    try:
+    with source_fetcher(source, settings, fetcher) as fetcher:
         feed = fetcher.fetch(source.url, source=source.name, accept=None, max_bytes=MAX_SITEMAP_BYTES)
         if feed.outcome != FETCHED:
             count("feed_failed")
@@ -167,19 +180,8 @@ def crawl_feed(source: FeedSource, settings: FetchSettings, known: dict[str, Kno
             if key in seen:
                 continue
             seen.add(key)
-            previous = known.get(key)
-            result = fetcher.fetch(
-                entry.link,
-                source=source.name,
-                etag=previous.etag if previous else None,
-                last_modified=previous.last_modified if previous else None,
-            )
+            result = fetch_known(fetcher, entry.link, source.name, known)
             yield replace(result, published_at=entry.published_at, title=entry.title)
-    finally:
-        count("requests", fetcher.requests)
-        count("retries", fetcher.retries)
-        if own:
-            fetcher.close()
 
 
 class CrawlDoFn(beam.DoFn):

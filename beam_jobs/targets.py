@@ -20,14 +20,14 @@ from urllib.parse import urlsplit
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.crawl import ReadFileDoFn, count_fetch
+from beam_jobs.crawl import ReadFileDoFn, count_fetch, fetch_known, source_fetcher
 from beam_jobs.fetch import Fetcher
 from beam_jobs.limits import Admission
-from beam_jobs.metrics import count, timed
+from beam_jobs.metrics import timed
 from beam_jobs.sources import FeedSource, FetchSettings, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import GONE, INCOMPLETE, FetchResult, KnownDoc
 from model.contracts.clock import utcnow
-from model.contracts.ids import canonical_url, doc_id, web_url
+from model.contracts.ids import canonical_url, web_url
 
 LOG = logging.getLogger(__name__)
 
@@ -160,20 +160,11 @@ def fetch_targets(source: SiteSource | FeedSource, urls: Iterable[str], settings
     One fetcher per source, so its robots.txt rules, per-host pacing and address guard hold as in
     a full crawl; no links are followed and no sitemap is read.
     """
-    own = fetcher is None
-    fetcher = fetcher or Fetcher(settings, policy=source.address_policy, crawl_delay_s=source.crawl_delay_s)
-    try:
+    with source_fetcher(source, settings, fetcher) as fetcher:
         for url in urls:
-            previous = known.get(doc_id(url))
             with timed("fetch"):
-                result = fetcher.fetch(url, source=source.name, etag=previous.etag if previous else None,
-                                       last_modified=previous.last_modified if previous else None)
+                result = fetch_known(fetcher, url, source.name, known)
             yield result
-    finally:
-        count("requests", fetcher.requests)
-        count("retries", fetcher.retries)
-        if own:
-            fetcher.close()
 
 
 class FetchTargetsDoFn(beam.DoFn):
