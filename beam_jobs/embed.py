@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -15,37 +13,9 @@ from apache_beam.utils import shared
 from beam_jobs.chunk import KEPT, LEDGER as CHUNK_LEDGER, ChunkDoFn
 from beam_jobs.metrics import timed
 from model.contracts.chunking import Chunk
-from model.contracts.embedder import DEFAULT_EMBEDDER_NAME, EmbedderSpec, default_embedder_path, weights_sha256
+from model.contracts.embedder import DEFAULT_EMBEDDER_NAME
 
 LOG = logging.getLogger(__name__)
-
-
-def embedder_spec(path: str | Path | None = None, *, max_length: int = 128) -> EmbedderSpec:
-    """The EmbedderSpec that ``model.contracts.embedder.Embedder(path)`` will report, without loading torch.
-
-    The launcher compares it with the parent manifest before starting a job, and the writer
-    records it; a test checks it equals the loaded Embedder's spec.
-
-    Args:
-        path: a local Hugging Face encoder directory; None for the bundled all-MiniLM-L6-v2.
-        max_length: the encoder's token limit per text.
-
-    Returns:
-        The spec (name, dim, pooling, normalize, max_length, weights sha256).
-    """
-    model_dir = Path(path) if path is not None else default_embedder_path()
-    config_file = model_dir / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{model_dir} is not a Hugging Face encoder directory (no config.json)")
-    config = json.loads(config_file.read_text())
-    return EmbedderSpec(
-        name=DEFAULT_EMBEDDER_NAME if path is None else model_dir.name,
-        dim=int(config["hidden_size"]),
-        pooling="mean",
-        normalize=True,
-        max_length=max_length,
-        sha256=weights_sha256(model_dir),
-    )
 
 
 # One encoder per (path, max_length) in a process, reused by every job and validation it runs: a

@@ -34,7 +34,7 @@ from beam_jobs import metrics
 from beam_jobs.chunk import KEPT, DropKeptTombstones
 from beam_jobs.crawl import Crawl
 from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffAgainstLedger
-from beam_jobs.embed import ChunkAndEmbed, ChunkEmbeddingHandler, embedder_spec
+from beam_jobs.embed import ChunkAndEmbed, ChunkEmbeddingHandler
 from beam_jobs.extract import Extract
 from beam_jobs.limits import held_by_source
 from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_options
@@ -42,7 +42,7 @@ from beam_jobs.sources import SourcesConfig, load_sources
 from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargets, Targets, resolve_targets
 from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
 from model.contracts.compat import Compatibility
-from model.contracts.embedder import EmbedderSpec
+from model.contracts.embedder import EmbedderSpec, embedder_spec
 from model.contracts.precision import check as check_precision
 from model.contracts.settings import get_settings
 from model.contracts.tokenizer import RetroTokenizer

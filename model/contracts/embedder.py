@@ -8,6 +8,7 @@ from a different model, pooling or length limit.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -54,6 +55,40 @@ def weights_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def embedder_spec(path: str | Path | None = None, *, name: str | None = None, max_length: int = 128) -> EmbedderSpec:
+    """The EmbedderSpec of an encoder folder, read from its config.json and weights without loading torch.
+
+    :class:`Embedder` reports exactly this; the ingest launcher compares it with the parent
+    manifest before starting a job, and the writer records it.
+
+    Args:
+        path: a local Hugging Face encoder directory; None for the bundled all-MiniLM-L6-v2.
+        name: recorded in manifests; defaults to the directory name (or all-MiniLM-L6-v2).
+        max_length: the encoder's token limit per text.
+
+    Returns:
+        The spec (name, dim, pooling, normalize, max_length, weights sha256).
+
+    Raises:
+        FileNotFoundError: the folder has no config.json (or no weights).
+    """
+    model_dir = Path(path) if path is not None else default_embedder_path()
+    config_file = model_dir / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(
+            f"{model_dir} is not a Hugging Face encoder directory (no config.json); "
+            "pass a local model path, or omit it to use the bundled all-MiniLM-L6-v2"
+        )
+    return EmbedderSpec(
+        name=name or (DEFAULT_EMBEDDER_NAME if path is None else model_dir.name),
+        dim=int(json.loads(config_file.read_text())["hidden_size"]),
+        pooling="mean",
+        normalize=True,
+        max_length=max_length,
+        sha256=weights_sha256(model_dir),
+    )
+
+
 class Embedder:
     """A frozen BERT-style encoder with mean pooling and L2 normalisation.
 
@@ -74,12 +109,8 @@ class Embedder:
 
         from model.contracts.precision import resolve
 
+        self.spec = embedder_spec(path, name=name, max_length=max_length)  # checks the folder before torch loads it
         model_dir = Path(path) if path is not None else default_embedder_path()
-        if not (model_dir / "config.json").exists():
-            raise FileNotFoundError(
-                f"{model_dir} is not a Hugging Face encoder directory (no config.json); "
-                "pass a local model path, or omit it to use the bundled all-MiniLM-L6-v2"
-            )
         self.path = model_dir
         self.device = torch.device(device)
         self.precision = resolve(precision, self.device)
@@ -87,14 +118,6 @@ class Embedder:
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.spec = EmbedderSpec(
-            name=name or (DEFAULT_EMBEDDER_NAME if path is None else model_dir.name),
-            dim=int(self.model.config.hidden_size),
-            pooling="mean",
-            normalize=True,
-            max_length=max_length,
-            sha256=weights_sha256(model_dir),
-        )
         LOG.info("loaded embedder %s (dim %d, %s) from %s", self.spec.name, self.spec.dim, self.precision.precision, model_dir)
 
     @property

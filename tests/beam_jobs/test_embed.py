@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from beam_jobs.embed import ChunkEmbeddingHandler, embedder_spec
+from beam_jobs.embed import ChunkEmbeddingHandler
 from model.contracts.chunking import Chunk
-from model.contracts.embedder import Embedder
+from model.contracts.embedder import Embedder, embedder_spec
 from tests.fixtures.numerics import assert_close
 
 pytestmark = pytest.mark.numerics

@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.crawl import Crawl
 from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffAgainstLedger
-from beam_jobs.embed import ChunkAndEmbed, ChunkEmbeddingHandler, embedder_spec
+from beam_jobs.embed import ChunkAndEmbed, ChunkEmbeddingHandler
 from beam_jobs.extract import Extract
 from beam_jobs.options import pipeline_options
 from beam_jobs.sources import DocumentLimits, SourcesConfig
@@ -19,6 +19,7 @@ from beam_jobs.targets import FetchTargets, resolve_targets
 from beam_jobs.types import CHANGED, DELETED, FAILED, FETCHED, GONE, NEW, FetchResult, LedgerRow, Observation, ToChunk
 from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
 from model.contracts.chunking import Chunk
+from model.contracts.embedder import embedder_spec
 from model.contracts.ids import content_hash, doc_id
 from model.contracts.tokenizer import RetroTokenizer
 from tests.fixtures.numerics import approx
