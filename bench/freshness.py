@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.server.ports import free_port
+from bench.common import RESULTS, ROOT, log, machine, serve, start, stop, write_result
 
 # knobs
 SEED = 0
@@ -60,13 +58,8 @@ CRON_INTERVAL_S = 15 * 60  # the refresh deployment's default schedule
 K = 4
 QUICK = dict(CHANGES=20, DEPLOYMENT_CHANGES=12, GAP_S=(1.0, 3.0), SUSTAINED_PACES_S=(8.0, 4.0), SUSTAINED_CHANGES=6)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULT = Path(__file__).parent / "results" / "freshness.json"
+RESULT = RESULTS / "freshness.json"
 TOKEN = "bench-freshness-token"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -148,20 +141,6 @@ def prepare(root: Path, site) -> tuple[Path, Path]:
     config = RetroConfig.preset("tiny", vocab_size=tokenizer.vocab_size, embedder=Embedder().spec.to_dict())
     Retro(config).save_pretrained(root / "checkpoint", tokenizer=tokenizer)
     return sources, store
-
-
-def start(cmd: list[str], env: dict, logfile: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logfile, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def next_change(site, tracker: Tracker) -> Change:
@@ -374,12 +353,10 @@ def main() -> None:
     try:
         log(f"preparing in {root}")
         sources, store = prepare(root, site)
-        port = free_port()
-        server_url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RETROFRESH_SERVERS": json.dumps([server_url])}
-        processes.append(start([sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(root / "checkpoint"), "--store", str(store),
-                                "--port", str(port), "--cache-dir", str(root / "server-cache"), "--reload-interval", "60",
-                                "--log-level", "warning"], env, root / "server.log"))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        server, server_url = serve(root / "checkpoint", store, root / "server-cache", reload_interval=60, env=env, logfile=root / "server.log")
+        processes.append(server)
+        env["RETROFRESH_SERVERS"] = json.dumps([server_url])
         with prefect_test_harness(server_startup_timeout=300):
             env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
             client = RetroClient(server_url, retries=0, timeout=30)
@@ -446,9 +423,8 @@ def main() -> None:
             "knobs": {"SEED": SEED, "SIZE": SIZE, "CHANGES": CHANGES, "DEPLOYMENT_CHANGES": DEPLOYMENT_CHANGES, "GAP_S": list(GAP_S),
                       "RUNNER": RUNNER, "WATCH_INTERVAL_S": WATCH_INTERVAL_S, "SERVE_POLL_S": SERVE_POLL_S, "SUSTAINED_PACES_S": list(SUSTAINED_PACES_S),
                       "SUSTAINED_CHANGES": SUSTAINED_CHANGES, "PATH": PATH, "quick": args.quick},
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "load_avg_1m_median": round(statistics.median(loads), 2) if loads else None,
-                        "load_avg_1m_max": round(max(loads), 2) if loads else None},
+            "machine": machine(load_avg_1m_median=round(statistics.median(loads), 2) if loads else None,
+                               load_avg_1m_max=round(max(loads), 2) if loads else None),
             "path": ("site edition switch -> watch (sitemap lastmod) -> targeted refresh (fetch, extract, embed, write, validate, publish) "
                      "-> /admin/reload -> first /v1/retrieve answer with the new value; top-level numbers: "
                      + ("the in-process path (watch --refresh-here)" if "in-process" in results else "the deployment path")),
@@ -464,15 +440,11 @@ def main() -> None:
         }
     finally:
         sampling.set()
-        for process in processes:
-            stop(process)
+        stop(*processes)
         site.stop()
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=1) + "\n")
-    if not args.json:
-        log(f"lag p50 {result['p50_s']} s, p95 {result['p95_s']} s, max {result['max_s']} s; cron-only p50 {result['cron_p50_s']} s; "
-            f"sustained {result['sustained_changes_per_min']} changes/min")
-    print(json.dumps(result, indent=1))
+    write_result(RESULT, result, as_json=args.json, indent=1,
+                 summary=f"lag p50 {result['p50_s']} s, p95 {result['p95_s']} s, max {result['max_s']} s; cron-only p50 {result['cron_p50_s']} s; "
+                         f"sustained {result['sustained_changes_per_min']} changes/min")
 
 
 def start_deployment(root: Path, store: Path, sources: Path, env: dict) -> subprocess.Popen:
@@ -487,7 +459,7 @@ def start_deployment(root: Path, store: Path, sources: Path, env: dict) -> subpr
         (root / "prefect.yaml").write_text(yaml.safe_dump({"deployments": [entry]}))
         process = start([sys.executable, "-m", "flows.cli", "flows", "serve", "--config", str(root / "prefect.yaml"),
                          "--store", str(store), "--sources", str(sources), "--poll-interval", str(SERVE_POLL_S)],
-                        env, root / "flows-serve.log")
+                        env=env, logfile=root / "flows-serve.log")
         wait_for_deployment("refresh-changed/refresh-changed", process, root / "flows-serve.log")
         return process
     from prefect.client.orchestration import get_client
@@ -506,7 +478,7 @@ def start_deployment(root: Path, store: Path, sources: Path, env: dict) -> subpr
     worker_env = env | {"RETROFRESH_STORE": str(store), "RETROFRESH_SOURCES": str(sources), "PREFECT_WORKER_QUERY_SECONDS": str(SERVE_POLL_S)}
     command = ([sys.executable, "-m", "flows.cli", "flows", "worker", "--pool", pool, "--poll-interval", str(SERVE_POLL_S)] if RUNNER == "warm"
                else [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", pool])
-    process = start(command, worker_env, root / "worker.log")
+    process = start(command, env=worker_env, logfile=root / "worker.log")
     deadline = time.monotonic() + 300
     with get_client(sync_client=True) as client:
         while not client.read_workers_for_work_pool(pool):

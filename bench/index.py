@@ -22,16 +22,15 @@ Writes bench/results/index.json (``--quick``: bench/results/index-quick.json) an
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.common import RESULTS, machine, write_result
 
 # knobs
 FULL_N = 1_000_000  # vectors in full mode
@@ -49,8 +48,8 @@ LATENT = 16  # dimensions of a topic's subspace
 NOISE = 0.45  # isotropic noise per dimension (the subspace part has unit variance per dimension)
 SEED = 0
 REPEATS = 3  # searches are timed this many times (store and exact alternately); the fastest counts
-RESULTS = Path(__file__).parent / "results" / "index.json"  # full mode
-QUICK_RESULTS = Path(__file__).parent / "results" / "index-quick.json"  # --quick: never overwrites the full result
+RESULT = RESULTS / "index.json"  # full mode
+QUICK_RESULTS = RESULTS / "index-quick.json"  # --quick: never overwrites the full result
 
 LOG = logging.getLogger("bench.index")
 
@@ -234,7 +233,7 @@ def run(n: int, workdir: Path) -> dict:
         "rebuild_reusing_quantizer_s": round(add_only_s, 2),
         "train_s": round(train_s, 2),
         "write_shards_s": round(write_s, 2),
-        "machine": {"cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "python": platform.python_version()},
+        "machine": machine(faiss_threads=faiss.omp_get_max_threads()),
     }
 
 
@@ -249,10 +248,7 @@ def main() -> None:
         result = {"mode": "quick" if args.quick else "full"} | run(QUICK_N if args.quick else FULL_N, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    out = QUICK_RESULTS if args.quick else RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=None if args.json else 2))
+    write_result(QUICK_RESULTS if args.quick else RESULT, result, as_json=args.json)
 
 
 if __name__ == "__main__":

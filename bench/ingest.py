@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import machine, write_result
+
 # knobs
 SIZE = 260  # sample world scale: ~20,000 chunks, ~4,500 documents
 SEED = 0
@@ -203,11 +205,9 @@ def main() -> None:
         say(f"full ingest of edition 1: {full_s:.1f} s, {full.chunks_added} chunks, {full.metrics['new']} documents")
         if args.dask_only:
             row = dask_row(config, tmp, full, full_s) | {"size": knobs["SIZE"], "quick": args.quick,
-                                                        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}}
+                                                        "machine": machine()}
             result = json.loads(RESULT.read_text()) if RESULT.exists() else {}
-            RESULT.parent.mkdir(parents=True, exist_ok=True)
-            RESULT.write_text(json.dumps(result | {"dask": row}, indent=1) + "\n")
-            print(json.dumps(row, indent=1))
+            write_result(RESULT, result | {"dask": row}, as_json=args.json, indent=1)
             return
 
         site.set_edition(0)
@@ -275,12 +275,9 @@ def main() -> None:
         "edition_0_ingest_s": round(base_s, 2),
         "dask": dask,
         "targets": {"embed_ratio_vs_plain": ">= 0.9", "incremental_vs_full": "<= 0.05 at the full size"},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_bf16_flags": list(cpu_bf16_flags()),
-                    "load_avg_1m": os.getloadavg()[0]},
+        "machine": machine(torch_threads=torch.get_num_threads(), cpu_bf16_flags=list(cpu_bf16_flags())),
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(RESULT, result, as_json=args.json, indent=1)
 
 
 if __name__ == "__main__":

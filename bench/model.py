@@ -32,7 +32,6 @@ bench/results/model.json (model-gpu.json with --gpu) and prints it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -42,6 +41,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from bench.common import write_result
 
 # knobs
 CPU_CONFIG = dict(vocab_size=8192, d_model=256, n_layers=6, n_heads=8, cca_layers=(3, 6), enc_layers=2, seq_len=512, batch_size=4, k=2)
@@ -388,10 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as exc:
         sys.exit(f"retro-pytorch is not importable ({exc}); run `make bench-deps` first")
     result = run(args.quick, args.gpu, args.gpu if args.compile is None else args.compile)
-    out = GPU_RESULTS if args.gpu else RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(GPU_RESULTS if args.gpu else RESULTS, result, as_json=args.json)
 
 
 if __name__ == "__main__":

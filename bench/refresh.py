@@ -1,6 +1,6 @@
 """What orchestration costs: a refresh flow's wall time against the time its steps take.
 
-    python -m bench.refresh [--quick]
+    python -m bench.refresh [--quick] [--json]
 
 Refreshes a fresh local store from the sample world, edition 0 then 1, 2, ..., then once more
 with nothing new, all through ``refresh_corpus`` against a temporary Prefect API. For each run it
@@ -14,13 +14,13 @@ Writes bench/results/refresh.json and prints it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from bench.common import machine, write_result
 
 # knobs
 SEED = 0
@@ -91,6 +91,7 @@ def lease_timing(store: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"smaller run: {QUICK}")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
     if args.quick:
         globals().update(QUICK)
@@ -127,15 +128,13 @@ def main() -> None:
     result = {
         "benchmark": "refresh",
         "knobs": {"SEED": SEED, "SIZE": SIZE, "EDITIONS": EDITIONS, "PROBE_QUERIES": PROBE_QUERIES, "quick": args.quick},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "prefect_test_api_start_s": round(api_start, 3),
         "runs": runs,
         "overhead_s_median": round(statistics.median(r["overhead_s"] for r in runs), 3),
         "lease_local": lease,
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(RESULT, result, as_json=args.json, indent=1)
 
 
 if __name__ == "__main__":

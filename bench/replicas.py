@@ -20,13 +20,9 @@ Writes bench/results/replicas.json and prints it (with --json: only that object,
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +32,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.swap import free_port, prepare, publish
+from bench.common import RESULTS, log, machine, serve, stop, write_result
+from bench.swap import prepare, publish
+from model.server.ports import free_port
 
 # knobs
 REPLICAS = 2  # server processes watching the store
@@ -49,12 +47,8 @@ DEADLINE_S = 120.0  # a version that reaches no replica in this time fails the r
 ADMIN_TOKEN = "bench-admin-token"
 QUICK = dict(VERSIONS=2, CHUNKS_PER_VERSION=500)
 
-RESULT = Path(__file__).parent / "results" / "replicas.json"
+RESULT = RESULTS / "replicas.json"
 BUCKET = "bench-replicas"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def start_emulator() -> tuple[subprocess.Popen, str]:
@@ -81,14 +75,8 @@ def start_emulator() -> tuple[subprocess.Popen, str]:
 
 
 def start_replica(root: Path, store: str, index: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(root / "checkpoint"), "--store", store,
-         "--port", str(port), "--cache-dir", str(root / f"replica-{index}"), "--reload-interval", str(RELOAD_INTERVAL_S),
-         "--log-level", "warning"],
-        env={**os.environ, "RETROFRESH_ADMIN_TOKEN": ADMIN_TOKEN},
-    )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
+    return serve(root / "checkpoint", store, root / f"replica-{index}", reload_interval=RELOAD_INTERVAL_S,
+                 env={**os.environ, "RETROFRESH_ADMIN_TOKEN": ADMIN_TOKEN})
 
 
 class Watcher:
@@ -160,7 +148,7 @@ def summarise(latencies: dict[str, list[list[float]]], watcher: Watcher, order: 
     return {
         "benchmark": "replicas",
         "knobs": knobs,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "modes": modes,
         "median_ratio_poll_to_notify": round(modes["poll"]["median_s"] / modes["notify"]["median_s"], 2),
         "answers_older_than_an_earlier_answer": regressions,
@@ -206,24 +194,13 @@ def main() -> None:
                 }
             result = summarise(latencies, watcher, order, knobs)
     finally:
-        for proc, _ in replicas:
-            proc.send_signal(signal.SIGINT)
-        for proc, _ in replicas:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(*(proc for proc, _ in replicas))
         emulator.terminate()
         emulator.wait()
 
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    if not args.json:
-        log(
-            f"poll: median {result['modes']['poll']['median_s']} s, notify: median {result['modes']['notify']['median_s']} s "
-            f"(ratio {result['median_ratio_poll_to_notify']}); older answers after newer: {result['answers_older_than_an_earlier_answer']}"
-        )
-    print(json.dumps(result, indent=2))
+    write_result(RESULT, result, as_json=args.json,
+                 summary=f"poll: median {result['modes']['poll']['median_s']} s, notify: median {result['modes']['notify']['median_s']} s "
+                         f"(ratio {result['median_ratio_poll_to_notify']}); older answers after newer: {result['answers_older_than_an_earlier_answer']}")
 
 
 if __name__ == "__main__":

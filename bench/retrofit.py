@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import write_result
+
 # knobs
 SEED = 0
 SIZE = 30  # sample world scale (prepare): 888 documents, 305 train + 36 eval windows of 512 SmolLM2 tokens, 2.5 MB
@@ -417,13 +419,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.minutes and not args.steps:
         parser.error("give --steps, --minutes or both")
     result = run_train(args, _say(False))  # progress lines always (stderr); --json keeps stdout to the JSON
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(result, indent=1) + "\n")
-    if not args.json:
-        b, a = result["eval_loss"]["before"], result["eval_loss"]["after"]
-        print(f"eval loss before: retrieval {b['retrieval']:.4f} / no retrieval {b['no_retrieval']:.4f}; "
-              f"after {result['steps']} steps: retrieval {a['retrieval']:.4f} / no retrieval {a['no_retrieval']:.4f}", file=sys.stderr)
-    print(json.dumps(result, indent=1))
+    b, a = result["eval_loss"]["before"], result["eval_loss"]["after"]
+    write_result(args.result, result, as_json=args.json, indent=1,
+                 summary=f"eval loss before: retrieval {b['retrieval']:.4f} / no retrieval {b['no_retrieval']:.4f}; "
+                         f"after {result['steps']} steps: retrieval {a['retrieval']:.4f} / no retrieval {a['no_retrieval']:.4f}")
 
 
 if __name__ == "__main__":

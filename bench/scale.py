@@ -38,9 +38,7 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.server.ports import free_port
+from bench.common import machine, serve, stop, write_result
 
 # knobs
 FULL_SIZES = (1_000_000, 10_000_000)
@@ -311,22 +309,17 @@ def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
     store, manifests, tuning = built["store"], built["manifests"], built["tuning"]
     tiny_checkpoint(root / "checkpoint", tokenizer, spec)
 
-    def start(precision: str) -> tuple[subprocess.Popen, int]:
-        port = free_port()
-        return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(root / "checkpoint"), "--store", str(root / "store"),
-             "--port", str(port), "--cache-dir", str(root / f"server-cache-{precision}"), "--reload-interval", "0.1",
-             "--precision", precision, "--log-level", "warning"],
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        ), port
+    def start(precision: str) -> tuple[subprocess.Popen, str]:
+        return serve(root / "checkpoint", root / "store", root / f"server-cache-{precision}", reload_interval=0.1,
+                     args=["--precision", precision], env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     # The first server (fp32 queries) is measured throughout; the second (bf16 queries) only answers
     # the latency requests beside it and is stopped before the swap, so it cannot slow that down.
-    server, port = start("fp32")
-    other, other_port = start("bf16")
+    server, url = start("fp32")
+    other, other_url = start("bf16")
     try:
-        with RetroClient(f"http://127.0.0.1:{port}", retries=0, timeout=120) as client, \
-                RetroClient(f"http://127.0.0.1:{other_port}", retries=0, timeout=120) as other_client:
+        with RetroClient(url, retries=0, timeout=120) as client, \
+                RetroClient(other_url, retries=0, timeout=120) as other_client:
             clients = {"fp32": client, "bf16": other_client}
             for c in clients.values():
                 c.wait_ready(timeout=300)
@@ -352,8 +345,7 @@ def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
                     answer = clients[name].retrieve(QUERY_TEXTS[i % len(QUERY_TEXTS)] + f" ({i})", k=K)
                     latencies[name].append(time.perf_counter() - started)
                     assert len(answer.results[0]) == K
-            other.send_signal(signal.SIGINT)
-            other.wait(timeout=30)
+            stop(other)
             before = rss_anon_mb(server.pid)
             with PeakSampler(server.pid) as peak:
                 store.publish(manifests[-1].version, expected_current=served)
@@ -363,13 +355,7 @@ def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
             after = rss_anon_mb(server.pid)
             LOG.info("%d: swapped in the 1%% delta in %.3fs; RssAnon %.0f -> %.0f MB (peak %.0f)", n, swap_s, before, after, peak.peak)
     finally:
-        for process in (server, other):
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop(server, other)
     embed_ms = embed_query_ms()
     auto = resolve("auto", "cpu")
 
@@ -440,10 +426,8 @@ def main() -> None:
     out = {"mode": "sizes" if args.sizes else "quick" if args.quick else "full", "results": results,
            "knobs": {"NLIST": args.nlist, "BASE_SHARDS": BASE_SHARDS, "DELTAS": DELTAS, "DELTA": DELTA, "TOMBSTONED": TOMBSTONED, "QUERIES": QUERIES,
                      "REQUESTS": REQUESTS, "K": K, "DIM": DIM, "RECALL_TARGET": RECALL_TARGET},
-           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=None if args.json else 2))
+           "machine": machine()}
+    write_result(args.result, out, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.swap import prepare, publish
-from model.server.ports import free_port
+from bench.common import RESULTS, log, machine, serve, stop, write_result
 
 # knobs
 CLIENTS = 20  # concurrent client loops
@@ -47,16 +43,12 @@ RELOAD_INTERVAL_S = 1.0  # how often the server checks CURRENT
 MAX_GROWTH = 0.05  # the acceptance bound on growth after warm-up
 QUICK = dict(CLIENTS=8, DURATION_S=60.0, WARMUP_S=40.0, SWAPS=2, CHUNKS_PER_VERSION=2_000, REAL_DOCS_PER_VERSION=10)
 
-RESULT = Path(__file__).parent / "results" / "soak.json"
+RESULT = RESULTS / "soak.json"
 WORDS = (
     "harbour master old port mayor river town price bread market winner spring regatta director city "
     "museum opening hours public library edition report changed everyone reading learns item now the of "
     "a in and who what when where is was new season festival bridge council school railway station"
 ).split()
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -106,7 +98,7 @@ async def drive(pid: int, store, spec, tokenizer, shards, labels: list[str], kno
     counts = {"requests": 0, "failed": 0}
     samples: list[tuple[float, float, float]] = []  # (seconds since warm-up ended, rss, anon)
     stop = asyncio.Event()
-    async with AsyncRetroClient(f"http://127.0.0.1:{knobs['port']}", timeout=60, retries=0, max_connections=knobs["CLIENTS"] + 2) as client:
+    async with AsyncRetroClient(knobs["url"], timeout=60, retries=0, max_connections=knobs["CLIENTS"] + 2) as client:
         tasks = [asyncio.create_task(client_loop(client, stop, counts, i)) for i in range(knobs["CLIENTS"])]
         await asyncio.sleep(knobs["WARMUP_S"])
         started, warm_requests = time.monotonic(), dict(counts)
@@ -157,9 +149,9 @@ def summarise(run: dict, knobs: dict) -> dict:
         "swaps_seen_by_server": run["swaps_seen"],
         "retrieve_rps": round(run["requests"] / run["seconds"], 1),
         "rss_samples_mb": [[round(t, 1), round(r, 1)] for t, r, _ in samples.tolist()],
-        "knobs": {**{k: v for k, v in knobs.items() if k != "port"}, "K": K, "MAX_TEXTS": MAX_TEXTS, "MAX_GROWTH": MAX_GROWTH},
+        "knobs": {**{k: v for k, v in knobs.items() if k != "url"}, "K": K, "MAX_TEXTS": MAX_TEXTS, "MAX_GROWTH": MAX_GROWTH},
         "server_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-        "machine": {"cpus": os.cpu_count()},
+        "machine": machine(),
     }
 
 
@@ -180,35 +172,22 @@ def main() -> None:
         root = Path(tmp)
         store, spec, tokenizer, shards = prepare(root, labels, knobs, document=soak_text)
         publish(store, spec, tokenizer, shards["A"], "A", source="soak")
-        knobs["port"] = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(root / "checkpoint"), "--store", str(root / "store"),
-             "--host", "127.0.0.1", "--port", str(knobs["port"]), "--cache-dir", str(root / "server-cache"),
-             "--reload-interval", str(RELOAD_INTERVAL_S), "--log-level", "warning"],
-            env={**os.environ, "RETROFRESH_MAX_INFLIGHT": str(knobs["CLIENTS"] * 4)},
-        )  # fmt: skip
+        server, url = serve(root / "checkpoint", root / "store", root / "server-cache", reload_interval=RELOAD_INTERVAL_S,
+                            env={**os.environ, "RETROFRESH_MAX_INFLIGHT": str(knobs["CLIENTS"] * 4)})
+        knobs["url"] = url
         try:
             from model.client import RetroClient
 
-            with RetroClient(f"http://127.0.0.1:{knobs['port']}", retries=0) as client:
+            with RetroClient(url, retries=0) as client:
                 client.wait_ready(timeout=180)
             log(f"server pid {server.pid} ready; {knobs['CLIENTS']} clients, warm-up {knobs['WARMUP_S']}s, then {knobs['DURATION_S']}s")
             result = summarise(asyncio.run(drive(server.pid, store, spec, tokenizer, shards, labels, knobs)), knobs)
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop(server)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    log(
-        f"rss {result['rss_start_mb']} -> {result['rss_end_mb']} MB (growth {result['growth']:+.2%}), "
-        f"{result['requests']} requests, {result['failed']} failed: {'passed' if result['passed'] else 'FAILED'}"
-    )
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    write_result(args.out, result, as_json=args.json,
+                 summary=f"rss {result['rss_start_mb']} -> {result['rss_end_mb']} MB (growth {result['growth']:+.2%}), "
+                         f"{result['requests']} requests, {result['failed']} failed: {'passed' if result['passed'] else 'FAILED'}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from model.server.ports import free_port
+from bench.common import RESULTS, machine, serve, stop, write_result
 
 # knobs
 CLIENTS = 8  # concurrent client loops
@@ -42,7 +39,7 @@ RELOAD_INTERVAL_S = 0.5  # how often the server checks CURRENT
 STEADY_MARGIN_S = 0.5  # requests this close to a swap window count neither as steady nor as overlapping
 QUICK = dict(CLIENTS=4, DURATION_S=10.0, WARMUP_S=2.0, VERSIONS=2, CHUNKS_PER_VERSION=2_000, REAL_DOCS_PER_VERSION=10)
 
-RESULT = Path(__file__).parent / "results" / "swap.json"
+RESULT = RESULTS / "swap.json"
 QUERIES = [
     "who is the harbour master of the old port now?",
     "what does bread cost at the market?",
@@ -227,7 +224,7 @@ def summarise(samples, swaps, published, measured_from, measured_to, knobs) -> d
         "p99_during_swap_ms": round(p99_during * 1000, 2) if p99_during else None,
         "load_seconds": [round(end - start, 3) for start, end in windows],
         "knobs": {**knobs, "K": K, "RELOAD_INTERVAL_S": RELOAD_INTERVAL_S},
-        "machine": {"cpus": os.cpu_count()},
+        "machine": machine(),
     }
 
 
@@ -247,14 +244,8 @@ def main() -> None:
         root = Path(tmp)
         store, spec, tokenizer, shards = prepare(root, labels_order, knobs)
         labels = {publish(store, spec, tokenizer, shards["A"], "A"): "A"}
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--checkpoint", str(root / "checkpoint"), "--store", str(root / "store"),
-             "--port", str(port), "--cache-dir", str(root / "server-cache"), "--reload-interval", str(RELOAD_INTERVAL_S),
-             "--log-level", "warning"],
-            env={**os.environ, "RETROFRESH_MAX_INFLIGHT": str(knobs["CLIENTS"] * 4)},
-        )
-        url = f"http://127.0.0.1:{port}"
+        server, url = serve(root / "checkpoint", root / "store", root / "server-cache", reload_interval=RELOAD_INTERVAL_S,
+                            env={**os.environ, "RETROFRESH_MAX_INFLIGHT": str(knobs["CLIENTS"] * 4)})
         try:
             from model.client import RetroClient
 
@@ -262,21 +253,11 @@ def main() -> None:
                 client.wait_ready(timeout=180)
             result = summarise(*asyncio.run(drive(url, store, spec, tokenizer, shards, labels_order, labels, knobs)), knobs)
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server)
 
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    if not args.json:
-        print(
-            f"{result['requests']} requests, {result['failed_requests']} failed, {result['swaps']} swaps, "
-            f"p99 during swap / steady = {result['p99_ratio_during_swap']}, {result['retrieve_qps']} retrieve/s",
-            file=sys.stderr,
-        )
-    print(json.dumps(result, indent=2))
+    write_result(RESULT, result, as_json=args.json,
+                 summary=f"{result['requests']} requests, {result['failed_requests']} failed, {result['swaps']} swaps, "
+                         f"p99 during swap / steady = {result['p99_ratio_during_swap']}, {result['retrieve_qps']} retrieve/s")
 
 
 if __name__ == "__main__":

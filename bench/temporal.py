@@ -77,6 +77,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from bench.common import machine
+
 # knobs
 
 # The training recipe: flags of `retrofresh train`, exactly as on the command line. Whatever makes
@@ -664,8 +666,7 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = TRAIN_QUICK if args.quick else TRAIN
     started = time.perf_counter()
     result = {"bench": "temporal", "quick": args.quick, "recipe": {"train": {**recipe, "extra_args": TRAIN_EXTRA_ARGS}, "k": K, "bootstrap": BOOTSTRAP},
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "load_avg_at_start": list(os.getloadavg())},
+              "machine": machine(platform=platform.platform(), torch_threads=torch.get_num_threads(), load_avg_at_start=list(os.getloadavg())),
               "corpora": {}}
     if args.no_retro and not (args.in_context_ralm or args.retrofit):
         parser.error("--no-retro leaves nothing to run without --in-context-ralm or --retrofit")

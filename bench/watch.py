@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
-import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -26,13 +23,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from bench.common import RESULTS, machine, write_result
+
 # knobs
 ENTRIES = 100_000  # URLs the sitemap lists
 MAX_PAGES = 50  # the site's max_pages
 POLLS = 5  # polls measured (the first parses, the rest get a 304)
 QUICK = dict(ENTRIES=20_000, POLLS=4)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def serve_sitemap(entries: int) -> ThreadingHTTPServer:
@@ -97,11 +95,9 @@ def main() -> None:
         "bench": "watch", "quick": args.quick, "knobs": knobs, "polls": polls,
         "first_poll_cpu_s": polls[0]["cpu_s"], "steady_poll_cpu_s": statistics.median(p["cpu_s"] for p in polls[1:]),
         "announced": polls[0]["announced"],
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
+        "machine": machine(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / ("watch-quick.json" if args.quick else "watch.json")).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    write_result(RESULTS / ("watch-quick.json" if args.quick else "watch.json"), result, as_json=args.json)
 
 
 if __name__ == "__main__":
