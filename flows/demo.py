@@ -4,7 +4,7 @@ It serves edition 0 of the sample world, refreshes an empty store from it (the P
 Beam job in-process), serves a small RETRO model over that version, asks it about the facts
 edition 1 will change, serves edition 1, refreshes again (the server is told to reload) and asks
 the same questions: with the same weights, the model now prefers and writes the new values,
-because it reads them in what it retrieves (flows/common/factcheck.py says how it is asked).
+because it reads them in what it retrieves (flows/_factcheck.py says how it is asked).
 
 The model is the one shipped in ``model/assets/demo-checkpoint`` (trained on other worlds' edition
 0, so it knows none of these facts), or one trained on the spot with ``--train``. Every step prints
@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 import model
-from flows.common.factcheck import FactCheck, ask_facts, plot_facts, report_markdown
+from flows._factcheck import FactCheck, ask_facts, plot_facts, report_markdown
 from model.server.ports import free_port
 
 console = Console()

@@ -47,7 +47,7 @@ DEFAULT_DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
                    {"runner": "local"}, "Ingest, validate and publish a new index version.", ("retrofresh", "refresh")),
     DeploymentSpec("compact-nightly", "flows.compact:compact_index", ({"cron": "30 2 * * *", "timezone": "UTC"},),
                    {}, "Merge the current version's shards into one and publish it.", ("retrofresh", "maintenance")),
-    DeploymentSpec("evaluate-daily", "flows.evaluate:evaluate_freshness", ({"cron": "0 6 * * *", "timezone": "UTC"},),
+    DeploymentSpec("evaluate-daily", "flows.evaluate_freshness:evaluate_freshness", ({"cron": "0 6 * * *", "timezone": "UTC"},),
                    {}, "Does the published index retrieve the sample world's changed facts?", ("retrofresh", "evaluation")),
     DeploymentSpec("evaluate-temporal", "flows.evaluate_temporal:evaluate_temporal", (),
                    {}, "Frozen weights on dated documents: bits per byte with no, a stale and a fresh index (run on demand with docs and stale_version).",

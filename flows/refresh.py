@@ -17,7 +17,7 @@ from prefect import flow, task
 
 from flows.common.inputs import resolve_inputs
 from flows.common.retry import IO_RETRIES
-from flows.common.summary import RefreshSummary, document_counts, failure_counts, freshness_lag_s
+from flows.common.summary import RefreshSummary, document_counts, failure_counts, freshness_lag_s, newest_source_change
 from flows.tasks.artifacts import record_refresh_artifacts
 from flows.tasks.deletions import guard_ingest_deletions
 from flows.tasks.ingest import run_ingest_job
@@ -145,7 +145,6 @@ def summarize_refresh(
     seconds: float,
 ) -> RefreshSummary:
     """Put the refresh's numbers together, with the freshness lag of what was published."""
-    from flows.common.changes import newest_source_change
     from model.store import open_store
 
     summary = RefreshSummary(

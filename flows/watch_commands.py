@@ -119,7 +119,7 @@ def _watch(config, store: str, *, sources, interval_s, max_backoff_s, listen, on
 def _start_webhook(config, store: str, listen: str, refresher=None):
     import uvicorn
 
-    from flows.common.webhook import create_webhook_app
+    from flows._webhook import create_webhook_app
     from model.contracts.settings import get_settings
 
     host, port = _listen(listen)
@@ -150,7 +150,7 @@ def notify(urls, sources, store):
     URLs that belong to no configured source are refused here, and again by the refresh.
     """
     from flows.common.events import ChangesNotDelivered, deliver_changes
-    from flows.common.webhook import split_known
+    from flows._webhook import split_known
 
     _need_api()
     by_source, refused = split_known(_load(sources), list(urls))

@@ -145,3 +145,43 @@ def test_model_has_no_import_circle():
     # package's re-exported names back would be.
     graph = import_graph()
     assert circles(graph) == []
+
+
+# flows/: a helper with one user lives beside it (a module named `_*.py`, docs/ARCHITECTURE.md,
+# "Flows"); flows/common/ holds only what several product modules share.
+
+ROOT = MODEL.parent
+PRODUCT = ("flows", "beam_jobs", "model", "bench")
+
+
+def users_of(module: str) -> set[str]:
+    """Product modules that import ``module`` (as ``import m``, ``from m import x`` or ``from package import m``)."""
+    package, _, leaf = module.rpartition(".")
+    users = set()
+    for top in PRODUCT:
+        for path in (ROOT / top).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import) and any(alias.name == module for alias in node.names):
+                    users.add(name)
+                elif isinstance(node, ast.ImportFrom) and (
+                        node.module == module or (node.module == package and any(alias.name == leaf for alias in node.names))):
+                    users.add(name)
+    return users - {module}
+
+
+def test_flows_common_holds_only_shared_modules():
+    lonely = {}
+    for path in sorted((ROOT / "flows" / "common").glob("*.py")):
+        if path.stem != "__init__" and len(users := users_of(f"flows.common.{path.stem}")) < 2:
+            lonely[path.stem] = sorted(users)
+    assert not lonely, f"flows/common/ modules with fewer than two users (move each beside its user as a `_` module): {lonely}"
+
+
+@pytest.mark.parametrize("folder", ["flows", "flows/tasks"])
+def test_private_flow_modules_serve_one_module_beside_them(folder):
+    for path in sorted((ROOT / folder).glob("_*.py")):
+        if path.stem == "__init__":
+            continue
+        users = users_of(f"{folder.replace('/', '.')}.{path.stem}")
+        assert len(users) == 1 and next(iter(users)).rpartition(".")[0] == folder.replace("/", "."), (path, users)

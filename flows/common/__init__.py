@@ -1,2 +1,3 @@
-"""What the flows and their tasks share: the lease, retries, inputs, change events, pending changes,
-the refresh summary, Dataflow job following, and the sample world's evaluations."""
+"""What several flows, tasks and commands share: the lease, retries, inputs, change events, pending
+changes, the refresh summary, the run log and the temporary Prefect API. A helper with one user
+lives beside that user instead (``flows/_*.py``, ``flows/tasks/_*.py``)."""

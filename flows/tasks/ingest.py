@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from flows.common.dataflow import JobStateSource, RestJobStateSource, job_location, wait_for_job
+from flows.tasks._dataflow import JobStateSource, RestJobStateSource, job_location, wait_for_job
 from flows.common.lease import RefreshLease
 from flows.common.retry import JOB_RETRIES
 from flows.tasks.artifacts import DATAFLOW_JOB

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.common.dataflow import DataflowJob, DataflowJobFailed, DataflowTimeout, job_location, wait_for_job
+from flows.tasks._dataflow import DataflowJob, DataflowJobFailed, DataflowTimeout, job_location, wait_for_job
 
 
 class ScriptedStates:
@@ -82,7 +82,7 @@ def test_job_location_names_what_is_missing(args, missing):
 
 
 def test_committed_counters_sum_steps_and_skip_tentative_and_other_namespaces():
-    from flows.common.dataflow import committed_counters
+    from flows.tasks._dataflow import committed_counters
 
     def metric(name, scalar, *, step="s1", namespace="retrofresh", origin="user", tentative=False):
         context = {"step": step, "namespace": namespace, **({"tentative": "true"} if tentative else {})}

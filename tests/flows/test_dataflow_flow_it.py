@@ -11,7 +11,7 @@ import pytest
 from prefect import flow
 
 from beam_jobs.ingest import IngestResult
-from flows.common.dataflow import DataflowJobFailed
+from flows.tasks._dataflow import DataflowJobFailed
 from flows.common.lease import RefreshLease
 from flows.refresh import refresh_corpus
 from flows.tasks.ingest import follow_dataflow

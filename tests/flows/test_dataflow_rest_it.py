@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from flows.common.dataflow import DataflowJob, DataflowJobFailed, RestJobStateSource, wait_for_job
+from flows.tasks._dataflow import DataflowJob, DataflowJobFailed, RestJobStateSource, wait_for_job
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 import pytest
 
 from beam_jobs.sample.world import SampleWorld
-from flows.common.factcheck import FactAnswer, FactCheck, fact_context, plot_facts, report_markdown
+from flows._factcheck import FactAnswer, FactCheck, fact_context, plot_facts, report_markdown
 from model.contracts.tokenizer import RetroTokenizer
 
 

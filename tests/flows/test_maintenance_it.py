@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.common.temporal import edition_from_sitemap
+from flows._freshness_probes import edition_from_sitemap
 from flows.compact import compact_index
-from flows.evaluate import evaluate_freshness
+from flows.evaluate_freshness import evaluate_freshness
 from flows.gc import gc_store
 from flows.refresh import refresh_corpus
 from flows.rollback import rollback_index

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from beam_jobs.sources import SourcesConfig
-from flows.common.webhook import MAX_URLS_PER_REQUEST, create_webhook_app
+from flows._webhook import MAX_URLS_PER_REQUEST, create_webhook_app
 
 CONFIG = SourcesConfig.model_validate({"sources": [
     {"kind": "site", "name": "site", "start_urls": ["http://127.0.0.1:8000/"], "allow_private": True},

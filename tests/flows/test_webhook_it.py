@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from beam_jobs.sources import SourcesConfig
-from flows.common.webhook import MAX_BODY_BYTES, MAX_URL_CHARS, create_webhook_app
+from flows._webhook import MAX_BODY_BYTES, MAX_URL_CHARS, create_webhook_app
 from tests.fixtures.server import serve_app
 from tests.flows.support import dead_url
 

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.common.inputs import resolve_inputs
 from flows.common.retry import IO_RETRIES, QUICK_RETRIES
 from flows.tasks.artifacts import record_summary
-from flows.common.temporal import (
+from flows._freshness_probes import (
     FactProbe,
     VersionScore,
     ViewRetriever,

@@ -1,4 +1,4 @@
-"""Temporal evaluation on the sample world: does an index version retrieve facts as they are now?
+"""Freshness probes for ``evaluate_freshness`` (its only user): does an index version retrieve the sample world's facts as they are now?
 
 For every fact the world changed up to an edition, a probe searches a version with the fact's
 prompt ("The mayor of Varenholm is") and reads the top-k neighbours: **fresh** when one states the
