@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.utils import shared
 
 from beam_jobs.chunk import KEPT, LEDGER as CHUNK_LEDGER, ChunkDoFn
 from beam_jobs.metrics import timed
@@ -18,31 +18,39 @@ from model.contracts.embedder import DEFAULT_EMBEDDER_NAME
 LOG = logging.getLogger(__name__)
 
 
-# One encoder per (path, max_length) in a process, reused by every job and validation it runs: a
-# long-lived process (a watch, a served flow, a benchmark) pays the ~1 s load once. Beam's Shared
-# keeps the most recently acquired object alive after the pipeline that loaded it ends.
-_ENCODERS = shared.Shared()
+# One encoder per process, reused by every job and validation it runs: a long-lived process (a
+# watch, a warm worker, a benchmark) pays the ~1 s load once. Held here, strongly: Beam's Shared
+# keeps only the most recently acquired of ALL its objects alive, and RunInference acquires
+# others (its model status, its wrapper) at the start of every run, so an encoder held by
+# Shared alone was collected between two runs and loaded again for each.
+_ENCODER_LOCK = threading.Lock()
+_ENCODER: tuple[str, Any] | None = None  # (tag, encoder): the one asked for last
 
 
 def shared_embedder(path: str | None = None, *, max_length: int = 128, precision: str = "fp32"):
     """The process's :class:`model.contracts.embedder.Embedder` for ``path``, loaded on first use.
+
+    One encoder is kept: asking for another (path, max_length, precision) releases the previous
+    one before loading, so a process never holds two.
 
     Args:
         path: encoder directory; None for the bundled all-MiniLM-L6-v2.
         max_length: the encoder's token limit per text.
         precision: "fp32", "bf16" or "auto" (decided here, on the worker's CPU: model.contracts.precision).
     """
+    global _ENCODER
+    tag = f"{path or DEFAULT_EMBEDDER_NAME}:{max_length}:{precision}"
+    with _ENCODER_LOCK:  # the workers' threads of one process share it; one loads, the others wait
+        if _ENCODER is None or _ENCODER[0] != tag:
+            from transformers.utils import logging as hf_logging
 
-    def load():
-        from transformers.utils import logging as hf_logging
+            from model.contracts.embedder import Embedder
 
-        from model.contracts.embedder import Embedder
-
-        hf_logging.disable_progress_bar()  # one bar per worker per run is noise in job logs
-        with timed("embedder_load"):  # counted only when it really loads (inside a job)
-            return Embedder(path, max_length=max_length, precision=precision)
-
-    return _ENCODERS.acquire(load, tag=f"{path or DEFAULT_EMBEDDER_NAME}:{max_length}:{precision}")
+            _ENCODER = None
+            hf_logging.disable_progress_bar()  # one bar per worker per run is noise in job logs
+            with timed("embedder_load"):  # counted only when it really loads (inside a job)
+                _ENCODER = (tag, Embedder(path, max_length=max_length, precision=precision))
+        return _ENCODER[1]
 
 
 class ChunkEmbeddingHandler(ModelHandler[Chunk, tuple[Chunk, np.ndarray], Any]):

@@ -7,6 +7,7 @@ from a different model, pooling or length limit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -44,14 +45,29 @@ def default_embedder_path() -> Path:
 
 
 def weights_sha256(model_dir: Path) -> str:
-    """sha256 of the encoder's weight file(s): identifies exactly which weights made the keys."""
-    digest = hashlib.sha256()
+    """sha256 of the encoder's weight file(s): identifies exactly which weights made the keys.
+
+    Hashing ~90 MB costs a tenth of a second or more of CPU, and every ingest and encoder load
+    asks: the digest is kept per process for each file's (path, inode, size, mtime, ctime), so a
+    file rewritten or replaced is hashed again.
+    """
     files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in {model_dir}")
+    stamps = []
     for file in files:
-        with open(file, "rb") as f:
-            hashlib.file_digest(f, lambda: digest)  # one digest over every file, in order
+        stat = file.stat()
+        stamps.append((str(file.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+    return _files_sha256(tuple(stamps))
+
+
+@functools.lru_cache(maxsize=16)
+def _files_sha256(stamps: tuple[tuple[str, int, int, int, int], ...]) -> str:
+    """One digest over every file, in order; the cache key carries each file's size and mtime."""
+    digest = hashlib.sha256()
+    for path, *_ in stamps:
+        with open(path, "rb") as f:
+            hashlib.file_digest(f, lambda: digest)
     return digest.hexdigest()
 
 

@@ -35,7 +35,7 @@ def test_spec_without_loading_equals_the_loaded_encoders(tmp_path):
     assert handler.get_num_bytes(chunks) == sum(len(c.text) for c in chunks)
 
 
-def test_a_batch_is_encoded_in_token_count_order_and_returned_in_input_order():
+def test_a_batch_is_encoded_in_token_count_order_and_returned_in_input_order(monkeypatch):
     handler = ChunkEmbeddingHandler(None)
     model = handler.load_model()
     # Character and token counts disagree: long digit strings and rare words cut into many
@@ -55,13 +55,53 @@ def test_a_batch_is_encoded_in_token_count_order_and_returned_in_input_order():
         seen.append(list(batch_texts))
         return encode(batch_texts, **kwargs)
 
-    model.encode = spy
+    monkeypatch.setattr(model, "encode", spy)  # the process's shared encoder: undone after the test
     pairs = handler.run_inference(chunks, model)
     tokens = [len(model.tokenizer(text, truncation=True, max_length=model.spec.max_length)["input_ids"]) for text in seen[0]]
     assert tokens == sorted(tokens)
     assert sorted(seen[0]) == sorted(texts)
     assert [c for c, _ in pairs] == chunks
     assert_close(np.stack([v for _, v in pairs]), encode(texts), magnitude=1.0)
+
+
+class _Other:
+    """Any other object a Beam Shared handle holds (weak-referenceable)."""
+
+
+def test_the_shared_encoder_survives_the_shared_objects_a_run_acquires_before_it_loads():
+    """A long-lived process loads the encoder once, not once per ingest.
+
+    RunInference acquires other Beam Shared objects (its model status) at the start of every run;
+    Beam's Shared keeps only the latest of all its objects alive, so an encoder held by Shared
+    alone was collected between two runs and loaded again.
+    """
+    import gc
+    import weakref
+
+    from apache_beam.utils import shared
+
+    from beam_jobs.embed import shared_embedder
+
+    first = weakref.ref(shared_embedder(precision="fp32"))
+    other = shared.Shared().acquire(_Other, tag="a run's model status")
+    gc.collect()
+    assert first() is not None, "the encoder was released: the next run would load it again"
+    assert shared_embedder(precision="fp32") is first()
+    del other
+
+
+def test_the_weights_digest_is_kept_until_a_weight_file_changes(tmp_path):
+    import hashlib
+
+    from model.contracts.embedder import weights_sha256
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"one set of weights")
+    assert weights_sha256(tmp_path) == hashlib.sha256(b"one set of weights").hexdigest()
+    weights.write_bytes(b"two set of weights")  # same size
+    assert weights_sha256(tmp_path) == hashlib.sha256(b"two set of weights").hexdigest()
+    (tmp_path / "more.safetensors").write_bytes(b"!")  # files in name order, one digest
+    assert weights_sha256(tmp_path) == hashlib.sha256(b"two set of weights!").hexdigest()
 
 
 def test_the_handler_embeds_in_its_precision_with_vectors_that_may_share_a_store():
