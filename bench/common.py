@@ -88,6 +88,33 @@ def serve(checkpoint: Path, store: str | Path, cache_dir: Path, *, reload_interv
     return start(cmd, env=env, logfile=logfile), f"http://127.0.0.1:{port}"
 
 
+def wait_ready(process: subprocess.Popen, client, logfile: Path, *, timeout: float = 300.0) -> None:
+    """Wait until a server :func:`serve` started answers ``/readyz``; if it exits first, fail at once with
+    the end of its log (polling a dead server waits out ``timeout`` and then says only "connection refused").
+
+    Args:
+        process: the server's process.
+        client: a ``model.client.RetroClient`` on its URL.
+        logfile: the server's output (``serve(..., logfile=)``).
+        timeout: seconds to wait at most.
+
+    Raises:
+        model.waiting.ProcessExited: the server exited while starting.
+        model.waiting.WaitTimeout: not ready within ``timeout``.
+    """
+    from model.client import RetroError
+    from model.waiting import tail, wait_for
+
+    def ready() -> bool:
+        try:
+            return client.ready().ready
+        except RetroError:  # not listening yet
+            return False
+
+    wait_for(ready, timeout=timeout, interval=0.2, what=f"the server at {client.url} was ready (its log, {logfile})", alive=process,
+             log=lambda: tail(logfile, lines=40))
+
+
 def machine(**extra) -> dict:
     """The machine a result was measured on (shared machines: the load average says how busy), plus ``extra``."""
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": round(os.getloadavg()[0], 2)} | extra

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, serve, stop, write_result
+from bench.common import machine, serve, stop, wait_ready, write_result
 
 # knobs
 FULL_SIZES = (1_000_000, 10_000_000)
@@ -309,20 +309,23 @@ def measure(n: int, root: Path, nlist: int | None = NLIST) -> dict:
     store, manifests, tuning = built["store"], built["manifests"], built["tuning"]
     tiny_checkpoint(root / "checkpoint", tokenizer, spec)
 
-    def start(precision: str) -> tuple[subprocess.Popen, str]:
-        return serve(root / "checkpoint", root / "store", root / f"server-cache-{precision}", reload_interval=0.1,
-                     args=["--precision", precision], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    def start(precision: str) -> tuple[subprocess.Popen, str, Path]:
+        # Its output goes to a log: a server that dies at start-up fails wait_ready with the log's end.
+        logfile = root / f"server-{precision}.log"
+        process, url = serve(root / "checkpoint", root / "store", root / f"server-cache-{precision}", reload_interval=0.1,
+                             args=["--precision", precision], env={**os.environ, "HF_HUB_OFFLINE": "1"}, logfile=logfile)
+        return process, url, logfile
 
     # The first server (fp32 queries) is measured throughout; the second (bf16 queries) only answers
     # the latency requests beside it and is stopped before the swap, so it cannot slow that down.
-    server, url = start("fp32")
-    other, other_url = start("bf16")
+    server, url, server_log = start("fp32")
+    other, other_url, other_log = start("bf16")
     try:
         with RetroClient(url, retries=0, timeout=120) as client, \
                 RetroClient(other_url, retries=0, timeout=120) as other_client:
             clients = {"fp32": client, "bf16": other_client}
-            for c in clients.values():
-                c.wait_ready(timeout=300)
+            wait_ready(server, client, server_log)
+            wait_ready(other, other_client, other_log)
             time.sleep(1.0)
             baseline = rss_anon_mb(server.pid)
             served = None
