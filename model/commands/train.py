@@ -120,6 +120,9 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--cca-previous-token-keys", is_flag=True,
               help="CCA keys also read the neighbour token before them and CCA starts as an induction head "
                    "(the demo's model has it; with --base-model its output starts scaled by --cca-gate).")
+@click.option("--cca-token-query", is_flag=True,
+              help="with --base-model and --cca-previous-token-keys: CCA queries also read the embedding of the token just read, "
+                   "so the induction head matches tokens in a frozen base whose late hidden states no longer hold them.")
 @click.option("--cca-gate", default=0.0, show_default=True, type=float,
               help="with --base-model and --cca-previous-token-keys: the induction head's output scale at step 0 (0: zero).")
 @click.option("--weights-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
@@ -128,7 +131,7 @@ def _embedder(settings: Settings, path: Path | None):
 @click.option("--quiet", is_flag=True, help="no progress bars.")
 def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, batch_size, lr, warmup_steps, eval_every, eval_fraction,
           checkpoint_every, max_minutes, resume, tokenizer_path, base_model, gguf_file, embedder_path, cache_dir, device, precision, seed, own_passage_rate,
-          neighbour_dropout, cca_previous_token_keys, cca_gate, weights_dtype, compile_model, quiet) -> None:
+          neighbour_dropout, cca_previous_token_keys, cca_token_query, cca_gate, weights_dtype, compile_model, quiet) -> None:
     """Train a RETRO model on a store version (or on files, indexed into a new store first).
 
     Every training chunk's k neighbours are searched once through the store, excluding its own
@@ -163,11 +166,13 @@ def train(store, version, inputs, out, preset, cca_layers, seq_len, k, steps, ba
     if base_model is not None:
         from model.network.retrofit import RetroFit, base_source, load_base
 
+        if cca_token_query and not cca_previous_token_keys:
+            raise click.UsageError("--cca-token-query completes the induction head of --cca-previous-token-keys; give both")
         base, tokenizer = load_base(base_model, gguf_file=gguf_file)
         layers = _layers(cca_layers) or tuple(range(6, base.config.num_hidden_layers + 1, 3))
         model = RetroFit.wrap(base, cca_layers=layers, k=k, tokenizer=tokenizer, embedder=embedder.spec,
                               base_source=base_source(base_model, gguf_file), previous_token_keys=cca_previous_token_keys,
-                              cca_gate=cca_gate)
+                              token_query=cca_token_query, cca_gate=cca_gate)
         model.weights_dtype = torch.bfloat16 if weights_dtype == "bf16" else None
     else:
         tokenizer = store_tokenizer

@@ -48,6 +48,10 @@ class RetroConfig:
     # CCA keys also read the neighbour token before them, and CCA starts as an induction head (model.network.retro):
     # what lets a small model trained from scratch copy from its neighbours. Needs d_model = enc_d_model = H·d.
     cca_previous_token_keys: bool = False
+    # CCA queries also read the embedding of the token just read (RETRO-fit): in a frozen pretrained
+    # base the hidden state at a late layer no longer holds that token, so the induction match above
+    # needs it from the input side. Needs cca_previous_token_keys.
+    cca_token_query: bool = False
     max_seq_len: int = 2048
     mlp_ratio: float = 4.0
     dropout: float = 0.0
@@ -89,6 +93,8 @@ class RetroConfig:
                 f"cca_previous_token_keys starts CCA as identity maps, so d_model ({self.d_model}), enc_d_model "
                 f"({self.enc_d_model}) and n_heads·head_dim ({self.n_heads * self.head_dim}) must be equal"
             )
+        if self.cca_token_query and not self.cca_previous_token_keys:
+            raise ValueError("cca_token_query completes the induction head of cca_previous_token_keys; set both")
         if self.continuation_tokens < 0:
             raise ValueError(f"continuation_tokens must be >= 0, got {self.continuation_tokens}")
 
@@ -100,6 +106,8 @@ class RetroConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["cca_layers"] = list(self.cca_layers)
+        if not self.cca_token_query:  # written only when set: a checkpoint saved before it existed keeps its bytes
+            del data["cca_token_query"]
         return data
 
     @classmethod

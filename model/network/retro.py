@@ -187,10 +187,17 @@ class CrossAttention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None,
+        unrotated_query: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (N, Q, D) attends to precomputed k, v (N, H, S, d); attn_mask broadcasts to (N, H, Q, S)."""
+        """x (N, Q, D) attends to precomputed k, v (N, H, S, d); attn_mask broadcasts to (N, H, Q, S).
+
+        unrotated_query (N, H, Q, d) is added to the rotated query: a part that matches keys by
+        content alone, wherever they stand.
+        """
         N, Q, _ = x.shape
         q = apply_rotary(self.q(x).view(N, Q, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)  # (N, H, Q, d)
+        if unrotated_query is not None:
+            q = q + unrotated_query
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(N, Q, -1))  # (N, Q, H·d)
 
@@ -214,6 +221,12 @@ class ChunkedCrossAttention(nn.Module):
         self.previous_key = (
             nn.Linear(config.enc_d_model, config.n_heads * config.head_dim, bias=False) if config.cca_previous_token_keys else None
         )
+        # RETRO-fit: in a frozen pretrained base the hidden state at a late layer no longer holds the
+        # token just read, so the query also reads that token's embedding. This part of the match
+        # (token query · previous-token key) is not rotated: a token is found wherever it stands in
+        # a neighbour (rotated, the match fades with distance and the head barely copies at step 0).
+        # The caller hands in [norm(h); norm(token embedding)].
+        self.token_query = nn.Linear(config.d_model, config.n_heads * config.head_dim, bias=False) if config.cca_token_query else None
 
     @torch.no_grad()
     def init_as_induction_head(self) -> None:
@@ -227,8 +240,13 @@ class ChunkedCrossAttention(nn.Module):
         """
         hd = self.attn.q.weight.shape[0]
         eye = torch.eye(hd, device=self.attn.q.weight.device, dtype=self.attn.q.weight.dtype)
-        for weight in (self.attn.q.weight, self.previous_key.weight, self.attn.kv.weight[hd:], self.attn.proj.weight):
+        for weight in (self.previous_key.weight, self.attn.kv.weight[hd:], self.attn.proj.weight):
             weight.copy_(eye)
+        if self.token_query is None:
+            self.attn.q.weight.copy_(eye)
+        else:  # the token matches at first; the hidden-state query starts at zero and learns what else to ask
+            self.token_query.weight.copy_(eye)
+            self.attn.q.weight.zero_()
 
     def keys_values(self, enc: EncodedNeighbours, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (N, H, k·r, d) of the encoded neighbours, keys rotated."""
@@ -238,7 +256,17 @@ class ChunkedCrossAttention(nn.Module):
         states = rearrange(enc.states, "n (k r) e -> n k r e", r=self.r)
         before = F.pad(states[:, :, :-1], (0, 0, 1, 0))  # token j-1 of the same neighbour; zeros before its first
         extra = rearrange(self.previous_key(before), "n k r (h d) -> n h (k r) d", h=self.n_heads)
+        if self.token_query is not None:
+            return k + extra, v  # matched by the unrotated token query
         return k + apply_rotary(extra, cos, sin), v  # rotation is linear: rot(a) + rot(b) = rot(a + b)
+
+    def split_query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (N, Q, D or 2D) → the hidden-state query input and the unrotated token query (N, H, Q, d), or None."""
+        if self.token_query is None:
+            return x, None
+        h, token = x.chunk(2, dim=-1)
+        N, Q, _ = token.shape
+        return h, self.token_query(token).view(N, Q, self.n_heads, -1).transpose(1, 2)
 
     def forward(
         self,
@@ -256,8 +284,8 @@ class ChunkedCrossAttention(nn.Module):
         attending = x[:, m - 1 :]  # token m-1 is the first that has a completed chunk
         n = attending.shape[1]  # <= L·m because L = T // m
         attending = F.pad(attending, (0, 0, 0, L * m - n))  # (B, L·m, D)
-        q = rearrange(attending, "b (l m) d -> (b l) m d", m=m)
-        y = self.attn.attend(q, k, v, q_cos, q_sin, enc.attn_mask)  # (B·L, m, D)
+        q, token_q = self.split_query(rearrange(attending, "b (l m) d -> (b l) m d", m=m))
+        y = self.attn.attend(q, k, v, q_cos, q_sin, enc.attn_mask, token_q)  # (B·L, m, D)
         if enc.attn_mask is not None:  # some chunk may have no neighbours: its output is exactly zero
             y = y * rearrange(enc.chunk_valid, "n -> n 1 1").to(y.dtype)
         y = rearrange(y, "(b l) m d -> b (l m) d", b=B)[:, :n]
@@ -273,7 +301,8 @@ class ChunkedCrossAttention(nn.Module):
         q_sin: torch.Tensor,
     ) -> torch.Tensor:
         """One new token per sequence, x (B, 1, D), against one chunk's cached k, v (B, H, k·r, d)."""
-        y = self.attn.attend(x, k, v, q_cos, q_sin, enc.attn_mask)  # (B, 1, D)
+        x, token_q = self.split_query(x)
+        y = self.attn.attend(x, k, v, q_cos, q_sin, enc.attn_mask, token_q)  # (B, 1, D)
         if enc.attn_mask is None:
             return y
         return y * enc.chunk_valid[:, None, None].to(y.dtype)  # (B, 1, D)

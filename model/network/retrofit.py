@@ -164,12 +164,23 @@ class CCABlock(nn.Module):
         super().__init__()
         self.layer = layer
         self.ln = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
+        self.ln_token = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False) if config.cca_token_query else None
         self.cca = ChunkedCrossAttention(config)
         nn.init.zeros_(self.cca.attn.proj.weight)  # at step 0 the base model's behaviour is unchanged
 
-    def forward(self, h: torch.Tensor, chunks: ChunkPass) -> torch.Tensor:
-        """The base's hidden state h (B, T, D) after its layer, plus CCA(norm(h)) when there is something to attend."""
-        return chunks.cross_attend(self.layer, h, self.ln, self.cca)
+    def forward(self, h: torch.Tensor, chunks: ChunkPass, token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """The base's hidden state h (B, T, D) after its layer, plus CCA(norm(h)) when there is something to attend.
+
+        token_embeddings (B, T, D): the base's input embeddings of the same tokens, which the query
+        also reads with ``cca_token_query``.
+        """
+        if self.ln_token is None:
+            return chunks.cross_attend(self.layer, h, self.ln, self.cca)
+
+        def norm(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.ln(x), self.ln_token(token_embeddings.to(x.dtype))], -1)
+
+        return chunks.cross_attend(self.layer, h, norm, self.cca)
 
 
 @dataclass
@@ -215,8 +226,16 @@ class RetroFit(nn.Module):
                 for block in self.cca.values():
                     block.cca.init_as_induction_head()
                     block.cca.attn.proj.weight.mul_(cca_gate)
+                if config.cca_token_query:
+                    # The encoder starts as the identity on the base's token embeddings, so that a
+                    # key holds its neighbour token and nothing else: at the default init its blocks
+                    # add noise several times the size of those (small) embeddings.
+                    for enc_block in self.encoder.blocks:
+                        for proj in (enc_block.attn.proj, enc_block.ca.proj, enc_block.mlp.proj):
+                            proj.weight.zero_()
         self.rotary = Rotary(config.head_dim, max(2 * config.chunk_tokens, config.neighbour_tokens), config.rope_theta)
         self._pass: ChunkPass | None = None  # the pass the hooks add CCA to
+        self._token_embeddings: torch.Tensor | None = None  # its tokens' input embeddings (cca_token_query)
         # transformers 5 renamed `past_key_values` to `cache`; accept either generation of the API.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         layers = decoder_layers(base)
@@ -239,6 +258,7 @@ class RetroFit(nn.Module):
         tokenizer: RetroTokenizer | None = None,
         embedder: EmbedderSpec | dict | None = None,
         previous_token_keys: bool = False,
+        token_query: bool = False,
         cca_gate: float = 0.0,
     ) -> "RetroFit":
         """Build the RETRO part's config from the base model's and wrap it.
@@ -257,6 +277,8 @@ class RetroFit(nn.Module):
             embedder: the store embedder's spec, recorded in the config.
             previous_token_keys: CCA keys also read the neighbour token before them, and CCA starts
                 as an induction head (``RetroConfig.cca_previous_token_keys``).
+            token_query: CCA queries also read the embedding of the token just read, and the
+                induction head starts matching on it (``RetroConfig.cca_token_query``).
             cca_gate: see the class.
 
         Returns:
@@ -282,6 +304,7 @@ class RetroFit(nn.Module):
             tokenizer=tokenizer.info if tokenizer else None,
             embedder=embedder,
             cca_previous_token_keys=previous_token_keys,
+            cca_token_query=token_query,
         )
         return cls(base, config, base_source=base_source, cca_gate=cca_gate)
 
@@ -302,7 +325,7 @@ class RetroFit(nn.Module):
             chunks = self._pass
             if chunks is None:
                 return None
-            h = block(output[0] if isinstance(output, tuple) else output, chunks)
+            h = block(output[0] if isinstance(output, tuple) else output, chunks, self._token_embeddings)
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
 
         return hook
@@ -331,11 +354,13 @@ class RetroFit(nn.Module):
         chunks = ChunkPass(self.config, self.rotary, self.encode_neighbours, neighbours, neighbour_mask, cache, tokens=T, step=step)
         needs_hooks = cache is not None or (neighbours is not None and T >= m)
         self._pass = chunks if needs_hooks else None
+        if needs_hooks and self.config.cca_token_query:
+            self._token_embeddings = self.base.get_input_embeddings()(input_ids)
         try:
             kwargs = {self._cache_kwarg: cache.hf, "use_cache": True} if cache is not None else {"use_cache": False}
             logits = self.base(input_ids=input_ids, **kwargs).logits
         finally:
-            self._pass = None
+            self._pass = self._token_embeddings = None
         chunks.finish()
         if targets is None:
             return logits

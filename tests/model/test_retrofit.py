@@ -28,8 +28,8 @@ def tiny_base(kind: str):
     return LlamaForCausalLM(config).eval()
 
 
-def wrapped(kind: str, *, live: bool = True) -> RetroFit:
-    model = RetroFit.wrap(tiny_base(kind), cca_layers=(2, 4), enc_layers=1, k=K)
+def wrapped(kind: str, *, live: bool = True, token_query: bool = False) -> RetroFit:
+    model = RetroFit.wrap(tiny_base(kind), cca_layers=(2, 4), enc_layers=1, k=K, previous_token_keys=token_query, token_query=token_query)
     if live:  # zero-initialised CCA output would hide every retrieval path; give it weights
         torch.manual_seed(1)
         for block in model.cca.values():
@@ -56,10 +56,10 @@ def test_retrieval_off_is_exactly_the_base_model(kind):
     assert_differs(model(ids, nb), base_logits)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind,token_query", [("gpt2", False), ("llama", False), ("llama", True)])
 @torch.no_grad()
-def test_causality(kind):
-    model = wrapped(kind)
+def test_causality(kind, token_query):
+    model = wrapped(kind, token_query=token_query)
     ids, nb = batch()
     base = model(ids, nb)
     for u in range(3):
@@ -74,10 +74,10 @@ def test_causality(kind):
     assert_close(model(ids2, nb)[:, :100], base[:, :100])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind,token_query", [("gpt2", False), ("llama", False), ("llama", True)])
 @torch.no_grad()
-def test_cached_decoding_equals_full_forward(kind):
-    model = wrapped(kind)
+def test_cached_decoding_equals_full_forward(kind, token_query):
+    model = wrapped(kind, token_query=token_query)
     ids, nb = batch(T=200, B=1, seed=3)
     full = model(ids, nb)
     cache = model.new_cache(1)
@@ -178,3 +178,31 @@ def test_induction_head_start_is_gated(gate):
         assert_close(model(ids, nb), base_logits)
     else:
         assert_differs(model(ids, nb), base_logits)
+
+
+@torch.no_grad()
+def test_token_query_start_copies_the_token_after_a_match_wherever_it_stands():
+    """A frozen base's last hidden state holds its next-token guess, not the token just read; the
+    token query finds that token in a neighbour and adds the one after it, which tied output
+    embeddings read as that token, at any distance (the match is not rotated)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    # Heads of 64 dimensions, as SmolLM2's: a match then stands clear of 255 other keys.
+    config = LlamaConfig(vocab_size=V, hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True)
+    model = RetroFit.wrap(LlamaForCausalLM(config).eval(), cca_layers=(2,), enc_layers=1, k=K,
+                          previous_token_keys=True, token_query=True, cca_gate=4.0).eval()
+    a, b = 7, 11
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(20, V, (1, 2 * M), generator=g)
+    ids[0, M + 10] = a  # read in chunk 1, which attends to the neighbours of chunk 0
+    base_logits = model.base(input_ids=ids).logits[0, M + 10]
+    gains = []
+    for where in (3, 90):  # near the query's position and far from it
+        nb = torch.randint(20, V, (1, 2, K, R), generator=g)
+        nb[0, 0, 0, where : where + 2] = torch.tensor([a, b])
+        gain = model(ids, nb)[0, M + 10] - base_logits
+        assert gain.argmax() == b, f"pair at {where}: the copied token {b} should gain most, {int(gain.argmax())} did"
+        gains.append(float(gain[b]))
+    assert gains[1] > 0.5 * gains[0]  # a rotated match would have faded with the distance
