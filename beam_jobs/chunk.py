@@ -35,8 +35,23 @@ def ledger_row(item: ToChunk, chunk_ids: tuple[int, ...]) -> LedgerRow:
     )
 
 
-def _tombstone_key(ids) -> str:
+def tombstone_key(ids) -> str:
+    """A document's chunk ids as one join key (its tombstones and its kept parent row meet on it)."""
     return ",".join(str(int(i)) for i in ids)
+
+
+def keyed_tombstones(ids) -> tuple[str, tuple]:
+    return tombstone_key(ids), tuple(ids)
+
+
+def keyed_kept(row: LedgerRow) -> tuple[str, bool]:
+    return tombstone_key(row.chunk_ids), True
+
+
+def keep_tombstones(item) -> list:
+    """(key, {"tombstones": [...], "kept": [...]}) -> the tombstones, none when the document was kept."""
+    _, grouped = item
+    return [] if list(grouped["kept"]) else list(grouped["tombstones"])
 
 
 class DropKeptTombstones(beam.PTransform):
@@ -48,11 +63,11 @@ class DropKeptTombstones(beam.PTransform):
     def expand(self, parts: dict):
         return (
             {
-                "tombstones": parts["tombstones"] | "KeyTombstones" >> beam.Map(lambda ids: (_tombstone_key(ids), tuple(ids))),
-                "kept": parts["kept"] | "KeyKept" >> beam.Map(lambda row: (_tombstone_key(row.chunk_ids), True)),
+                "tombstones": parts["tombstones"] | "KeyTombstones" >> beam.Map(keyed_tombstones),
+                "kept": parts["kept"] | "KeyKept" >> beam.Map(keyed_kept),
             }
             | "JoinKept" >> beam.CoGroupByKey()
-            | "NotKept" >> beam.FlatMap(lambda item: [] if list(item[1]["kept"]) else list(item[1]["tombstones"]))
+            | "NotKept" >> beam.FlatMap(keep_tombstones)
         )
 
 

@@ -114,6 +114,11 @@ def _refreshed(old: LedgerRow, obs: Observation) -> LedgerRow:
     )
 
 
+def by_doc_id(item):
+    """A ledger row or an observation, keyed by its document for the join with the ledger."""
+    return item.doc_id, item
+
+
 class DiffDoFn(beam.DoFn):
     """(doc_id, {'old': [LedgerRow], 'new': [Observation]}) -> ledger rows, documents to chunk, tombstones."""
 
@@ -168,8 +173,8 @@ class DiffAgainstLedger(beam.PTransform):
     def expand(self, parts: dict):
         diff = (
             {
-                "old": parts["ledger"] | "OldByDoc" >> beam.Map(lambda row: (row.doc_id, row)),
-                "new": parts["observations"] | "NewByDoc" >> beam.Map(lambda obs: (obs.doc_id, obs)),
+                "old": parts["ledger"] | "OldByDoc" >> beam.Map(by_doc_id),
+                "new": parts["observations"] | "NewByDoc" >> beam.Map(by_doc_id),
             }
             | "JoinLedger" >> beam.CoGroupByKey()
             | "Diff"

@@ -4,7 +4,9 @@
     -> DiffAgainstLedger -> ChunkAndEmbed (RunInference) -> DropKeptTombstones -> WriteDelta (one worker)
 
 Each step is a composite PTransform in its stage's module (beam_jobs/write.py, crawl.py,
-targets.py, extract.py, diff.py, embed.py); ``build_pipeline`` chains them.
+targets.py, extract.py, diff.py, embed.py); ``build_pipeline`` chains them. A targeted run of a
+few URLs on the local runner runs the same steps' DoFns directly, without a Beam runner
+(:mod:`beam_jobs.direct`: a pipeline's construction and stages cost more than such a batch's work).
 
 Run it in-process (``runner="local"``, Beam's FnApiRunner), with one worker process per core
 (``"multiprocess"``), or on Dataflow with the standard Beam options::
@@ -34,6 +36,7 @@ from beam_jobs import metrics
 from beam_jobs.chunk import KEPT, DropKeptTombstones
 from beam_jobs.crawl import Crawl
 from beam_jobs.diff import LEDGER, TO_CHUNK, TOMBSTONES, DiffAgainstLedger
+from beam_jobs.direct import direct_eligible, run_direct
 from beam_jobs.embed import ChunkAndEmbed, ChunkEmbeddingHandler
 from beam_jobs.extract import Extract
 from beam_jobs.limits import held_by_source
@@ -230,6 +233,7 @@ def run_ingest(
     urls: list[str] | None = None,
     max_targets: int | None = None,
     precision: str | None = None,
+    direct: bool | None = None,
 ) -> IngestResult:
     """Run the ingest job once against a store's current version.
 
@@ -253,6 +257,9 @@ def run_ingest(
         precision: the encoder's: "fp32", "bf16" (autocast) or "auto" (bf16 where a worker's CPU
             runs it faster, decided on each worker); None: the settings' (RETROFRESH_PRECISION,
             default auto). Keys of either precision may share a store (docs/ARCHITECTURE.md).
+        direct: run a targeted run's DoFns here without a Beam runner (:mod:`beam_jobs.direct`);
+            None: when it names at most ``DIRECT_MAX_TARGETS`` URLs on the local runner with no
+            Beam flags. False: always the Beam pipeline.
 
     Returns:
         The IngestResult.
@@ -282,6 +289,10 @@ def run_ingest(
             return IngestResult(None, parent, metrics.collect(None) | {"refused_urls": len(targets.refused)}, 0, 0,
                                 time.monotonic() - started, refused=list(targets.refused))
     version = store.new_version_id()
+    if direct is None:
+        direct = direct_eligible(targets, runner=runner, pipeline_args=pipeline_args)
+    elif direct and targets is None:
+        raise ValueError("direct=True runs a targeted ingest only (pass urls); a full crawl builds the Beam pipeline")
     options = pipeline_options(runner, pipeline_args, job_name=f"retrofresh-ingest-{version}".lower().replace("_", "-"))
     dataflow = is_dataflow(options)
     if dataflow and not str(store_uri).startswith("gs://"):
@@ -302,6 +313,15 @@ def run_ingest(
         precision=precision,
         targets=targets,
     )
+    if direct:
+        LOG.info("targeted ingest of %d URLs %s -> %s (parent %s), run directly", targets.count, ",".join(config.names), version, parent)
+        counters = run_direct(plan, embedding_handler(plan), draft_spec(plan))
+        return IngestResult(
+            version=version if counters.get("drafts_written", 0) > 0 else None, parent=parent,
+            metrics=counters | {"targets": targets.count, "refused_urls": len(targets.refused), "deferred_urls": len(targets.deferred)},
+            chunks_added=counters.get("chunks", 0), chunks_removed=counters.get("tombstones", 0), seconds=time.monotonic() - started,
+            refused=list(targets.refused), deferred=list(targets.deferred),
+        )
     LOG.info("ingest %s -> %s (parent %s) on %s", ",".join(config.names), version, parent, options.view_as(StandardOptions).runner)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, plan)

@@ -65,13 +65,23 @@ def collect(result) -> dict[str, int]:
     Returns:
         Counter name -> value; every name in CORE_COUNTERS is present.
     """
-    totals = {name: 0 for name in CORE_COUNTERS}
     try:
         counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
     except (AttributeError, NotImplementedError) as exc:  # a dry run has no metrics
         LOG.debug("no metrics from %r: %s", result, exc)
-        return totals
-    for counter in counters:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+        return _totals([])
+    return _totals((c.key.metric, c.committed if c.committed is not None else c.attempted) for c in counters)
+
+
+def from_container(container) -> dict[str, int]:
+    """The job's counters in a Beam ``MetricsContainer`` (a run outside a runner), as :func:`collect`."""
+    counters = container.get_cumulative().counters.items()
+    return _totals((key.metric, value) for key, value in counters if key.metric.namespace == NAMESPACE)
+
+
+def _totals(pairs) -> dict[str, int]:
+    """(MetricName, value) pairs -> name -> summed value, with every CORE_COUNTERS name present."""
+    totals = {name: 0 for name in CORE_COUNTERS}
+    for metric, value in pairs:
+        totals[metric.name] = totals.get(metric.name, 0) + int(value or 0)
     return totals

@@ -167,6 +167,11 @@ def fetch_targets(source: SiteSource | FeedSource, urls: Iterable[str], settings
             yield result
 
 
+def known_by_source(row) -> tuple:
+    """A parent ledger row as (its source, what a conditional fetch of it needs): the side input's pairs."""
+    return row.source, row.known()
+
+
 class FetchTargetsDoFn(beam.DoFn):
     """(web source, its named URLs) -> FetchResults; the parent ledger arrives as a side input."""
 
@@ -235,7 +240,7 @@ class FetchTargets(beam.PTransform):
         by_source = [(config.source(name), urls) for name, urls in self.targets.by_source.items()]
         web = [(source, urls) for source, urls in by_source if source.kind != "files"]
         paths = [(source, path) for source, urls in by_source if source.kind == "files" for path in urls]
-        known = ledger | "KnownBySource" >> beam.Map(lambda row: (row.source, row.known()))
+        known = ledger | "KnownBySource" >> beam.Map(known_by_source)
         crawled = (
             pipeline
             | "TargetSources" >> beam.Create(web, reshuffle=False)

@@ -3,7 +3,8 @@
 Edition 0 of the sample world plus a folder of files is ingested in full; then the site moves to
 edition 1, a file is edited and another removed, and a targeted run names some of the changed
 pages, the removed news article, both files and URLs no source owns. A second sample server
-stands for an internal service an event might try to reach.
+stands for an internal service an event might try to reach. The same run, run directly (its
+DoFns without a Beam runner, beam_jobs.direct), must write what the pipeline wrote.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Targeted:
     requested: list[str]
     stranger_requests: int
     parent: str
+    direct: IngestResult  # the same run through beam_jobs.direct, against the same parent
+    direct_requested: list[str]
 
 
 def changed_paths(world: SampleWorld) -> tuple[list[str], list[str]]:
@@ -77,9 +80,12 @@ def targeted(tmp_path_factory) -> Targeted:
         urls = [site.base_url + p for p in named] + [str(folder / "edit.md"), str(folder / "remove.md")]
         urls += [stranger.base_url + "/", site.base_url.replace("127.0.0.1", "localhost") + "/", "/etc/passwd", str(folder / "../x.md")]
         site.clear_log()
-        result = run_ingest(config, store_uri, urls=urls + urls[:2])  # repeats count once
+        result = run_ingest(config, store_uri, urls=urls + urls[:2], direct=False)  # repeats count once
+        requested = [r.path for r in site.requests]
+        site.clear_log()
+        direct = run_ingest(config, store_uri, urls=urls + urls[:2], direct=True)
         return Targeted(world, site.base_url, store_uri, folder, named, removed, changed[half:], result,
-                        [r.path for r in site.requests], len(stranger.requests), full.version)
+                        requested, len(stranger.requests), full.version, direct, [r.path for r in site.requests])
 
 
 def ledger(t: Targeted, version: str) -> dict[str, dict]:
@@ -121,3 +127,33 @@ def test_a_targeted_run_naming_nothing_it_may_fetch_writes_nothing(targeted):
     config = Config.model_validate({"sources": [{"kind": "site", "name": "sample", "start_urls": [targeted.base + "/"]}]})
     result = run_ingest(config, targeted.store_uri, urls=["http://10.0.0.1/", "not a url"])
     assert result.version is None and len(result.refused) == 2
+
+
+def test_a_direct_run_writes_what_the_pipeline_writes(targeted):
+    import numpy as np
+
+    beam, direct = targeted.result, targeted.direct
+    assert direct.version is not None and direct.version != beam.version and direct.parent == beam.parent
+    assert sorted(targeted.direct_requested) == sorted(targeted.requested)
+    counters = lambda result: {k: v for k, v in result.metrics.items() if not k.startswith("ms_")}  # noqa: E731 - times differ
+    assert counters(direct) == counters(beam)
+    assert (direct.chunks_added, direct.chunks_removed, direct.refused, direct.deferred) == (beam.chunks_added, beam.chunks_removed, beam.refused, beam.deferred)
+    store = open_store(targeted.store_uri)
+    ours, theirs = store.manifest(direct.version), store.manifest(beam.version)
+    assert ours.tombstones == theirs.tombstones and ours.stats == theirs.stats and ours.parent == theirs.parent
+    when = ("fetched_at", "first_seen")  # the moment of each run
+    rows = lambda version: {u: {k: v for k, v in r.items() if k not in when} for u, r in ledger(targeted, version).items()}  # noqa: E731
+    assert rows(direct.version) == rows(beam.version)
+
+    def chunks(version):
+        with store.open(version) as view:
+            texts = {row["chunk_id"]: row["text"] for batch in view.iter_chunks() for row in batch.to_pylist()}
+            ids, keys = view.sample_keys(view.count)
+        return texts, dict(zip(ids.tolist(), keys))
+
+    (our_texts, our_keys), (their_texts, their_keys) = chunks(direct.version), chunks(beam.version)
+    assert our_texts == their_texts and set(our_keys) == set(their_keys)
+    ids = sorted(our_keys)
+    a, b = np.stack([our_keys[i] for i in ids]), np.stack([their_keys[i] for i in ids])
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.99  # the same encoder on the same text; batches (and a quantised index's codes) may differ
