@@ -21,6 +21,7 @@ import lxml.etree
 import lxml.html
 
 from beam_jobs.metrics import count
+from model.contracts.clock import as_utc
 from model.contracts.ids import web_url
 
 LOG = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def parse_datetime(value: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return as_utc(parsed)
 
 
 def _maybe_gunzip(body: bytes, limit: int = MAX_SITEMAP_BYTES) -> bytes:

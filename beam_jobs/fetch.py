@@ -24,7 +24,7 @@ from beam_jobs.metrics import count
 from beam_jobs.netguard import AddressPolicy, BlockedAddress, GuardedTransport, resolve_allowed
 from beam_jobs.sources import FetchSettings
 from beam_jobs.types import FAILED, FETCHED, GONE, NOT_MODIFIED, ROBOTS_BLOCKED, FetchResult
-from model.contracts.clock import utcnow
+from model.contracts.clock import as_utc, utcnow
 from model.contracts.ids import web_url
 
 LOG = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def parse_http_date(value: str | None) -> datetime | None:
         return None
     if parsed is None:
         return None
-    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return as_utc(parsed)
 
 
 def format_http_date(value: datetime) -> str:

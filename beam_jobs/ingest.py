@@ -26,7 +26,7 @@ import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import apache_beam as beam
@@ -44,6 +44,7 @@ from beam_jobs.options import IngestOptions, is_dataflow, is_dry_run, pipeline_o
 from beam_jobs.sources import SourcesConfig, load_sources
 from beam_jobs.targets import DEFAULT_MAX_TARGETS, FetchTargets, Targets, resolve_targets
 from beam_jobs.write import DraftSpec, ReadLedger, WriteDelta
+from model.contracts.clock import utcnow
 from model.contracts.compat import Compatibility
 from model.contracts.embedder import EmbedderSpec, embedder_spec
 from model.contracts.precision import check as check_precision
@@ -307,7 +308,7 @@ def run_ingest(
         tokenizer_sha256=tokenizer.sha256,
         embedder_path=str(embedder_path) if embedder_path else None,
         embedder=spec,
-        started_at=datetime.now(timezone.utc),
+        started_at=utcnow(),
         embed_batch_size=embed_batch_size,
         torch_threads=torch_threads,
         precision=precision,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import posixpath
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
@@ -210,7 +209,7 @@ class StatTargetFilesDoFn(beam.DoFn):
             if meta.path == path:
                 yield (source, meta.path, meta.size_in_bytes, meta.last_updated_in_seconds)
                 return
-        result = FetchResult(url=path, source=source.name, outcome=GONE, status=404, fetched_at=datetime.now(timezone.utc))
+        result = FetchResult(url=path, source=source.name, outcome=GONE, status=404, fetched_at=utcnow())
         count_fetch(result)
         yield beam.pvalue.TaggedOutput("results", result)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Iterator
 
 import apache_beam as beam
@@ -17,6 +16,7 @@ import numpy as np
 
 from beam_jobs.metrics import count, timed
 from beam_jobs.types import LedgerRow
+from model.contracts.clock import utcnow
 from model.contracts.embedder import EmbedderSpec
 
 LOG = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class WriteDeltaDoFn(beam.DoFn):
         store.write_manifest(manifest)
         count("drafts_written")
         LOG.info("draft %s: %d chunks in %d shard(s), %d tombstones, %d documents", spec.version, len(embedded), len(shards), len(tombstones), len(rows))
-        return {"version": spec.version, "chunks": len(embedded), "tombstones": len(tombstones), "documents": len(rows), "at": datetime.now().isoformat()}
+        return {"version": spec.version, "chunks": len(embedded), "tombstones": len(tombstones), "documents": len(rows), "at": utcnow().isoformat()}
 
 
 class WriteDelta(beam.PTransform):

@@ -44,12 +44,12 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import machine, serve, stop, wait_ready, write_result
+from model.contracts.clock import utcnow
 
 # knobs
 FULL_SIZES = (1_000_000, 10_000_000)
@@ -206,7 +206,7 @@ def build_store(root: Path, n: int, spec, tokenizer, nlist: int | None = NLIST) 
     write_s = time.perf_counter() - start
     LOG.info("%d: wrote %d base shards in %.1fs", n, BASE_SHARDS, write_s)
     draft = Manifest.next(None, version=store.new_version_id(), embedder=spec, tokenizer=tok, add_shards=base, tombstones=[],
-                          ledger=None, documents=n // 8, watermark=datetime.now(timezone.utc), sources=["bench-scale"])
+                          ledger=None, documents=n // 8, watermark=utcnow(), sources=["bench-scale"])
     store.write_manifest(draft)
     # Tuned as a refresh's validation tunes it; the deltas inherit its search.
     tuning = store.tune(draft.version, target=RECALL_TARGET)
@@ -218,7 +218,7 @@ def build_store(root: Path, n: int, spec, tokenizer, nlist: int | None = NLIST) 
         shard = write(delta_ids[d], np.random.default_rng(SEED + 100 + d), manifests[-1].lineage)
         manifests.append(Manifest.next(manifests[-1], version=store.new_version_id(), embedder=spec, tokenizer=tok, add_shards=[shard],
                                        tombstones=tombstones[d].tolist(), ledger=None, documents=n // 8,
-                                       watermark=datetime.now(timezone.utc), sources=["bench-scale"]))
+                                       watermark=utcnow(), sources=["bench-scale"]))
         store.write_manifest(manifests[-1])
     return {"tuning": tuning, "store": store, "manifests": manifests, "queries": queries, "truth": exact.ids, "train_s": train_s, "write_s": write_s,
             "live": n + DELTAS * delta_n - len(dead)}

@@ -19,13 +19,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from bench.common import RESULTS, machine, serve, stop, write_result
+from model.contracts.clock import utcnow
 
 # knobs
 CLIENTS = 8  # concurrent client loops
@@ -132,7 +132,7 @@ def publish(store, spec, tokenizer, shard, label: str, *, source: str = "bench")
         tombstones=[],
         ledger=None,
         documents=shard.count,
-        watermark=datetime.now(timezone.utc),
+        watermark=utcnow(),
         sources=[f"{source}-{label}"],
     )
     store.publish(manifest, expected_current=current, check_parent=False)

@@ -13,6 +13,7 @@ from prefect import flow
 from flows.common.inputs import resolve_inputs
 from flows.tasks.artifacts import record_summary
 from flows.tasks.store import collect_garbage, read_current
+from model.store.layout import version_of_manifest_key
 
 LOG = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def gc_store(keep: int = 10, store: str | None = None, min_age_s: float = 3600.0
     inputs = resolve_inputs(store)
     current = read_current(inputs.store)
     deleted = collect_garbage(inputs.store, keep, min_age_s)
-    versions = sorted({key.split("/")[1] for key in deleted if key.startswith("versions/")})
+    versions = sorted({version for key in deleted if (version := version_of_manifest_key(key))})
     record_summary(GC_SUMMARY, f"Garbage collection of {inputs.store}", {
         "CURRENT": current, "versions kept": keep, "files deleted": len(deleted),
         "versions deleted": ", ".join(versions) or "none"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prefect import flow, task
@@ -24,6 +24,7 @@ from flows.tasks.ingest import run_ingest_job
 from flows.tasks.notify import notify_servers
 from flows.tasks.store import compact_version, count_shards, holding_lease, publish_version, read_current
 from flows.tasks.validate import validate_version
+from model.contracts.clock import utcnow
 
 if TYPE_CHECKING:
     from beam_jobs.ingest import IngestResult
@@ -70,7 +71,7 @@ def refresh_corpus(
     Returns:
         The :class:`flows.common.summary.RefreshSummary` as a dict.
     """
-    started, clock = datetime.now(timezone.utc), time.monotonic()
+    started, clock = utcnow(), time.monotonic()
     inputs = resolve_inputs(store, sources, servers, need_sources=True)
     with holding_lease(inputs.store, "refresh-corpus", lease_ttl_s) as lease:
         parent = read_current(inputs.store)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, runtime, task
 
@@ -27,6 +26,7 @@ from flows.refresh import publish_ingest, summarize_refresh
 from flows.tasks.artifacts import record_refresh_artifacts
 from flows.tasks.ingest import run_ingest_job
 from flows.tasks.store import holding_lease, open_store, read_current
+from model.contracts.clock import utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def refresh_changed(
             batch = take_pending(inputs.store, max_urls)
             if not batch.urls:
                 break
-            started, clock = datetime.now(timezone.utc), time.monotonic()
+            started, clock = utcnow(), time.monotonic()
             parent = read_current(inputs.store)
             ingest = run_ingest_job(inputs.sources, inputs.store, urls=list(batch.urls), max_targets=max_urls,
                                     embedder_path=embedder_path, tokenizer_path=tokenizer_path, lease=lease)

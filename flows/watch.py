@@ -38,6 +38,7 @@ from beam_jobs.limits import Admission, held_by_source
 from beam_jobs.sources import FeedSource, FilesSource, SiteSource, SourcesConfig
 from beam_jobs.types import FETCHED, NOT_MODIFIED
 from flows.common.pending import PendingChanges
+from model.contracts.clock import as_utc, utcnow
 from model.contracts.ids import doc_id
 
 LOG = logging.getLogger(__name__)
@@ -89,12 +90,6 @@ class Announcement:
     source: str
     urls: tuple[str, ...]
     detected_at: datetime
-
-
-def _as_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 class Watcher:
@@ -178,7 +173,7 @@ class Watcher:
             if fresh:
                 self.pending.add(fresh, origin=f"watch ({source.name})")  # durable before it is announced
             if fresh or again:
-                announcement = Announcement(source.name, tuple(fresh + again), datetime.now(timezone.utc))
+                announcement = Announcement(source.name, tuple(fresh + again), utcnow())
                 self.announce(announcement)
                 found.append(announcement)
         self._forget()
@@ -238,7 +233,7 @@ class Watcher:
             table = self.store.read_ledger(current).select(["doc_id", "source", "last_modified", "published_at"])
             for row in table.select(["doc_id", "last_modified", "published_at"]).to_pylist():
                 known.last_modified[row["doc_id"]] = parse_http_date(row["last_modified"])
-                known.published_at[row["doc_id"]] = _as_utc(row["published_at"])
+                known.published_at[row["doc_id"]] = as_utc(row["published_at"])
             known.held = held_by_source(table)
         self.known = known
 

@@ -18,7 +18,9 @@ them the event is the whole job and their caller must learn that it failed (a no
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
+
+from model.contracts.clock import utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def emit_changes(urls: list[str], *, source: str, origin: str, store: str | None
     """
     from prefect.events import emit_event
 
-    when = detected_at or datetime.now(timezone.utc)
+    when = detected_at or utcnow()
     events = []
     for batch in batches(urls):
         event = emit_event(**_event_fields(batch, source=source, origin=origin, store=store, when=when))
@@ -110,7 +112,7 @@ def deliver_changes(urls: list[str], *, source: str, origin: str, store: str | N
     from prefect.settings import PREFECT_API_URL
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    when = detected_at or datetime.now(timezone.utc)
+    when = detected_at or utcnow()
     events = [Event(**{k: v for k, v in _event_fields(batch, source=source, origin=origin, store=store, when=when).items() if v is not None})
               for batch in batches(urls)]
     api = PREFECT_API_URL.value()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+
+from model.contracts.clock import utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class PendingChanges:
         if not urls:
             return None
         key = new_pending_key()
-        record = {"urls": urls, "origin": origin, "recorded_at": datetime.now(timezone.utc).isoformat()}
+        record = {"urls": urls, "origin": origin, "recorded_at": utcnow().isoformat()}
         self.backend.put_bytes(key, json.dumps(record).encode())
         return key
 

@@ -8,8 +8,10 @@ and ``published: false``, so a script reading ``--json`` always gets one object.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from types import TracebackType
+
+from model.contracts.clock import as_utc
 
 # Document outcomes, in the order the UI table lists them; keys of ``RefreshSummary.documents``.
 OUTCOMES = ("new", "changed", "unchanged", "deleted", "failed", "robots_blocked")
@@ -79,12 +81,6 @@ def freshness_lag_s(published_at: datetime | None, newest_change: datetime | Non
 # answer says which basis it used.
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def changed_rows(new_ledger: list[dict], old_ledger: list[dict]) -> list[dict]:
     """Rows of the new ledger whose document is new or whose content hash changed."""
     old = {row["doc_id"]: row.get("content_hash") for row in old_ledger}
@@ -99,10 +95,10 @@ def newest_change(rows: list[dict]) -> tuple[datetime | None, str]:
     """
     from beam_jobs.fetch import parse_http_date  # the fetcher's reading of the header; imported late: the CLI imports this module
 
-    stated = [t for row in rows if (t := _aware(row.get("published_at")) or parse_http_date(row.get("last_modified")))]
+    stated = [t for row in rows if (t := as_utc(row.get("published_at")) or parse_http_date(row.get("last_modified")))]
     if stated:
         return max(stated), "published"
-    fetched = [t for row in rows if (t := _aware(row.get("fetched_at")))]
+    fetched = [t for row in rows if (t := as_utc(row.get("fetched_at")))]
     if fetched:
         return max(fetched), "fetched"
     return None, "none"

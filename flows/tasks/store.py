@@ -12,7 +12,6 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Iterator
 
 from prefect import get_run_logger, runtime, task
@@ -20,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common.lease import LeaseHeld, RefreshLease
 from flows.common.retry import IO_RETRIES
+from model.contracts.clock import utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def publish_version(store_uri: str, version: str, expected_current: str | None, 
         lease.check()
     if store.current() == version:
         get_run_logger().info("%s is already CURRENT (an earlier attempt published it)", version)
-        return datetime.now(timezone.utc).isoformat()
+        return utcnow().isoformat()
     draft = store.manifest(version)
     built_on = draft.parent
     if built_on != expected_current and built_on is not None:
@@ -138,10 +138,10 @@ def publish_version(store_uri: str, version: str, expected_current: str | None, 
         store.publish(version, expected_current=expected_current, check_parent=False)
     except PublishConflict:
         if store.current() == version:
-            return datetime.now(timezone.utc).isoformat()
+            return utcnow().isoformat()
         raise
     get_run_logger().info("published %s (was %s)", version, expected_current)
-    return datetime.now(timezone.utc).isoformat()
+    return utcnow().isoformat()
 
 
 @task(name="compact-version", **IO_RETRIES)

@@ -16,11 +16,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import anyio
 
+from model.contracts.clock import utcnow
 from model.server.background import cancel
 from model.server.schemas import CorruptFile, IndexVerification
 from model.store.checksums import sha256_file
@@ -93,11 +94,11 @@ class Reverifier:
         with self.holder.pin() as loaded:
             if loaded is None:
                 return None
-            started, clock = datetime.now(timezone.utc), time.perf_counter()
+            started, clock = utcnow(), time.perf_counter()
             files = loaded.view.local_files()
             read, corrupt = verify_files(files)
             result = VerificationPass(
-                version=loaded.version, started_at=started, verified_at=datetime.now(timezone.utc),
+                version=loaded.version, started_at=started, verified_at=utcnow(),
                 seconds=round(time.perf_counter() - clock, 3), files=len(files), bytes=read,
                 shards=tuple(sorted({shard for shard, *_ in files})), corrupt=tuple(corrupt),
             )

@@ -15,11 +15,12 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Iterator
 
 import anyio
 
+from model.contracts.clock import utcnow
 from model.contracts.compat import Compatibility
 from model.server.background import cancel
 
@@ -78,7 +79,7 @@ class LoadedVersion:
         self.retriever = retriever
         self.version: str = view.version
         self.manifest = view.manifest
-        self.loaded_at = datetime.now(timezone.utc)
+        self.loaded_at = utcnow()
         self.load_seconds: float | None = None  # download + verify + map + warm, set by the holder
         self._lock = threading.Lock()
         self._refs = 0
@@ -210,7 +211,7 @@ class IndexHolder:
             failure = self._fail(None, "store", f"reading CURRENT failed: {type(exc).__name__}: {exc}")
             return CheckResult(None, self._version(), False, failure)
         finally:
-            self.checked_at = datetime.now(timezone.utc)
+            self.checked_at = utcnow()
         if target is None or target == self._version():
             return CheckResult(target, self._version(), False)
         if target in self._refused and not force:
@@ -238,7 +239,7 @@ class IndexHolder:
         return loaded.version if loaded is not None else None
 
     def _fail(self, version: str | None, kind: str, message: str) -> SwapFailure:
-        failure = SwapFailure(version=version, kind=kind, error=message, at=datetime.now(timezone.utc))
+        failure = SwapFailure(version=version, kind=kind, error=message, at=utcnow())
         repeated = self.last_error is not None and (self.last_error.version, self.last_error.error) == (version, message)
         self.last_error = failure
         if not repeated:  # one log line per distinct failure, not one per poll

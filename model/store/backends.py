@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from model.contracts.clock import utcnow
 from model.store import layout
 from model.store.errors import AlreadyExists, StoreError
 from model.store.uri import StoreLocation
@@ -317,7 +318,7 @@ class GCSBackend(Backend):
     def list(self, prefix: str) -> list[ObjectInfo]:
         out = []
         for blob in self.client.list_blobs(self.bucket, prefix=self._name(prefix)):
-            modified = blob.updated or blob.time_created or datetime.now(timezone.utc)
+            modified = blob.updated or blob.time_created or utcnow()
             out.append(ObjectInfo(blob.name[len(self._prefix) :], int(blob.size or 0), modified))
         return sorted(out, key=lambda o: o.key)
 

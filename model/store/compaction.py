@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import faiss
 import numpy as np
 import pyarrow as pa
 
+from model.contracts.clock import utcnow
 from model.store import faiss_index, layout, rows, shards
 from model.store.manifest import Manifest, ShardInfo, Stats
 
@@ -130,7 +130,7 @@ def compact(store: Writer, manifest: Manifest) -> Manifest:
     result = Manifest(
         version=store.new_version_id(),
         parent=manifest.version,
-        created_at=datetime.now(timezone.utc),
+        created_at=utcnow(),
         shards=out,
         tombstones=[],
         embedder=manifest.embedder,

@@ -9,12 +9,12 @@ fresh version from files, and how ``retrofresh train --input`` indexes its files
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from model.contracts.chunking import chunk_document
+from model.contracts.clock import utcnow
 from model.contracts.ids import content_hash, doc_id
 from model.store.manifest import Manifest
 
@@ -82,7 +82,7 @@ def publish_documents(
     live_docs = (set(live.values()) - {doc_id(u) for u in remove}) | seen
     manifest = Manifest.next(
         parent, version=store.new_version_id(), embedder=embedder.spec, tokenizer={"name": tokenizer.name, "sha256": tokenizer.sha256},
-        add_shards=shards, tombstones=tombstones, ledger=None, documents=len(live_docs), watermark=datetime.now(timezone.utc), sources=[source],
+        add_shards=shards, tombstones=tombstones, ledger=None, documents=len(live_docs), watermark=utcnow(), sources=[source],
     )
     store.publish(manifest, expected_current=parent_version)
     LOG.info("published %s: %d chunks added, %d tombstoned, %d documents", manifest.version, len(added), len(tombstones), len(live_docs))

@@ -9,9 +9,10 @@ once they are that old, like unreferenced files.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, Protocol
 
+from model.contracts.clock import utcnow
 from model.store import layout
 from model.store.errors import StoreError
 from model.store.manifest import Manifest
@@ -61,7 +62,7 @@ def collect(store: Versions, *, keep: int, min_age_s: float = 3600.0, dry_run: b
     lineages = {s.lineage for m in kept for s in m.shards if s.lineage}
     ledgers = {m.ledger for m in kept if m.ledger}
     ledgers |= {layout.checksum_key(key) for key in ledgers}
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=min_age_s)
+    cutoff = utcnow() - timedelta(seconds=min_age_s)
 
     doomed: list[str] = []
     for m in manifests:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import datetime, timezone
 from pathlib import Path
 
+from model.contracts.clock import utcnow
 from model.contracts.ids import version_seq  # noqa: F401 - the version grammar lives in model.contracts.ids (the client orders versions too)
 from model.store.errors import StoreError
 
@@ -87,7 +87,7 @@ def version_of_manifest_key(key: str) -> str | None:
 
 def new_shard_id() -> str:
     """A fresh shard id: UTC time (readable order) plus 12 random hex digits."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(6)}"
+    return f"{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(6)}"
 
 
 def shard_prefix(shard_id: str) -> str:
@@ -122,7 +122,7 @@ def checksum_key(key: str) -> str:
 
 
 def new_lineage_id() -> str:
-    return f"L{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+    return f"L{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
 
 
 def trained_key(lineage: str) -> str:
@@ -141,7 +141,7 @@ def lease_key(name: str) -> str:
 
 def new_pending_key() -> str:
     """A fresh, time-ordered key for one batch of changed URLs (oldest sorts first)."""
-    return f"{PENDING}{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}.json"
+    return f"{PENDING}{utcnow():%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}.json"
 
 
 # the local cache of remote shards

@@ -8,12 +8,13 @@ copies stay hidden (chunk ids are a hash of the content, so A's ids repeat).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.contracts.chunking import CHUNK_TOKENS, CONTINUATION_TOKENS
+from model.contracts.clock import as_utc, utcnow
 from model.contracts.compat import Compatibility, EmbedderSpec, TokenizerInfo
 from model.store.errors import IncompatibleIndex, StoreError
 
@@ -67,10 +68,7 @@ class Stats(_Record):
     bytes: int = 0
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)  # naive times in this project are UTC
-    return value
+
 
 
 class Manifest(BaseModel):
@@ -98,7 +96,7 @@ class Manifest(BaseModel):
     @field_validator("created_at", "watermark")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        return _utc(value)
+        return as_utc(value)
 
     @field_validator("format_version")
     @classmethod
@@ -141,7 +139,7 @@ class Manifest(BaseModel):
         return self.model_copy(update={
             "version": version,
             "parent": parent,
-            "created_at": datetime.now(timezone.utc),
+            "created_at": utcnow(),
             "search": self.search.model_copy(update={"nprobe": int(nprobe)}),
         })
 
@@ -229,7 +227,7 @@ class Manifest(BaseModel):
             raise StoreError(f"shard {dup} is listed twice in version {version}; add each shard once")
         merged_sources = list(dict.fromkeys([*(parent.sources if parent else []), *sources]))
         if watermark is not None and parent is not None and parent.watermark is not None:
-            watermark = max(_utc(watermark), parent.watermark)
+            watermark = max(as_utc(watermark), parent.watermark)
         elif watermark is None and parent is not None:
             watermark = parent.watermark
         if search is None:
@@ -237,7 +235,7 @@ class Manifest(BaseModel):
         return cls(
             version=version,
             parent=parent.version if parent else None,
-            created_at=created_at or datetime.now(timezone.utc),
+            created_at=created_at or utcnow(),
             shards=shards,
             tombstones=all_tombstones,
             embedder=embedder,

@@ -10,13 +10,14 @@ without it was never finished and nothing references it.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from model.contracts.clock import utcnow
 from model.contracts.embedder import EmbedderSpec
 from model.store import faiss_index, layout, rows
 from model.store.backends import Backend
@@ -102,7 +103,7 @@ def stage(
         factory=faiss_index.factory_of(index),
         lineage=lineage,
         embedder=embedder,
-        created_at=datetime.now(timezone.utc),
+        created_at=utcnow(),
         files=files,
     )
     data = meta.model_dump_json(indent=1).encode("utf-8")
