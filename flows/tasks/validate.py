@@ -90,7 +90,10 @@ def probe(view, embedder, sample: list[tuple[int, str]], *, k: int, nprobe: int 
         mean score of the probe's own chunk where found; number of hits that are not live in the
         shard that returned them, i.e. deleted chunks that came back).
     """
-    vectors = np.asarray(embedder.encode([text for _, text in sample]), dtype=np.float32)
+    from beam_jobs.embed import threads_fitting_load
+
+    with threads_fitting_load():  # as the ingest embedded them: one thread on an oversubscribed machine
+        vectors = np.asarray(embedder.encode([text for _, text in sample]), dtype=np.float32)
     results = view.search(vectors, k, nprobe=nprobe)
     # Deleted = not live in the shard that returned it, by the view's own definition (a chunk id
     # deleted and later re-added by a newer shard is live there), never a second copy of the rule.

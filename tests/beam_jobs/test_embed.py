@@ -123,3 +123,17 @@ def test_an_ingest_refuses_an_unknown_precision_before_it_reads_anything(tmp_pat
 
     with pytest.raises(ValueError, match="choose one of auto, fp32, bf16"):
         run_ingest(tmp_path / "missing.yaml", str(tmp_path / "store"), precision="half")
+
+
+def test_an_oversubscribed_machine_embeds_on_one_thread_and_torchs_setting_is_left_as_it_was():
+    import torch
+
+    from beam_jobs.embed import threads_for_load
+
+    assert threads_for_load(3.5, 2, 2) == 1  # a trainer's two threads and ours: one each would wait for the other
+    assert threads_for_load(2.0, 2, 2) == 2 and threads_for_load(0.1, 2, 2) == 2
+    assert threads_for_load(8.0, 16, 16) == 16
+    handler = ChunkEmbeddingHandler(None)
+    before = torch.get_num_threads()
+    handler.run_inference([Chunk(0, "d", 0, [], [], "Prices rose.", "u")], handler.load_model())
+    assert torch.get_num_threads() == before
