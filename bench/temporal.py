@@ -550,7 +550,7 @@ def adapter_info(path: Path) -> dict:
     """What a RETRO-fit checkpoint is: its config's CCA layers and base, and the size of its own weights."""
     config = json.loads((Path(path) / "config.json").read_text())
     weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
-    keep = ("model_type", "format_version", "cca_layers", "base", "d_model", "enc_dim", "enc_layers", "k", "chunk_tokens", "neighbour_tokens")
+    keep = ("model_type", "format_version", "cca_layers", "cca_previous_token_keys", "cca_token_query", "base", "d_model", "enc_dim", "enc_layers", "k", "chunk_tokens", "neighbour_tokens")
     return {"path": str(path), "weights_bytes": weights, **{k: config[k] for k in keep if k in config}}
 
 

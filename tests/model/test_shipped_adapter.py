@@ -70,3 +70,42 @@ def test_the_demo_chunks_its_store_in_the_adapters_own_tokens():
 
     assert _chunking_tokenizer(ADAPTER_DIR, config(ADAPTER_DIR)) == ADAPTER_DIR  # SmolLM2's tokenizer, not the bundled one
     assert _chunking_tokenizer(SHIPPED_CHECKPOINT, config(SHIPPED_CHECKPOINT)) is None
+
+
+@pytest.mark.slow
+@needs_base
+@torch.no_grad()
+def test_adapter_reads_what_its_neighbours_say():
+    """A neighbour that holds the next chunk's text makes that chunk far likelier than one that does not.
+
+    The first shipped adapter failed this: its gain was the same with any neighbours, a domain bias
+    learnt through CCA rather than reading (docs/ARCHITECTURE.md, "A token query").
+    """
+    import torch.nn.functional as F
+
+    from model.network.checkpoint import load_checkpoint
+
+    model, tokenizer = load_checkpoint(ADAPTER_DIR)
+    model.eval()
+    text = (
+        "The retrofresh store keeps every version of the index it has published, and a refresh writes only the shards of "
+        "the documents that changed since the last one. When a page is deleted at its source, the next refresh removes its "
+        "chunks from the version it publishes, and when the page comes back, its chunks are embedded again and added. The "
+        "server swaps to each new version under live traffic, and a client that asked a question a second before the swap "
+        "gets its answer from the version it started with, never from a half-written one. Rolling back publishes an "
+        "older version again under a new number, so that the history of what was served stays in order."
+    )
+    ids = torch.tensor([tokenizer.encode(text)[:128]])
+    assert ids.shape == (1, 128)
+    m, r, k = model.config.chunk_tokens, model.config.neighbour_tokens, model.config.k
+    g = torch.Generator().manual_seed(0)
+    unrelated = torch.randint(0, model.config.vocab_size, (1, 2, k, r), generator=g)
+    own = unrelated.clone()
+    own[0, 0, 0, : 2 * m - 40] = ids[0, 40:]  # chunk 0's neighbour: the text from token 40 on, chunk 1 included
+
+    def chunk1_loss(neighbours):
+        logits = model(ids, neighbours)
+        return F.cross_entropy(logits[0, m:-1].float(), ids[0, m + 1 :]).item()
+
+    with_own, with_unrelated = chunk1_loss(own), chunk1_loss(unrelated)
+    assert with_own < with_unrelated - 0.5, f"chunk 1's loss: {with_own:.3f} nats with its own text as a neighbour, {with_unrelated:.3f} without"
